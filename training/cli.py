@@ -1,0 +1,122 @@
+"""`saex`: the command line of sae-explorer.
+
+Each subcommand is one arrow of the pipeline (text -> tokens -> activations -> ...),
+can be rerun alone, and skips work already done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from sae.errors import SaexError
+from training.dataclass_args import add_dataclass_flags, dataclass_from_args
+
+
+def _cmd_fetch(ns: argparse.Namespace) -> None:
+    from sae.corpus import BUILTIN_SOURCE_NAMES, builtin_documents
+    from sae.models import DEFAULT_MODEL, fetch_builtin_model
+
+    t = time.perf_counter()
+    path = fetch_builtin_model(DEFAULT_MODEL)
+    print(f"model {DEFAULT_MODEL}: {path}")
+    for name in BUILTIN_SOURCE_NAMES:
+        docs = builtin_documents(name)
+        print(f"corpus {name}: {len(docs):,} documents, {sum(len(d.text) for d in docs):,} characters")
+    print(f"fetched in {time.perf_counter() - t:.0f} s")
+
+
+def _cmd_harvest(ns: argparse.Namespace) -> None:
+    from sae.activations import HarvestConfig, harvest, store_summary
+
+    cfg = dataclass_from_args(HarvestConfig, ns)
+    out = harvest(cfg)
+    print(store_summary(out))
+
+
+def _cmd_store(ns: argparse.Namespace) -> None:
+    from sae.activations import ActivationStore, store_summary
+
+    store = ActivationStore(ns.store)
+    if ns.verify:
+        store.verify()
+        print("checksums: ok")
+    print(store_summary(ns.store) if not ns.json else json.dumps(store.manifest, indent=2))
+
+
+def _cmd_demo(ns: argparse.Namespace) -> None:
+    from sae.activations import HarvestConfig, harvest, store_summary
+    from sae.models import load_model
+
+    root = Path(ns.out_dir)
+    t0 = time.perf_counter()
+    lm = load_model(ns.model, device=ns.device)
+    print(f"[1/2] model {lm.spec}: {lm.n_layers} blocks, d_model {lm.d_model}, "
+          f"hook {lm.hook_point(ns.layer).name} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    for step, (split, tokens) in enumerate((("train", ns.tokens), ("heldout", ns.heldout_tokens)), start=2):
+        t = time.perf_counter()
+        cfg = HarvestConfig(out=str(root / f"acts-{split}"), model=ns.model, layer=ns.layer, corpus=ns.corpus,
+                            split=split, tokens=tokens, device=ns.device)
+        out = harvest(cfg, lm=lm)
+        print(f"[{step}/3] {split} activations: {store_summary(out)} ({time.perf_counter() - t:.0f} s)", flush=True)
+    print(f"done in {time.perf_counter() - t0:.0f} s. Next steps (training, index, explorer) arrive with later releases.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from sae.activations import HarvestConfig
+    from sae.corpus import DEFAULT_CORPUS
+    from sae.models import DEFAULT_MODEL
+
+    p = argparse.ArgumentParser(prog="saex", description="Sparse-autoencoder feature explorer: "
+                                "harvest activations, train and explore SAEs.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    d = sub.add_parser("demo", help="the main job end to end on the default model and corpus "
+                       "(today: fetch, harvest train and held-out activations)")
+    d.add_argument("--out-dir", default="checkpoints/demo", help="where the run goes (default: checkpoints/demo)")
+    d.add_argument("--model", default=DEFAULT_MODEL, help=f"model spec (default: {DEFAULT_MODEL})")
+    d.add_argument("--layer", default=None, help="block whose output is read (default: the middle one)")
+    d.add_argument("--corpus", default=DEFAULT_CORPUS, help=f"corpus spec (default: {DEFAULT_CORPUS})")
+    d.add_argument("--tokens", type=int, default=2_000_000, help="training tokens (default: 2000000)")
+    d.add_argument("--heldout-tokens", type=int, default=131_072, help="held-out tokens (default: 131072)")
+    d.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
+    d.set_defaults(func=_cmd_demo)
+
+    f = sub.add_parser("fetch", help="download the default model and corpus into the cache")
+    f.set_defaults(func=_cmd_fetch)
+
+    h = sub.add_parser("harvest", help="write residual-stream activations of a model on a corpus to a store",
+                       description="Write residual-stream activations to an activation store. Rerun the "
+                       "same command to resume after an interruption.")
+    add_dataclass_flags(h, HarvestConfig)
+    h.set_defaults(func=_cmd_harvest)
+
+    s = sub.add_parser("store", help="summarise (and verify) an activation store")
+    s.add_argument("store", help="store folder")
+    s.add_argument("--verify", action="store_true", help="check every shard against its checksum")
+    s.add_argument("--json", action="store_true", help="print the whole manifest")
+    s.set_defaults(func=_cmd_store)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    try:
+        ns.func(ns)
+    except SaexError as e:
+        print(f"error: {e.problem}", file=sys.stderr)
+        if e.fix:
+            print(f"  fix: {e.fix}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

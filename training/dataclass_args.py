@@ -1,0 +1,76 @@
+"""Build argparse flags from a config dataclass, so the dataclass (its fields, defaults
+and the docstring under each field) is the single source of flags, help and docs."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import textwrap
+import typing
+
+
+def field_docs(cls) -> dict[str, str]:
+    """The docstring written under each field of a dataclass."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _parse_bool(s: str) -> bool:
+    if s.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if s.lower() in {"0", "false", "no", "off"}:
+        return False
+    raise argparse.ArgumentTypeError(f"expected yes or no, got {s!r}")
+
+
+def _optional(conv):
+    def parse(s: str):
+        return None if s.lower() in {"none", ""} else conv(s)
+    return parse
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = (),
+                        positional: tuple[str, ...] = ()) -> None:
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        hint = hints[f.name]
+        args = typing.get_args(hint)
+        base = next((a for a in args if a is not type(None)), hint) if args else hint
+        optional = type(None) in args
+        if str in args:
+            conv = str  # e.g. a layer given as a number or a hook name
+        elif base is bool:
+            conv = _parse_bool
+        elif base in (int, float):
+            conv = base
+        else:
+            conv = str
+        if optional:
+            conv = _optional(conv)
+        default = f.default if f.default is not dataclasses.MISSING else None
+        help_text = docs.get(f.name, "") + (f" (default: {default})" if default not in (None, "") else "")
+        if f.name in positional:
+            parser.add_argument(f.name, type=conv, help=help_text)
+        else:
+            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=conv,
+                                default=default, help=help_text,
+                                metavar=f.name.upper() if base is not bool else "yes|no")
+
+
+def dataclass_from_args(cls, ns: argparse.Namespace, **overrides):
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: v for k, v in vars(ns).items() if k in names}
+    kwargs.update(overrides)
+    return cls(**kwargs)
