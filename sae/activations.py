@@ -217,6 +217,9 @@ def _describe(cfg: HarvestConfig, plan: _Plan, reader: ResidualReader, threshold
     }
 
 
+_STORE_ENTRIES = {"plan.json", "tokens.npy", "shards", "manifest.json"}
+
+
 def _check_existing(out: Path, plan_doc: dict) -> None:
     """Refuse to mix a new harvest into a store planned differently."""
     plan_path = out / "plan.json"
@@ -233,7 +236,8 @@ def _check_existing(out: Path, plan_doc: dict) -> None:
                 f"{k}: store has {json.dumps(old.get(k))[:120]}, asked {json.dumps(plan_doc.get(k))[:120]}" for k in diff)
             raise SaexError(f"the store {out} was harvested with other settings ({detail})",
                             "use another --out folder, or delete this store to start over")
-    elif out.exists() and any(p for p in out.iterdir() if not p.name.startswith(".")):
+    elif out.exists() and any(p for p in out.iterdir()
+                              if not p.name.startswith(".") and p.name not in _STORE_ENTRIES):
         raise SaexError(f"{out} exists and is not an activation store",
                         "give --out a new or empty folder (nothing in an existing folder is overwritten)")
 

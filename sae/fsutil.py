@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,7 +48,8 @@ def ensure_writable_dir(path: Path, what: str) -> Path:
 def atomic_path(dest: Path) -> Iterator[Path]:
     """Yield a temp path beside `dest`; on success rename it onto `dest`."""
     dest = Path(dest)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=TMP_SUFFIX)
+    # The writer's pid is in the name, so cleanup never removes a live writer's file.
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.pid{os.getpid()}.", suffix=TMP_SUFFIX)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -65,11 +67,24 @@ def write_json_atomic(dest: Path, obj) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def remove_stale_temps(folder: Path) -> int:
-    """Delete temp files left by a killed writer; returns how many."""
+    """Delete temp files left by killed writers (not those of live ones); returns how many."""
     n = 0
     if Path(folder).is_dir():
         for p in Path(folder).glob(f".*{TMP_SUFFIX}"):
+            m = re.search(r"\.pid(\d+)\.", p.name)
+            if m and int(m.group(1)) != os.getpid() and _pid_alive(int(m.group(1))):
+                continue
             p.unlink(missing_ok=True)
             n += 1
     return n

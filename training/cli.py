@@ -34,7 +34,13 @@ def _cmd_harvest(ns: argparse.Namespace) -> None:
 
     cfg = dataclass_from_args(HarvestConfig, ns)
     out = harvest(cfg)
-    print(store_summary(out))
+    if (out / "manifest.json").exists():
+        print(store_summary(out))
+    else:
+        done = len(list((out / "shards").glob("*.json")))
+        total = json.loads((out / "plan.json").read_text())["n_shards"]
+        print(f"this process's shards are done; {done} of {total} shards complete. The store is "
+              "finished by whichever process completes the last shard (or rerun without --shard).")
 
 
 def _cmd_store(ns: argparse.Namespace) -> None:

@@ -1,0 +1,82 @@
+"""Shared fixtures: a tiny randomly initialised Llama with a real BPE tokenizer, and
+small text corpora, all built offline inside the tests."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+# Nothing in the tests may reach a model or dataset hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+WORDS = ("the a an of to and in is was for on with as by at from that this it his her their "
+         "astronomer apple umbrella hour honest unicorn university egg island orange owl "
+         "person studies stars called cat dog house tree river mountain king queen sword "
+         "light dark water fire earth night day book word letter music song bird").split()
+
+
+def make_sentences(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 14))).capitalize() + "."
+            for _ in range(n)]
+
+
+def build_tiny_llama(folder: Path, n_layers: int = 4, seed: int = 0) -> Path:
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(make_sentences(2000, seed=1), trainer)
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                     unk_token="<|endoftext|>")
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(hf_tok), hidden_size=32, intermediate_size=64,
+                      num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=256, bos_token_id=hf_tok.bos_token_id,
+                      eos_token_id=hf_tok.eos_token_id, pad_token_id=hf_tok.eos_token_id,
+                      tie_word_embeddings=True)
+    model = LlamaForCausalLM(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    hf_tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_model_dir):
+    from sae.models import load_model
+
+    return load_model(str(tiny_model_dir), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def text_corpus(tmp_path_factory) -> Path:
+    """A .txt file of ~120 paragraphs (so both splits get documents)."""
+    path = tmp_path_factory.mktemp("corpus") / "text.txt"
+    sents = make_sentences(3000, seed=2)
+    paras = [" ".join(sents[i:i + 25]) for i in range(0, len(sents), 25)]
+    path.write_text("\n\n".join(paras))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(request, tmp_path, monkeypatch):
+    """Fast tests never touch the user's cache; slow tests share the real one, so the
+    default model and corpus are downloaded once per machine."""
+    if request.node.get_closest_marker("slow") is None:
+        monkeypatch.setenv("SAEX_CACHE", str(tmp_path / "cache"))
