@@ -323,26 +323,25 @@ def _harvest_shard(k: int, plan: _Plan, reader: ResidualReader, threshold: float
     acts = np.empty((n, t, d), dtype=np_dtype)
     flags = np.zeros((n, t), dtype=np.uint8)
     b = cfg.batch_size
-    with reader.session():
-        for i in range(0, n, b):
-            batch = ids[i:i + b]
-            real = batch.shape[0]
-            if real < b and reader.compiled:
-                # keep one batch shape so the compiled graph is reused, not recompiled
-                batch = torch.cat([batch, batch[-1:].expand(b - real, -1)])
-            h = reader(batch)[:real]
-            if not torch.isfinite(h).all():
-                bad = int((~torch.isfinite(h)).any(-1).any(-1).nonzero()[0]) + rows.start + i
-                raise SaexError(f"the model produced NaN/inf activations in shard {k} (window {bad})",
-                                "try --precision fp32, or check the model weights")
-            norms = h.norm(dim=-1)
-            f = np.zeros((real, t), dtype=np.uint8)
-            f[torch.isin(batch[:real], plan.special_ids).numpy()] |= FLAG_SPECIAL
-            f[(norms > threshold).numpy()] |= FLAG_OUTLIER
-            flags[i:i + real] = f
-            acts[i:i + real] = h.to(torch_dtype).view(torch.uint16).numpy() if torch_dtype == torch.bfloat16 \
-                else h.to(torch_dtype).numpy()
-            bar.update(real * t)
+    for i in range(0, n, b):
+        batch = ids[i:i + b]
+        real = batch.shape[0]
+        if real < b and reader.compiled:
+            # keep one batch shape so the compiled graph is reused, not recompiled
+            batch = torch.cat([batch, batch[-1:].expand(b - real, -1)])
+        h = reader(batch)[:real]
+        if not torch.isfinite(h).all():
+            bad = int((~torch.isfinite(h)).any(-1).any(-1).nonzero()[0]) + rows.start + i
+            raise SaexError(f"the model produced NaN/inf activations in shard {k} (window {bad})",
+                            "try --precision fp32, or check the model weights")
+        norms = h.norm(dim=-1)
+        f = np.zeros((real, t), dtype=np.uint8)
+        f[torch.isin(batch[:real], plan.special_ids).numpy()] |= FLAG_SPECIAL
+        f[(norms > threshold).numpy()] |= FLAG_OUTLIER
+        flags[i:i + real] = f
+        acts[i:i + real] = h.to(torch_dtype).view(torch.uint16).numpy() if torch_dtype == torch.bfloat16 \
+            else h.to(torch_dtype).numpy()
+        bar.update(real * t)
     name = _shard_name(k)
     files = {}
     for kind, arr in (("acts", acts), ("tokens", plan.windows[rows]), ("flags", flags)):

@@ -20,10 +20,10 @@ import shutil
 import sys
 import warnings
 import zipfile
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 
@@ -340,19 +340,31 @@ def _stop_at_layer_forward(lm: LoadedModel, hook: HookPoint) -> Callable[[torch.
     return forward
 
 
-def _truncated_forward(lm: LoadedModel, hook: HookPoint) -> Callable[[torch.Tensor], torch.Tensor] | None:
+def _truncated_forward(lm: LoadedModel, hook: HookPoint,
+                       linear_dtype: torch.dtype | None = None) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """Fast path: a shallow copy of the base model that holds only blocks 0..L and no
     final norm, so its `last_hidden_state` is the residual stream after block L. It
     has no Python-level exception in the middle, so torch.compile can fuse it whole.
+
+    With `linear_dtype`, the blocks are copies whose Linear weights are stored in that
+    dtype: under autocast this gives the same numbers as casting the fp32 weights on
+    every call, without the per-batch cast (norms and the residual stay fp32).
     Returns None when the model's layout is not the familiar one."""
     parent_path, _, layers_attr = lm.layers_path.rpartition(".")
     base = lm.model.get_submodule(parent_path) if parent_path else lm.model
     norm_attr = next((n for n in _FINAL_NORM_NAMES if n in base._modules), None)
     if norm_attr is None:
         return None
+    blocks = list(lm.layers)[: hook.layer + 1]
+    if linear_dtype is not None:
+        blocks = [copy.deepcopy(b) for b in blocks]
+        for b in blocks:
+            for mod in b.modules():
+                if isinstance(mod, torch.nn.Linear):
+                    mod.to(linear_dtype)
     trunc = copy.copy(base)
     trunc._modules = dict(base._modules)
-    trunc._modules[layers_attr] = torch.nn.ModuleList(list(lm.layers)[: hook.layer + 1])
+    trunc._modules[layers_attr] = torch.nn.ModuleList(blocks)
     trunc._modules[norm_attr] = torch.nn.Identity()
 
     def forward(input_ids: torch.Tensor) -> torch.Tensor:
@@ -365,10 +377,11 @@ def _truncated_forward(lm: LoadedModel, hook: HookPoint) -> Callable[[torch.Tens
 class ResidualReader:
     """Reads the residual stream after block `hook.layer` for batches of token ids.
 
-    precision: "fp32", "bf16" (autocast, fp32 weights and residual adds), or "auto":
-    bf16 when a check on `calibration_ids` stays within BF16_TOLERANCE of fp32.
-    compile: run the forward through torch.compile (about 1.5x faster on CPU after
-    ~30 s of compilation; worth it for large harvests).
+    precision: "fp32", "bf16" (autocast: matmuls in bf16, norms and residual adds in
+    fp32), or "auto": bf16 when a check on `calibration_ids` stays within
+    BF16_TOLERANCE (median relative error) of fp32.
+    compile: run the forward through torch.compile (about 1.3-1.5x faster on CPU after
+    10-40 s of compilation; worth it for large harvests).
     """
 
     def __init__(self, lm: LoadedModel, hook: HookPoint, precision: str = "auto",
@@ -380,26 +393,31 @@ class ResidualReader:
         fast = _truncated_forward(lm, hook)
         self.path = "stop-at-layer"
         self._forward = generic
+        vocab = lm.model.get_input_embeddings().weight.shape[0]
         probe = (calibration_ids if calibration_ids is not None
-                 else torch.arange(3, 3 + 16).unsqueeze(0) % max(lm.model.get_input_embeddings().weight.shape[0], 4))
+                 else (torch.arange(3, 3 + 16).unsqueeze(0) % max(vocab, 4)))
         probe = probe[:4].to(lm.device)
         with torch.inference_mode():
             reference = generic(probe).float()
             if fast is not None:
                 try:
-                    ok = torch.allclose(fast(probe).float(), reference, rtol=1e-5, atol=1e-5 * reference.abs().max().item())
+                    scale = reference.abs().max().item()
+                    ok = torch.allclose(fast(probe).float(), reference, rtol=1e-5, atol=1e-5 * scale)
                 except Exception:  # an unfamiliar forward signature: keep the generic path
                     ok = False
                 if ok:
                     self._forward, self.path = fast, "truncated"
         self.bf16_error: float | None = None
-        if precision == "auto":
+        if precision in ("auto", "bf16"):
             self.bf16_error = self._relative_error(probe, reference)
-            precision = "bf16" if self.bf16_error <= BF16_TOLERANCE else "fp32"
-            if precision == "fp32":
-                warnings.warn(f"bf16 autocast changes activations by {self.bf16_error:.2%} (median relative "
-                              f"error) on this model, above {BF16_TOLERANCE:.0%}: using fp32")
+            if precision == "auto":
+                precision = "bf16" if self.bf16_error <= BF16_TOLERANCE else "fp32"
+                if precision == "fp32":
+                    warnings.warn(f"bf16 autocast changes activations by {self.bf16_error:.2%} (median "
+                                  f"relative error) on this model, above {BF16_TOLERANCE:.0%}: using fp32")
         self.precision = precision
+        if precision == "bf16" and self.path == "truncated":
+            self._forward = _truncated_forward(lm, hook, linear_dtype=torch.bfloat16)
         self.compiled = False
         self._eager = self._forward
         if compile:
@@ -410,14 +428,8 @@ class ResidualReader:
                 warnings.warn(f"torch.compile unavailable ({e}); running eagerly")
 
     def _autocast(self):
-        return torch.autocast(self.lm.device.type, dtype=torch.bfloat16) if self.precision == "bf16" else nullcontext()
-
-    @contextmanager
-    def session(self) -> Iterator[None]:
-        """Hold inference mode and autocast open across many batches, so autocast's
-        cache keeps the bf16 copies of the weights instead of recasting every batch."""
-        with torch.inference_mode(), self._autocast():
-            yield
+        return (torch.autocast(self.lm.device.type, dtype=torch.bfloat16) if self.precision == "bf16"
+                else nullcontext())
 
     def _relative_error(self, ids: torch.Tensor, reference: torch.Tensor) -> float:
         with torch.inference_mode(), torch.autocast(self.lm.device.type, dtype=torch.bfloat16):
@@ -427,7 +439,7 @@ class ResidualReader:
 
     def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids: "batch pos" -> residual: "batch pos d_model", float32, on CPU."""
-        with self.session():
+        with torch.inference_mode(), self._autocast():
             try:
                 out = self._forward(input_ids.to(self.lm.device))
             except Exception as e:

@@ -116,3 +116,16 @@ def test_cuda_request_without_gpu_is_clear():
         pytest.skip("a GPU is present")
     with pytest.raises(SaexError, match="no CUDA GPU"):
         load_model("anything", device="cuda")
+
+
+def test_bf16_weight_copies_match_plain_autocast(tiny_lm):
+    from sae.models import _stop_at_layer_forward
+
+    ids = _ids(tiny_lm, n=2, t=16)
+    hp = tiny_lm.hook_point(3)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = _stop_at_layer_forward(tiny_lm, hp)(ids).float()
+    reader = ResidualReader(tiny_lm, hp, precision="bf16")
+    torch.testing.assert_close(reader(ids), ref, rtol=1e-3, atol=1e-3)
+    # the model itself keeps its fp32 weights
+    assert all(p.dtype == torch.float32 for p in tiny_lm.model.parameters())

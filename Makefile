@@ -1,0 +1,32 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   create .venv, fetch the default model and corpus, run the main job
+#   make test   create .venv, run the whole test suite (fast + integration)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test test-fast bench clean-venv
+
+$(BIN)/.installed: pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first and pinned: on a machine without a GPU this is a CPU build; an
+	# unpinned resolve would pull a multi-GB CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/saex demo $(ARGS)
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -q $(ARGS)
+
+test-fast: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+
+bench: $(BIN)/.installed
+	$(BIN)/python bench/harvest.py $(ARGS)
+
+clean-venv:
+	rm -rf $(VENV)
