@@ -204,3 +204,19 @@ def test_cli_unknown_model_is_one_clear_error(tmp_path, text_corpus):
     out = subprocess.run(cmd, env=env | {"HF_HUB_OFFLINE": "1"}, capture_output=True, text=True)
     assert out.returncode == 2 and "unknown model spec 'nobody/nothing-here'" in out.stderr
     assert "Traceback" not in out.stderr and not (tmp_path / "s").exists()
+
+
+def test_shard_spec_and_torchrun_environment(monkeypatch):
+    from sae.activations import parse_shard
+
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert parse_shard(None) == (0, 1)
+    assert parse_shard("1/3") == (1, 3)
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert parse_shard(None) == (2, 4)
+    assert parse_shard("0/1") == (0, 1)  # an explicit spec wins
+    for bad in ("3/3", "a/b", "1", "-1/2"):
+        with pytest.raises(SaexError, match="bad shard spec"):
+            parse_shard(bad)

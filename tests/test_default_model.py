@@ -99,3 +99,15 @@ def test_bos_and_massive_activations_are_flagged(tmp_path, lm, corpus_file):
         assert 100 < float(ordinary.median()) < 300 and float(ordinary.max()) < m["outlier_threshold"]
     positions = {int(p) for p in m["outlier_positions"]}
     assert 0 in positions and positions <= {0, 1, 2, 3}
+
+
+def test_gguf_file_spec_loads_the_same_model(lm):
+    from sae.models import ResidualReader
+
+    gguf = cache_dir() / "models" / DEFAULT_MODEL / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    direct = load_model(str(gguf), device="cpu")
+    assert direct.weights_sha256 == lm.weights_sha256 and direct.n_layers == 30
+    ids = torch.tensor([[1] + lm.tokenizer("An astronomer studies the stars.")["input_ids"]])
+    a = ResidualReader(direct, direct.hook_point(), precision="fp32")(ids)
+    b = ResidualReader(lm, lm.hook_point(), precision="fp32")(ids)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)

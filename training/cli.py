@@ -60,7 +60,7 @@ def _cmd_demo(ns: argparse.Namespace) -> None:
     root = Path(ns.out_dir)
     t0 = time.perf_counter()
     lm = load_model(ns.model, device=ns.device)
-    print(f"[1/2] model {lm.spec}: {lm.n_layers} blocks, d_model {lm.d_model}, "
+    print(f"[1/3] model {lm.spec}: {lm.n_layers} blocks, d_model {lm.d_model}, "
           f"hook {lm.hook_point(ns.layer).name} ({time.perf_counter() - t0:.0f} s)", flush=True)
     for step, (split, tokens) in enumerate((("train", ns.tokens), ("heldout", ns.heldout_tokens)), start=2):
         t = time.perf_counter()

@@ -1,0 +1,37 @@
+"""Regenerate docs/cli.md from the parser's own --help texts:
+    python docs/make_cli_reference.py"""
+
+import contextlib
+import io
+import os
+from pathlib import Path
+
+os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal: fix it so the file is stable
+
+from training.cli import build_parser
+
+
+def help_text(argv: list[str]) -> str:
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.suppress(SystemExit):
+        build_parser().parse_args(argv + ["--help"])
+    return buf.getvalue().rstrip()
+
+
+def render() -> str:
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    parts = ["# `saex` command reference", "",
+             "Generated from `--help` by `python docs/make_cli_reference.py`; do not edit by hand.", "",
+             "```", help_text([]), "```"]
+    for name in commands:
+        parts += ["", f"## saex {name}", "", "```", help_text([name]), "```"]
+    return "\n".join(parts) + "\n"
+
+
+def main() -> None:
+    Path(__file__).with_name("cli.md").write_text(render())
+
+
+if __name__ == "__main__":
+    main()
