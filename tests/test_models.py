@@ -129,3 +129,11 @@ def test_bf16_weight_copies_match_plain_autocast(tiny_lm):
     torch.testing.assert_close(reader(ids), ref, rtol=1e-3, atol=1e-3)
     # the model itself keeps its fp32 weights
     assert all(p.dtype == torch.float32 for p in tiny_lm.model.parameters())
+
+
+def test_compiled_reader_matches_eager(tiny_lm):
+    ids = _ids(tiny_lm, n=2, t=16)
+    eager = ResidualReader(tiny_lm, tiny_lm.hook_point(2), precision="fp32")
+    compiled = ResidualReader(tiny_lm, tiny_lm.hook_point(2), precision="fp32", compile=True)
+    assert compiled.compiled
+    torch.testing.assert_close(compiled(ids), eager(ids), rtol=1e-4, atol=1e-4)
