@@ -43,6 +43,18 @@ def _cmd_harvest(ns: argparse.Namespace) -> None:
               "finished by whichever process completes the last shard (or rerun without --shard).")
 
 
+def _cmd_train(ns: argparse.Namespace) -> None:
+    from training.config import TrainConfig, load_config
+    from training.train import train
+
+    names = [f for f in TrainConfig.__dataclass_fields__]
+    overrides = {k: getattr(ns, k) for k in names if getattr(ns, k, None) is not None}
+    cfg = load_config(ns.config, **overrides) if ns.config else TrainConfig(**overrides)
+    out = train(cfg)
+    run = json.loads((out / "run.json").read_text())
+    print(f"SAE written to {out} ({run['vectors']:,} vectors, {run['vectors_per_s']:,.0f} vectors/s)")
+
+
 def _cmd_store(ns: argparse.Namespace) -> None:
     from sae.activations import ActivationStore, store_summary
 
@@ -74,6 +86,7 @@ def _cmd_demo(ns: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from sae.activations import HarvestConfig
     from sae.corpus import DEFAULT_CORPUS
+    from training.config import TrainConfig
     from sae.models import DEFAULT_MODEL
 
     p = argparse.ArgumentParser(prog="saex", description="Sparse-autoencoder feature explorer: "
@@ -99,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "same command to resume after an interruption.")
     add_dataclass_flags(h, HarvestConfig)
     h.set_defaults(func=_cmd_harvest)
+
+    t = sub.add_parser("train", help="train a TopK SAE on an activation store (SAELens-format run folder)",
+                       description="Train an SAE. Settings come from --config FILE.toml (see "
+                       "training/configs/default.toml), then from flags, which win.")
+    t.add_argument("--config", default=None, help="TOML config file (keys: the flags below)")
+    add_dataclass_flags(t, TrainConfig, defaults_to_none=True)
+    t.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("store", help="summarise (and verify) an activation store")
     s.add_argument("store", help="store folder")

@@ -39,7 +39,9 @@ def _optional(conv):
 
 
 def add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = (),
-                        positional: tuple[str, ...] = ()) -> None:
+                        positional: tuple[str, ...] = (), defaults_to_none: bool = False) -> None:
+    """One flag per field. With `defaults_to_none`, unset flags parse as None (so a
+    config file's values are not overridden by flag defaults); help still shows the default."""
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -65,7 +67,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, .
             parser.add_argument(f.name, type=conv, help=help_text)
         else:
             parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=conv,
-                                default=default, help=help_text,
+                                default=None if defaults_to_none else default, help=help_text,
                                 metavar=f.name.upper() if base is not bool else "yes|no")
 
 
