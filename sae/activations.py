@@ -362,20 +362,26 @@ def _harvest_shard(k: int, plan: _Plan, reader: ResidualReader, threshold: float
         acts[i:i + real] = h.to(torch_dtype).view(torch.uint16).numpy() if torch_dtype == torch.bfloat16 \
             else h.to(torch_dtype).numpy()
         bar.update(real * t)
+    write_shard(shard_dir, k, rows.start, acts, plan.windows[rows], flags)
+
+
+def write_shard(shard_dir: Path, k: int, first_window: int, acts: np.ndarray, tokens: np.ndarray,
+                flags: np.ndarray) -> None:
+    """Write shard k's three arrays atomically, then its .json (which marks it complete)."""
     name = _shard_name(k)
     files = {}
-    for kind, arr in (("acts", acts), ("tokens", plan.windows[rows]), ("flags", flags)):
+    for kind, arr in (("acts", acts), ("tokens", tokens), ("flags", flags)):
         data = _npy_bytes(np.ascontiguousarray(arr))
         fname = f"{name}.{kind}.npy"
-        files[kind] = {"name": fname, "bytes": len(data), "sha256": _write_bytes_atomic(shard_dir / fname, data)}
+        files[kind] = {"name": fname, "bytes": len(data), "sha256": _write_bytes_atomic(Path(shard_dir) / fname, data)}
     info = {
-        "shard": k, "first_window": rows.start, "n_windows": n, "files": files,
+        "shard": k, "first_window": first_window, "n_windows": int(len(acts)), "files": files,
         "n_special": int(((flags & FLAG_SPECIAL) > 0).sum()),
         "n_outliers": int(((flags & FLAG_OUTLIER) > 0).sum()),
         "n_usable": int((flags == 0).sum()),
         "outlier_positions": _count_positions(flags),
     }
-    write_json_atomic(shard_dir / f"{name}.json", info)
+    write_json_atomic(Path(shard_dir) / f"{name}.json", info)
 
 
 def _count_positions(flags: np.ndarray) -> dict[str, int]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sae.activations import STORE_FORMAT, _npy_bytes, _write_bytes_atomic, _write_manifest
+from sae.activations import STORE_FORMAT, _write_manifest, write_shard
 from sae.fsutil import write_json_atomic
 
 
@@ -28,17 +28,8 @@ def write_store(out: Path, acts: torch.Tensor, shard_windows: int = 16, flags: t
     write_json_atomic(out / "plan.json", plan)
     for k in range(n_shards):
         rows = slice(k * shard_windows, min(n, (k + 1) * shard_windows))
-        files = {}
-        for kind, arr in (("acts", acts[rows].numpy().astype(np.float32)), ("tokens", tokens[rows]),
-                          ("flags", flags[rows].numpy())):
-            data = _npy_bytes(np.ascontiguousarray(arr))
-            name = f"{k:05d}.{kind}.npy"
-            files[kind] = {"name": name, "bytes": len(data), "sha256": _write_bytes_atomic(out / "shards" / name, data)}
-        f = flags[rows]
-        write_json_atomic(out / "shards" / f"{k:05d}.json", {
-            "shard": k, "first_window": rows.start, "n_windows": rows.stop - rows.start, "files": files,
-            "n_special": int((f & 1).bool().sum()), "n_outliers": int((f & 2).bool().sum()),
-            "n_usable": int((f == 0).sum()), "outlier_positions": {}})
+        write_shard(out / "shards", k, rows.start, acts[rows].numpy().astype(np.float32), tokens[rows],
+                    flags[rows].numpy())
     _write_manifest(out, plan)
     return out
 

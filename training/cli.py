@@ -68,19 +68,31 @@ def _cmd_store(ns: argparse.Namespace) -> None:
 def _cmd_demo(ns: argparse.Namespace) -> None:
     from sae.activations import HarvestConfig, harvest, store_summary
     from sae.models import load_model
+    from training.config import load_config
+    from training.train import train
 
     root = Path(ns.out_dir)
     t0 = time.perf_counter()
     lm = load_model(ns.model, device=ns.device)
-    print(f"[1/3] model {lm.spec}: {lm.n_layers} blocks, d_model {lm.d_model}, "
+    print(f"[1/4] model {lm.spec}: {lm.n_layers} blocks, d_model {lm.d_model}, "
           f"hook {lm.hook_point(ns.layer).name} ({time.perf_counter() - t0:.0f} s)", flush=True)
     for step, (split, tokens) in enumerate((("train", ns.tokens), ("heldout", ns.heldout_tokens)), start=2):
         t = time.perf_counter()
         cfg = HarvestConfig(out=str(root / f"acts-{split}"), model=ns.model, layer=ns.layer, corpus=ns.corpus,
                             split=split, tokens=tokens, device=ns.device)
         out = harvest(cfg, lm=lm)
-        print(f"[{step}/3] {split} activations: {store_summary(out)} ({time.perf_counter() - t:.0f} s)", flush=True)
-    print(f"done in {time.perf_counter() - t0:.0f} s. Next steps (training, index, explorer) arrive with later releases.")
+        print(f"[{step}/4] {split} activations: {store_summary(out)} ({time.perf_counter() - t:.0f} s)", flush=True)
+    del lm
+    t = time.perf_counter()
+    run = root / "sae"
+    if not (run / "cfg.json").exists():
+        train(load_config(ns.train_config, store=str(root / "acts-train"), out=str(run), device=ns.device))
+    stats = json.loads((run / "run.json").read_text())
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    print(f"[4/4] TopK SAE in {run}: {stats['vectors']:,} vectors, last-batch EV {last['explained_variance']:.3f}, "
+          f"L0 {last['l0']:.0f}, dead {last['dead_fraction']:.1%} ({time.perf_counter() - t:.0f} s)", flush=True)
+    print(f"done in {time.perf_counter() - t0:.0f} s. Evaluation, the feature index and the explorer arrive "
+          "with later releases.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     d = sub.add_parser("demo", help="the main job end to end on the default model and corpus "
-                       "(today: fetch, harvest train and held-out activations)")
+                       "(today: fetch, harvest train and held-out activations, train a TopK SAE)")
     d.add_argument("--out-dir", default="checkpoints/demo", help="where the run goes (default: checkpoints/demo)")
     d.add_argument("--model", default=DEFAULT_MODEL, help=f"model spec (default: {DEFAULT_MODEL})")
     d.add_argument("--layer", default=None, help="block whose output is read (default: the middle one)")
@@ -102,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--tokens", type=int, default=2_000_000, help="training tokens (default: 2000000)")
     d.add_argument("--heldout-tokens", type=int, default=131_072, help="held-out tokens (default: 131072)")
     d.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
+    d.add_argument("--train-config", default=str(Path(__file__).with_name("configs") / "default.toml"),
+                   help="TOML training config (default: training/configs/default.toml)")
     d.set_defaults(func=_cmd_demo)
 
     f = sub.add_parser("fetch", help="download the default model and corpus into the cache")

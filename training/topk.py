@@ -36,10 +36,17 @@ class FastTopKSAE(nn.Module):
         """ "batch d_in" -> "batch d_sae" (before TopK)."""
         return (x - self.b_dec) @ self.W_enc + self.b_enc
 
+    def encode_with_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(values, indices, pre): the k largest pre-activations ReLU'd, both "batch k",
+        and all pre-activations "batch d_sae" (AuxK picks dead latents from them)."""
+        pre = self.pre_acts(x)
+        vals, idx = pre.topk(self.k, dim=-1, sorted=False)
+        return vals.float().relu(), idx, pre
+
     def encode_sparse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Values and latent indices of the k largest pre-activations, ReLU'd: both "batch k"."""
-        vals, idx = self.pre_acts(x).topk(self.k, dim=-1, sorted=False)
-        return vals.float().relu(), idx
+        vals, idx, _ = self.encode_with_pre(x)
+        return vals, idx
 
     def decode_sparse(self, vals: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """ "batch k" values and indices -> "batch d_in" reconstruction."""

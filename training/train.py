@@ -106,9 +106,7 @@ def train(cfg: TrainConfig) -> Path:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, total_steps, cfg)
         with autocast:
-            pre = sae.pre_acts(x)
-        vals, idx = pre.topk(cfg.k, dim=-1, sorted=False)
-        vals = vals.float().relu()
+            vals, idx, pre = sae.encode_with_pre(x)
         recon = sae.decode_sparse(vals, idx)
         residual = x - recon
         mse = residual.pow(2).sum(-1).mean()
@@ -121,12 +119,10 @@ def train(cfg: TrainConfig) -> Path:
         opt.step()
         sae.normalise_decoder()
         with torch.no_grad():
-            fired = torch.zeros(cfg.d_sae, dtype=torch.bool, device=device)
-            fired[idx[vals > 0]] = True
             counts = torch.bincount(idx[vals > 0], minlength=cfg.d_sae)
             fired_count += counts
             since_fired += len(x)
-            since_fired[fired] = 0
+            since_fired[counts > 0] = 0
             seen += len(x)
         if step % cfg.log_every == 0 or step == total_steps - 1:
             with torch.no_grad():
