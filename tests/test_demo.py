@@ -1,0 +1,27 @@
+import json
+import subprocess
+import sys
+
+
+def test_demo_runs_end_to_end_and_skips_done_work(tmp_path, tiny_model_dir, text_corpus):
+    cfg = tmp_path / "train.toml"
+    cfg.write_text("d_sae = 64\nk = 4\nbatch_size = 128\nepochs = 1.0\nwarmup_steps = 2\nprogress = false\n")
+    cmd = [sys.executable, "-m", "training.cli", "demo", "--out-dir", str(tmp_path / "run"), "--model",
+           str(tiny_model_dir), "--corpus", str(text_corpus), "--tokens", "4096", "--heldout-tokens", "512",
+           "--device", "cpu", "--train-config", str(cfg)]
+    first = subprocess.run(cmd, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    for step in ("[1/4]", "[2/4]", "[3/4]", "[4/4]"):
+        assert step in first.stdout
+    run = tmp_path / "run"
+    train_m = json.loads((run / "acts-train" / "manifest.json").read_text())
+    held_m = json.loads((run / "acts-heldout" / "manifest.json").read_text())
+    assert (train_m["n_tokens"], held_m["n_tokens"]) == (4096, 512)
+    assert (train_m["corpus"]["split"], held_m["corpus"]["split"]) == ("train", "heldout")
+    sae_cfg = json.loads((run / "sae" / "cfg.json").read_text())
+    assert (sae_cfg["d_sae"], sae_cfg["k"], sae_cfg["d_in"]) == (64, 4, 32)
+    weights = (run / "sae" / "sae_weights.safetensors").read_bytes()
+    second = subprocess.run(cmd, capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr
+    assert "already complete" in second.stderr
+    assert (run / "sae" / "sae_weights.safetensors").read_bytes() == weights  # not retrained
