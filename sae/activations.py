@@ -508,6 +508,19 @@ class ActivationStore:
         a = self.acts(k).reshape(-1, self.d_model)
         return a[(self.flags(k).reshape(-1) == 0)].float()
 
+    def usable_rows(self, k: int) -> torch.Tensor:
+        """Positions (flattened window * pos) of shard k's training vectors, int64."""
+        return (self.flags(k).reshape(-1) == 0).nonzero().squeeze(1)
+
+    def gather(self, k: int, rows: torch.Tensor) -> torch.Tensor:
+        """Shard k's vectors at flattened positions `rows`, "n d_model" float32, read
+        from the memory map without loading the rest of the shard."""
+        flat = self.acts(k).reshape(-1, self.d_model)
+        order = rows.argsort()  # ascending positions read the file front to back
+        out = torch.empty(len(rows), self.d_model)
+        out[order] = flat[rows[order]].float()
+        return out
+
     def iter_usable(self, shards: list[int] | None = None) -> Iterator[torch.Tensor]:
         for k in shards if shards is not None else range(self.n_shards):
             yield self.usable(k)

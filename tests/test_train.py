@@ -28,7 +28,7 @@ def test_topk_recovers_planted_features(planted_store, tmp_path):
     run = train(_cfg(store, tmp_path / "run"))
     sae = load_sae(run)
     with torch.no_grad():
-        recon, vals, idx = sae(x)
+        recon, _ = sae(x)
     ev = 1 - (recon - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
     assert ev > 0.85
     cos = feats @ sae.W_dec.detach().t()
@@ -63,8 +63,8 @@ def test_input_scale_is_folded_into_the_saved_weights(planted_store, tmp_path):
     a, b = load_sae(run_a), load_sae(run_b)
     with torch.no_grad():
         # same data up to a factor 40: same latents chosen, activations and output scale by 40
-        ra, va, ia = a(x[:200])
-        rb, vb, ib = b(x[:200] * 40)
+        ra, _ = a(x[:200])
+        rb, _ = b(x[:200] * 40)
     torch.testing.assert_close(rb, ra * 40, rtol=2e-2, atol=2e-2 * 40)
 
 

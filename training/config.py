@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sae.errors import SaexError
 
-ARCHITECTURES = ("topk",)
+ARCHITECTURES = ("topk", "batchtopk", "standard", "gated", "jumprelu", "matryoshka_batchtopk")
+# Architectures our own fast loop (training/train.py) trains; sae-lens's SAETrainer trains them all.
+FAST_ARCHITECTURES = ("topk", "batchtopk")
+BACKENDS = ("auto", "ours", "saelens")
 
 
 @dataclass
@@ -21,7 +24,9 @@ class TrainConfig:
     out: str = "checkpoints/demo/sae"
     """Run folder: SAELens-format weights and config, sparsity, the training config and a metrics log."""
     architecture: str = "topk"
-    """SAE architecture: topk (the fast path)."""
+    """SAE architecture: topk, batchtopk, standard (ReLU + L1), gated, jumprelu or matryoshka_batchtopk."""
+    backend: str = "auto"
+    """Trainer: auto (our fast loop for topk and batchtopk, sae-lens's SAETrainer for the rest), ours or saelens."""
     d_sae: int = 4608
     """Number of latents."""
     k: int = 32
@@ -41,7 +46,27 @@ class TrainConfig:
     aux_coef: float = 1 / 32
     """Weight of the AuxK loss."""
     dead_after: int = 500_000
-    """A latent that has not fired in this many training vectors counts as dead."""
+    """A latent that has not fired in this many training vectors counts as dead (sae-lens backend: rounded up to whole steps, its dead_feature_window)."""
+    aux_loss_coefficient: float = 1.0
+    """sae-lens backend, topk/batchtopk/matryoshka_batchtopk: weight of sae-lens's AuxK loss (not variance-normalised, unlike aux_coef)."""
+    l1_coefficient: float = 5.0
+    """standard, gated: weight of the L1 penalty (activations times decoder-row norms, on inputs of mean norm sqrt(d_in))."""
+    l1_warm_up_steps: int = 0
+    """standard, gated: steps over which the L1 weight ramps up linearly from 0."""
+    l0_coefficient: float = 1.0
+    """jumprelu: weight of the L0 sparsity loss."""
+    l0_warm_up_steps: int = 0
+    """jumprelu: steps over which the L0 weight ramps up linearly from 0."""
+    jumprelu_init_threshold: float = 0.01
+    """jumprelu: initial threshold of every latent."""
+    jumprelu_bandwidth: float = 0.05
+    """jumprelu: width of the straight-through estimator's window around the threshold."""
+    jumprelu_sparsity_loss_mode: str = "step"
+    """jumprelu: step (DeepMind: L0 through a straight-through estimator) or tanh (Anthropic)."""
+    pre_act_loss_coefficient: float = 0.0
+    """jumprelu: weight of Anthropic's pre-activation loss that pulls dead latents up to their threshold; 0 = off (Anthropic: 3e-6)."""
+    matryoshka_widths: list[int] = field(default_factory=list)
+    """matryoshka_batchtopk: nested dictionary sizes, strictly increasing, the last equal to d_sae (on the command line: 576,1152,4608); empty = d_sae/8, d_sae/4, d_sae/2, d_sae."""
     normalize: str = "expected_average_only_in"
     """Input scaling: expected_average_only_in (mean norm sqrt(d_in), as sae-lens) or none."""
     autocast: bool = True
@@ -54,12 +79,18 @@ class TrainConfig:
     """auto, cpu, cuda or cuda:N."""
     log_every: int = 20
     """Steps between metric log lines."""
+    checkpoint_every: int = 100
+    """Steps between resumable checkpoints (RUN/checkpoint/); 0 = none. A rerun of an interrupted run resumes from the last one."""
+    batchtopk_threshold_lr: float = 0.01
+    """batchtopk: rate of the running mean that sets the inference threshold from the smallest kept activation."""
     progress: bool = True
     """Show a progress bar."""
 
     def __post_init__(self):
         if self.architecture not in ARCHITECTURES:
             raise SaexError(f"unknown architecture {self.architecture!r}", f"use one of {', '.join(ARCHITECTURES)}")
+        if self.checkpoint_every < 0:
+            raise SaexError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}", "set it to 0 (no checkpoints) or a number of steps")
         for name in ("d_sae", "k", "batch_size", "shards_in_memory", "log_every", "dead_after"):
             if int(getattr(self, name)) < 1:
                 raise SaexError(f"{name} must be at least 1, got {getattr(self, name)}", f"set {name} to a positive number")
@@ -71,6 +102,44 @@ class TrainConfig:
             raise SaexError(f"need 0 < lr_end <= lr, got lr {self.lr}, lr_end {self.lr_end}", "e.g. lr = 4e-4, lr_end = 4e-5")
         if self.normalize not in ("expected_average_only_in", "none"):
             raise SaexError(f"unknown normalize {self.normalize!r}", "use expected_average_only_in or none")
+        self._check_saelens_fields()
+
+    def _check_saelens_fields(self):
+        if self.backend not in BACKENDS:
+            raise SaexError(f"unknown backend {self.backend!r}", f"use one of {', '.join(BACKENDS)}")
+        if self.backend == "ours" and self.architecture not in FAST_ARCHITECTURES:
+            raise SaexError(f"backend 'ours' does not train {self.architecture} SAEs",
+                            f"use backend = \"auto\" or \"saelens\" (ours trains {', '.join(FAST_ARCHITECTURES)})")
+        if self.trainer() == "saelens" and self.aux_k != 0:
+            raise SaexError(f"aux_k ({self.aux_k}) is not adjustable with the sae-lens backend (it uses d_in / 2)",
+                            "set aux_k = 0")
+        for name in ("aux_loss_coefficient", "l1_coefficient", "l0_coefficient", "l1_warm_up_steps", "l0_warm_up_steps",
+                     "jumprelu_init_threshold", "pre_act_loss_coefficient"):
+            if not getattr(self, name) >= 0:
+                raise SaexError(f"{name} must be >= 0, got {getattr(self, name)}", f"set {name} to zero or a positive number")
+        if not self.jumprelu_bandwidth > 0:
+            raise SaexError(f"jumprelu_bandwidth must be positive, got {self.jumprelu_bandwidth}", "e.g. jumprelu_bandwidth = 0.05")
+        if self.jumprelu_sparsity_loss_mode not in ("step", "tanh"):
+            raise SaexError(f"unknown jumprelu_sparsity_loss_mode {self.jumprelu_sparsity_loss_mode!r}", "use step or tanh")
+        widths = self.matryoshka_widths
+        if isinstance(widths, str):  # from the command line
+            try:
+                widths = [int(w) for w in widths.replace(" ", "").split(",") if w]
+            except ValueError:
+                raise SaexError(f"matryoshka_widths must be integers, got {self.matryoshka_widths!r}",
+                                "e.g. matryoshka_widths = 576,1152,2304,4608") from None
+        widths = list(widths)
+        if widths and (any(not isinstance(w, int) or w < 1 for w in widths)
+                       or any(a >= b for a, b in zip(widths, widths[1:])) or widths[-1] != self.d_sae):
+            raise SaexError(f"matryoshka_widths must be strictly increasing positive integers ending at d_sae "
+                            f"({self.d_sae}), got {widths}", f"e.g. matryoshka_widths = [{self.d_sae // 4}, {self.d_sae // 2}, {self.d_sae}]")
+        self.matryoshka_widths = widths
+
+    def trainer(self) -> str:
+        """Which loop trains this config: "ours" (training/train.py) or "saelens" (training/saelens_backend.py)."""
+        if self.backend == "ours" or (self.backend == "auto" and self.architecture in FAST_ARCHITECTURES):
+            return "ours"
+        return "saelens"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
