@@ -55,6 +55,15 @@ def _cmd_train(ns: argparse.Namespace) -> None:
     print(f"SAE written to {out} ({run['vectors']:,} vectors, {run['vectors_per_s']:,.0f} vectors/s)")
 
 
+def _cmd_eval(ns: argparse.Namespace) -> None:
+    from sae.evaluate import EVAL_FILE, EvalConfig, format_table, run_eval
+
+    cfg = dataclass_from_args(EvalConfig, ns)
+    result = run_eval(cfg)
+    print(format_table(result))
+    print(f"written to {Path(cfg.run) / EVAL_FILE} ({result['seconds']:.0f} s)")
+
+
 def _cmd_store(ns: argparse.Namespace) -> None:
     from sae.activations import ActivationStore, store_summary
 
@@ -100,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     from sae.corpus import DEFAULT_CORPUS
     from training.config import TrainConfig
     from sae.models import DEFAULT_MODEL
+    from sae.evaluate import EvalConfig
 
     p = argparse.ArgumentParser(prog="saex", description="Sparse-autoencoder feature explorer: "
                                 "harvest activations, train and explore SAEs.")
@@ -133,6 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", default=None, help="TOML config file (keys: the flags below)")
     add_dataclass_flags(t, TrainConfig, defaults_to_none=True)
     t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate an SAE on held-out activations (EV, L0, dead latents) and "
+                       "spliced into the model (CE loss, KL); writes RUN/eval.json",
+                       description="Evaluate an SAE run on a held-out activation store: reconstruction "
+                       "figures from the stored activations, then CE loss and KL with the SAE spliced into "
+                       "the model at its hook. Writes RUN/eval.json and prints a table.")
+    add_dataclass_flags(e, EvalConfig, positional=("run",))
+    e.set_defaults(func=_cmd_eval)
 
     s = sub.add_parser("store", help="summarise (and verify) an activation store")
     s.add_argument("store", help="store folder")

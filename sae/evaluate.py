@@ -1,0 +1,570 @@
+"""Evaluate an SAE on held-out text: reconstruction from the stored activations, and
+what splicing it into the model does to the next-token loss.
+
+Two passes, both over the same held-out activation store:
+
+1. Reconstruction (every stored vector, streamed shard by shard): MSE, explained
+   variance, L0, dead and dense latents. Special positions (BOS ...) are always left
+   out; the main figures also leave out the norm outliers (massive activations), and
+   the `*_with_outliers` figures keep them, because a handful of outlier vectors carry
+   most of the variance and would otherwise decide the "all tokens" EV alone.
+2. Splice (the first `n_ce_windows` windows of the store's own token ids): the residual
+   stream after the hooked block is replaced by the SAE's reconstruction, or by zeros,
+   and the model runs on. CE loss and KL(clean || patched) are compared as sae-lens's
+   `sae_lens.evals.get_recons_loss` defines them (same masks, same scores; tested).
+   BOS/special positions are never spliced; the zero-ablation baseline zeroes every
+   position, BOS included, as sae-lens's run_evals does, so that CE-loss scores compare
+   with sae-lens's (`ablate_special=False` spares BOS: CE_zero rises, e.g. 10.8 -> 15.1 on
+   SmolLM2 layer 15, and every score with it). Outlier positions pass through untouched
+   by default.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from sae.activations import FLAG_OUTLIER, FLAG_SPECIAL, ActivationStore
+from sae.errors import SaexError
+from sae.fsutil import write_json_atomic
+from sae.models import LoadedModel, ResidualReader, load_model, resolve_device
+from sae.saes import LoadedSAE, load_sae
+
+EVAL_FILE = "eval.json"
+EVAL_FORMAT = 1
+DENSE_THRESHOLD = 0.1  # a latent firing on more than this fraction of tokens counts as dense
+SPLICE_KEYS = ("ce_clean", "ce_spliced", "ce_zero_ablated", "ce_delta", "ce_loss_score", "kl_spliced",
+               "kl_zero_ablated", "kl_score")
+CHUNK_VECTORS = 8192  # vectors encoded at once in the reconstruction pass (bounds memory)
+
+
+@dataclass
+class EvalConfig:
+    """Evaluate an SAE run on a held-out activation store."""
+
+    run: str = ""
+    """Run folder of the SAE (cfg.json + sae_weights.safetensors)."""
+    store: str | None = None
+    """Held-out activation store; default: the run's training store with -train in its name replaced by -heldout."""
+    model: str | None = None
+    """Model for the CE/KL splice; default: the model the store was harvested from."""
+    ce_windows: int | str = 256
+    """Windows of the store's text for CE loss and KL (the first N); all = every window; 0 = skip the splice."""
+    batch_size: int = 8
+    """Windows per forward pass in the splice."""
+    splice_outliers: bool = False
+    """Splice the SAE in at outlier positions too (by default they keep their clean activation)."""
+    ablate_special: bool = True
+    """Zero-ablate BOS/special positions too in the CE_zero baseline, as sae-lens's run_evals does (false: spare them, which raises CE_zero and every CE-loss score)."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    progress: bool = True
+    """Show progress bars."""
+
+    def __post_init__(self):
+        if not self.run:
+            raise SaexError("no run folder given", "pass the folder of a trained SAE: saex eval RUN")
+        self.ce_windows = parse_ce_windows(self.ce_windows)
+        if int(self.batch_size) < 1:
+            raise SaexError(f"batch_size must be at least 1, got {self.batch_size}", "pass e.g. --batch-size 8")
+
+
+def parse_ce_windows(value: int | str | None) -> int | None:
+    """An int >= 0, or None for every window ('all')."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "all"):
+        return None
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise SaexError(f"bad --ce-windows {value!r}", "give a number of windows, 0 to skip, or all") from None
+    if n < 0:
+        raise SaexError(f"--ce-windows must be >= 0, got {n}", "give a number of windows, 0 to skip, or all")
+    return n
+
+
+# --------------------------------------------------------------------------- which store, which model
+
+
+def default_heldout_store(sae: LoadedSAE) -> Path:
+    """The run's training store with `-train` in its name replaced by `-heldout`."""
+    trained_on = (sae.run or {}).get("store")
+    if not trained_on:
+        raise SaexError(f"{sae.path} has no run.json naming the store it was trained on",
+                        "pass --store with a held-out activation store of the same model and hook")
+    train = Path(trained_on)
+    if "-train" not in train.name:
+        raise SaexError(f"cannot guess the held-out store of {train}: its name holds no '-train'",
+                        "pass --store with a held-out activation store of the same model and hook")
+    held = train.with_name("-heldout".join(train.name.rsplit("-train", 1)))
+    if not (held / "manifest.json").exists():
+        raise SaexError(f"the held-out store {held} (next to the training store) does not exist or is unfinished",
+                        f"harvest it (saex harvest --split heldout --out {held} with the training store's "
+                        "model, layer and corpus), or pass --store")
+    return held
+
+
+def _same_hook(name: str, store: ActivationStore) -> bool:
+    """`blocks.L.hook_resid_post`, `model.layers.L` (sae-lens's HookedProxyLM names) ...
+    all name the store's hook when they parse to its layer."""
+    from sae.models import parse_hook_point
+
+    hook = store.manifest["hook"]
+    if name in (hook["name"], hook["module_path"]):
+        return True
+    try:
+        layers_path = hook["module_path"].rsplit(".", 1)[0]
+        return parse_hook_point(name, int(store.manifest["model"]["n_layers"]), layers_path).layer == hook["layer"]
+    except (SaexError, KeyError, ValueError):
+        return False
+
+
+def check_store(sae: LoadedSAE, store: ActivationStore) -> list[str]:
+    """Refuse a store the SAE cannot be evaluated on; return warnings for what cannot be checked."""
+    m = store.manifest
+    if store.d_model != sae.d_in:
+        raise SaexError(f"the store {store.path} holds {store.d_model}-dimensional activations, "
+                        f"the SAE reads {sae.d_in}", "use a store of the model and hook the SAE was trained on")
+    if sae.hook_name is not None and not _same_hook(sae.hook_name, store):
+        raise SaexError(f"the SAE was trained at {sae.hook_name}, the store {store.path} is at {store.hook_name}",
+                        "use a store harvested at the SAE's hook point")
+    store_sha = m["model"].get("weights_sha256")
+    if sae.model_weights_sha256 and store_sha and sae.model_weights_sha256 != store_sha:
+        raise SaexError(f"the SAE was trained on model weights {sae.model_weights_sha256[:12]}... "
+                        f"({sae.model_spec}), the store {store.path} on {store_sha[:12]}... ({m['model']['spec']})",
+                        "use a store harvested from the SAE's model")
+    warnings = []
+    if sae.hook_name is None:
+        warnings.append("the SAE records no hook point: the store's was assumed")
+    if not sae.model_weights_sha256:
+        warnings.append("the SAE records no model weights hash: the store's model was assumed")
+    if m["corpus"].get("split") != "heldout":
+        warnings.append(f"the store holds {m['corpus'].get('split')!r} text, not held-out text")
+    trained_on = (sae.run or {}).get("store")
+    if trained_on and Path(trained_on).resolve() == store.path.resolve():
+        warnings.append("the store is the one the SAE was trained on: these are training figures")
+    return warnings
+
+
+def check_model(lm: LoadedModel, store: ActivationStore) -> None:
+    m = store.manifest
+    if lm.weights_sha256 != m["model"]["weights_sha256"]:
+        raise SaexError(f"the model {lm.spec} (weights {lm.weights_sha256[:12]}...) is not the one the store "
+                        f"{store.path} was harvested from ({m['model']['spec']}, {m['model']['weights_sha256'][:12]}...)",
+                        "pass --model with the store's model, or leave --model out")
+    if lm.d_model != store.d_model:
+        raise SaexError(f"the model {lm.spec} has d_model {lm.d_model}, the store {store.d_model}",
+                        "pass --model with the store's model")
+
+
+# --------------------------------------------------------------------------- pass 1: stored activations
+
+
+class _Reconstruction:
+    """Running sums for MSE and explained variance over a stream of vectors.
+
+    EV = 1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2. The second sum is merged
+    batch by batch with Chan et al.'s update in float64, so a large mean (SmolLM2's
+    residual has mean norm ~130) does not cancel catastrophically."""
+
+    def __init__(self, d_sae: int, device: torch.device):
+        self.n = 0
+        self.mean: torch.Tensor | None = None
+        self.sst = 0.0  # sum of squared deviations from the running mean
+        self.sse = 0.0  # sum of squared reconstruction errors
+        self.l0 = 0.0
+        self.fired = torch.zeros(d_sae, dtype=torch.long, device=device)
+
+    def _absorb(self, n: int, mean: torch.Tensor, sst: float) -> None:
+        if n == 0:
+            return
+        if self.n == 0:
+            self.mean, self.sst = mean, sst
+        else:
+            delta = mean - self.mean
+            total = self.n + n
+            self.sst += sst + float(delta.pow(2).sum()) * self.n * n / total
+            self.mean = self.mean + delta * (n / total)
+        self.n += n
+
+    def add(self, x: torch.Tensor, recon: torch.Tensor, acts: torch.Tensor) -> None:
+        if len(x) == 0:
+            return
+        x64 = x.double()
+        mean = x64.mean(0)
+        self._absorb(len(x), mean, float((x64 - mean).pow(2).sum()))
+        self.sse += float((x64 - recon.double()).pow(2).sum())
+        active = acts != 0  # != 0, not > 0: signed architectures (AbsTopK) count too
+        self.l0 += float(active.sum())
+        self.fired += active.sum(0)
+
+    def merged(self, other: "_Reconstruction") -> "_Reconstruction":
+        """The accumulator of both sets of vectors."""
+        out = copy.copy(self)
+        out._absorb(other.n, other.mean, other.sst)
+        out.sse, out.l0, out.fired = self.sse + other.sse, self.l0 + other.l0, self.fired + other.fired
+        return out
+
+    def figures(self) -> dict:
+        if self.n == 0:
+            return {"mse": None, "explained_variance": None, "l0": None}
+        return {"mse": self.sse / self.n,
+                "explained_variance": 1 - self.sse / self.sst if self.sst > 0 else None,
+                "l0": self.l0 / self.n}
+
+
+def _density_histogram(density: torch.Tensor) -> dict:
+    """Latents per log10(density) bin of width 0.5 (for a plot), plus those that never fired."""
+    alive = density[density > 0]
+    edges = [x / 2 for x in range(-20, 1)]  # 1e-10 .. 1
+    logd = torch.log10(alive.double()).clamp(min=edges[0], max=edges[-1] - 1e-9)
+    counts = torch.histc(logd, bins=len(edges) - 1, min=edges[0], max=edges[-1]) if len(alive) else \
+        torch.zeros(len(edges) - 1)
+    return {"log10_density_edges": edges, "counts": [int(c) for c in counts], "never_fired": int((density == 0).sum())}
+
+
+@torch.no_grad()
+def reconstruction_metrics(sae: LoadedSAE, store: ActivationStore, progress: bool = True) -> dict:
+    """Pass 1: MSE, EV, L0 (outliers excluded, and included), dead and dense latents."""
+    from tqdm.auto import tqdm
+
+    main = _Reconstruction(sae.d_sae, sae.device)  # ordinary tokens
+    extra = _Reconstruction(sae.d_sae, sae.device)  # outlier tokens, merged into "with outliers" below
+    n_special = 0
+    bar = tqdm(total=store.n_windows * store.context_size, unit="tok", unit_scale=True,
+               desc="reconstruction", disable=not progress)
+    for k in range(store.n_shards):
+        acts = store.acts(k).reshape(-1, store.d_model)
+        flags = store.flags(k).reshape(-1)
+        for i in range(0, len(acts), CHUNK_VECTORS):
+            f = flags[i:i + CHUNK_VECTORS]
+            keep = (f & FLAG_SPECIAL) == 0
+            n_special += int((~keep).sum())
+            x = acts[i:i + CHUNK_VECTORS][keep].to(sae.device, torch.float32)
+            if not torch.isfinite(x).all():
+                raise SaexError(f"NaN/inf activations in shard {k} of {store.path}",
+                                "harvest the store again (with --precision fp32 if it persists)")
+            outlier = ((f[keep] & FLAG_OUTLIER) != 0).to(sae.device)
+            latents = sae.encode(x)
+            recon = sae.decode(latents)
+            main.add(x[~outlier], recon[~outlier], latents[~outlier])
+            extra.add(x[outlier], recon[outlier], latents[outlier])
+            bar.update(len(f))
+    bar.close()
+    both = main.merged(extra)
+    if main.n == 0:
+        raise SaexError(f"the store {store.path} holds no ordinary (non-special, non-outlier) tokens",
+                        "use a store with real text")
+    density = main.fired.double().cpu() / main.n
+    dead = int((main.fired == 0).sum())
+    dense = int((density > DENSE_THRESHOLD).sum())
+    fig, fig_all = main.figures(), both.figures()
+    return {
+        "explained_variance": fig["explained_variance"], "mse": fig["mse"], "l0": fig["l0"],
+        "explained_variance_with_outliers": fig_all["explained_variance"], "mse_with_outliers": fig_all["mse"],
+        "l0_with_outliers": fig_all["l0"],
+        "dead_fraction": dead / sae.d_sae, "dead_latents": dead,
+        "dense_fraction": dense / sae.d_sae, "dense_latents": dense, "dense_threshold": DENSE_THRESHOLD,
+        "tokens": {"total": store.n_windows * store.context_size, "evaluated": main.n,
+                   "outliers": extra.n, "special_excluded": n_special},
+        "density_histogram": _density_histogram(density),
+    }
+
+
+# --------------------------------------------------------------------------- pass 2: splice into the model
+
+
+def _with_submodule(root: torch.nn.Module, path: str, new: torch.nn.Module) -> torch.nn.Module:
+    """A shallow copy of `root` whose submodule at dotted `path` is `new`; `root` is untouched."""
+    head, _, rest = path.partition(".")
+    clone = copy.copy(root)
+    clone._modules = dict(root._modules)
+    clone._modules[head] = new if not rest else _with_submodule(root._modules[head], rest, new)
+    return clone
+
+
+def _upper_forward(lm: LoadedModel, layer: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Fast path: the model with only blocks layer+1.. left, fed the residual stream as
+    `inputs_embeds` (Llama-like models add nothing to the embeddings before block 0)."""
+    upper = _with_submodule(lm.model, lm.layers_path, torch.nn.ModuleList(list(lm.layers)[layer + 1:]))
+
+    def forward(ids: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return upper(inputs_embeds=h, use_cache=False).logits
+
+    return forward
+
+
+def _hooked_forward(lm: LoadedModel, module_path: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Generic path: the whole model from the token ids, with a forward hook that swaps
+    the hooked block's output for `h`. It must fire: a hook that silently does nothing
+    would report a perfect SAE."""
+    block = lm.model.get_submodule(module_path)
+
+    def forward(ids: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        fired = []
+
+        def swap(_mod, _inp, out):
+            fired.append(True)
+            return (h, *out[1:]) if isinstance(out, tuple) else h
+
+        handle = block.register_forward_hook(swap)
+        try:
+            logits = lm.model(input_ids=ids, use_cache=False).logits
+        finally:
+            handle.remove()
+        if not fired:
+            raise SaexError(f"the hook on {module_path} never fired in {type(lm.model).__name__}",
+                            "this model's layout is not supported for the splice; use --ce-windows 0")
+        return logits
+
+    return forward
+
+
+class Splicer:
+    """Logits of the model when the residual stream after block `layer` is `h`.
+
+    The blocks up to the hook run once per batch (`residual`); the rest runs once per
+    variant (clean, spliced, zero-ablated). The fast path is checked against a plain
+    forward on the first windows; a model it does not fit gets the generic path."""
+
+    def __init__(self, lm: LoadedModel, layer: int, probe_ids: torch.Tensor):
+        self.lm = lm
+        hook = lm.hook_point(layer)
+        self.reader = ResidualReader(lm, hook, precision="fp32", calibration_ids=probe_ids)
+        probe_ids = probe_ids[:2].to(lm.device)
+        with torch.inference_mode():
+            reference = lm.model(input_ids=probe_ids, use_cache=False).logits.float()
+            h = self.residual(probe_ids)
+            tol = dict(rtol=1e-4, atol=1e-4 * max(1.0, reference.abs().max().item()))
+            self.path = None
+            try:
+                fast = _upper_forward(lm, hook.layer)
+                if torch.allclose(fast(probe_ids, h).float(), reference, **tol):
+                    self._forward, self.path = fast, "upper blocks from the residual"
+            except Exception:  # an unfamiliar forward signature: try the generic path
+                pass
+            if self.path is None:
+                generic = _hooked_forward(lm, hook.module_path)
+                if not torch.allclose(generic(probe_ids, h).float(), reference, **tol):
+                    raise SaexError(f"the output of {hook.module_path} in {type(lm.model).__name__} is not the "
+                                    "residual stream the model continues from, so the SAE cannot be spliced there",
+                                    "use a Llama-like causal LM, or --ce-windows 0 to skip the splice")
+                self._forward, self.path = generic, "whole model with a replacing hook"
+
+    def residual(self, ids: torch.Tensor) -> torch.Tensor:
+        """ "batch pos" -> "batch pos d_model" fp32 on the model's device."""
+        return self.reader(ids).to(self.lm.device)
+
+    def logits(self, ids: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return self._forward(ids.to(self.lm.device), h).float()
+
+
+class _Sums:
+    def __init__(self):
+        self.total = 0.0
+        self.n = 0
+
+    def add(self, per_token: torch.Tensor, mask: torch.Tensor) -> None:
+        self.total += float(per_token[mask].double().sum())
+        self.n += int(mask.sum())
+
+    @property
+    def mean(self) -> float | None:
+        return self.total / self.n if self.n else None
+
+
+def _ce_per_token(logp: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """ "batch pos vocab" log-probs -> "batch pos-1": -log p(next token)."""
+    return -logp[:, :-1].gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+
+
+def _kl_per_token(logp_clean: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+    """KL(clean || patched) per position, summed over the vocabulary (as sae-lens's `_kl`)."""
+    return F.kl_div(logp, logp_clean, reduction="none", log_target=True).sum(-1)
+
+
+@torch.inference_mode()
+def splice_metrics(sae: LoadedSAE, store: ActivationStore, lm: LoadedModel, n_windows: int | None,
+                   batch_size: int = 8, splice_outliers: bool = False, ablate_special: bool = True,
+                   progress: bool = True) -> dict:
+    """Pass 2: CE loss clean / spliced / zero-ablated, KL, and their scores."""
+    from tqdm.auto import tqdm
+
+    layer = int(store.manifest["hook"]["layer"])
+    total = store.n_windows if n_windows is None else min(n_windows, store.n_windows)
+    probe = torch.cat([ids for ids, _ in _windows(store, min(total, 2))]).long()
+    splicer = Splicer(lm, layer, probe)
+    ce = {v: _Sums() for v in ("clean", "spliced", "zero")}
+    kl = {v: _Sums() for v in ("spliced", "zero")}
+    n_spliced = n_outliers_kept = 0
+    bar = tqdm(total=total, unit="window", desc="CE/KL splice", disable=not progress)
+    for ids, flags in _batched(_windows(store, total), batch_size):
+        ids = ids.long().to(lm.device)
+        flags = flags.to(lm.device)
+        special = (flags & FLAG_SPECIAL) != 0
+        outlier = ((flags & FLAG_OUTLIER) != 0) & ~special
+        splice = ~special if splice_outliers else ~special & ~outlier
+        ablate = torch.ones_like(special) if ablate_special else ~special
+        n_spliced += int(splice.sum())
+        n_outliers_kept += 0 if splice_outliers else int(outlier.sum())
+        h = splicer.residual(ids)
+        recon = sae.reconstruct(h).to(h.device)
+        logp_clean = splicer.logits(ids, h).log_softmax(-1)
+        ce_mask, kl_mask = ~special[:, :-1], ~special  # sae-lens: positions whose *input* token is special
+        ce["clean"].add(_ce_per_token(logp_clean, ids), ce_mask)
+        for name, patched in (("spliced", torch.where(splice.unsqueeze(-1), recon, h)),
+                              ("zero", torch.where(ablate.unsqueeze(-1), torch.zeros_like(h), h))):
+            logp = splicer.logits(ids, patched).log_softmax(-1)
+            ce[name].add(_ce_per_token(logp, ids), ce_mask)
+            kl[name].add(_kl_per_token(logp_clean, logp), kl_mask)
+            del logp
+        bar.update(len(ids))
+    bar.close()
+    c_clean, c_sae, c_zero = ce["clean"].mean, ce["spliced"].mean, ce["zero"].mean
+    k_sae, k_zero = kl["spliced"].mean, kl["zero"].mean
+    return {
+        "ce_clean": c_clean, "ce_spliced": c_sae, "ce_zero_ablated": c_zero,
+        "ce_delta": c_sae - c_clean,
+        "ce_loss_score": (c_zero - c_sae) / (c_zero - c_clean) if c_zero != c_clean else None,
+        "kl_spliced": k_sae, "kl_zero_ablated": k_zero,
+        "kl_score": 1 - k_sae / k_zero if k_zero else None,
+        "splice": {
+            "windows": total, "context_size": store.context_size,
+            "ce_tokens": ce["clean"].n, "kl_tokens": kl["spliced"].n,
+            "positions_spliced": n_spliced, "outlier_positions_left_clean": n_outliers_kept,
+            "special_positions": "never spliced; left out of CE (as inputs) and KL, as sae-lens does",
+            "zero_ablation": ("every position, special ones included (as sae-lens)" if ablate_special
+                              else "every non-special position (BOS/special keep their clean activation)"),
+            "outliers": "spliced" if splice_outliers else "left clean (their stored flag)",
+            "forward": splicer.path, "precision": "fp32", "model": lm.spec,
+        },
+    }
+
+
+def _windows(store: ActivationStore, n: int):
+    """(token ids, flags), one "pos" row each, for the store's first n windows."""
+    seen = 0
+    for k in range(store.n_shards):
+        toks, flags = store.tokens(k), store.flags(k)
+        for i in range(len(toks)):
+            if seen >= n:
+                return
+            yield toks[i:i + 1], flags[i:i + 1]
+            seen += 1
+
+
+def _batched(rows, batch_size: int):
+    ids, flags = [], []
+    for t, f in rows:
+        ids.append(t)
+        flags.append(f)
+        if len(ids) == batch_size:
+            yield torch.cat(ids), torch.cat(flags)
+            ids, flags = [], []
+    if ids:
+        yield torch.cat(ids), torch.cat(flags)
+
+
+# --------------------------------------------------------------------------- both passes, the report
+
+
+def evaluate(run_path: str | Path, store: str | Path | ActivationStore | None = None,
+             model: str | LoadedModel | None = None, n_ce_windows: int | str | None = 256,
+             device: str | torch.device = "auto", batch_size: int = 8, splice_outliers: bool = False,
+             ablate_special: bool = True, progress: bool = True) -> dict:
+    """Evaluate the SAE in `run_path` on a held-out store; returns what eval.json holds.
+
+    n_ce_windows: windows for the CE/KL splice (None or "all": every window; 0: skip it,
+    and no model is loaded)."""
+    started = time.perf_counter()
+    n_ce_windows = parse_ce_windows(n_ce_windows)
+    dev = resolve_device(device)
+    sae = load_sae(run_path, device=dev)
+    if store is None:
+        store = default_heldout_store(sae)
+    store = store if isinstance(store, ActivationStore) else ActivationStore(store)
+    warnings = check_store(sae, store)
+    result = {"format": EVAL_FORMAT, "sae": sae.describe(),
+              "store": {"path": str(store.path), "split": store.manifest["corpus"].get("split"),
+                        "model": store.manifest["model"]["spec"],
+                        "model_weights_sha256": store.manifest["model"].get("weights_sha256"),
+                        "hook": store.hook_name, "n_tokens": store.n_windows * store.context_size,
+                        "dtype": store.manifest["dtype"], "outlier_threshold": store.manifest.get("outlier_threshold")}}
+    result |= reconstruction_metrics(sae, store, progress=progress)
+    if n_ce_windows != 0:
+        if isinstance(model, LoadedModel):
+            lm = model
+        else:
+            lm = load_model(model or store.manifest["model"]["spec"], device=dev)
+        check_model(lm, store)
+        result |= splice_metrics(sae, store, lm, n_ce_windows, batch_size=batch_size,
+                                 splice_outliers=splice_outliers, ablate_special=ablate_special, progress=progress)
+    else:  # same keys either way, so readers of eval.json need no special case
+        result |= dict.fromkeys(SPLICE_KEYS) | {"splice": None}
+    result["warnings"] = warnings
+    result["seconds"] = time.perf_counter() - started
+    return result
+
+
+def write_eval(run_path: str | Path, result: dict) -> Path:
+    """Write eval.json into the run folder atomically (an old one stays until the rename)."""
+    path = Path(run_path) / EVAL_FILE
+    write_json_atomic(path, result)
+    return path
+
+
+def _f(x, fmt: str = ".4f") -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+
+
+def format_table(r: dict) -> str:
+    """The report as a small text table."""
+    s, t = r["sae"], r["tokens"]
+    rows = [
+        ("SAE", f"{s['path']} ({s['architecture']}, {s['d_in']} -> {s['d_sae']}, sha256 {s['content_hash'][:12]})"),
+        ("store", f"{r['store']['path']} ({r['store']['split']}, {r['store']['hook']})"),
+        ("tokens", f"{t['evaluated']:,} evaluated; excluded: {t['special_excluded']:,} special, "
+                   f"{t['outliers']:,} outliers"),
+        ("explained variance", f"{_f(r['explained_variance'])}  (with outliers: {_f(r['explained_variance_with_outliers'])})"),
+        ("MSE", f"{_f(r['mse'], '.4g')}  (with outliers: {_f(r['mse_with_outliers'], '.4g')})"),
+        ("L0", _f(r["l0"], ".1f")),
+        ("dead latents", f"{r['dead_fraction']:.2%} ({r['dead_latents']:,} of {s['d_sae']:,} never fired)"),
+        ("dense latents", f"{r['dense_fraction']:.2%} (density > {r['dense_threshold']:.0%})"),
+    ]
+    sp = r.get("splice")
+    if sp:
+        rows += [
+            ("CE clean / spliced / zero", f"{_f(r['ce_clean'])} / {_f(r['ce_spliced'])} / {_f(r['ce_zero_ablated'])}"
+                                          f"  ({sp['windows']:,} windows, {sp['ce_tokens']:,} tokens)"),
+            ("CE-loss score", _f(r["ce_loss_score"])),
+            ("KL spliced / zero", f"{_f(r['kl_spliced'])} / {_f(r['kl_zero_ablated'])}"),
+            ("KL score", _f(r["kl_score"])),
+            ("splice", f"{sp['positions_spliced']:,} positions; outliers {sp['outliers']}; "
+                       f"zero-ablation at {sp['zero_ablation'].split(' (')[0]}"),
+        ]
+    else:
+        rows.append(("CE / KL", "skipped (--ce-windows 0)"))
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k:<{width}}  {v}" for k, v in rows]
+    lines += [f"warning: {w}" for w in r.get("warnings", [])]
+    return "\n".join(lines)
+
+
+def run_eval(cfg: EvalConfig) -> dict:
+    """`saex eval`: evaluate, write RUN/eval.json, return the result."""
+    result = evaluate(cfg.run, store=cfg.store, model=cfg.model, n_ce_windows=cfg.ce_windows, device=cfg.device,
+                      batch_size=cfg.batch_size, splice_outliers=cfg.splice_outliers,
+                      ablate_special=cfg.ablate_special, progress=cfg.progress)
+    result["config"] = asdict(cfg)
+    try:
+        write_eval(cfg.run, result)
+    except OSError as e:
+        raise SaexError(f"could not write {Path(cfg.run) / EVAL_FILE}: {e.strerror or e}",
+                        "fix the run folder's permissions or free disk space") from None
+    return result
