@@ -11,7 +11,7 @@ def test_demo_runs_end_to_end_and_skips_done_work(tmp_path, tiny_model_dir, text
            "--device", "cpu", "--train-config", str(cfg)]
     first = subprocess.run(cmd, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
-    for step in ("[1/4]", "[2/4]", "[3/4]", "[4/4]"):
+    for step in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"):
         assert step in first.stdout
     run = tmp_path / "run"
     train_m = json.loads((run / "acts-train" / "manifest.json").read_text())
@@ -21,7 +21,12 @@ def test_demo_runs_end_to_end_and_skips_done_work(tmp_path, tiny_model_dir, text
     sae_cfg = json.loads((run / "sae" / "cfg.json").read_text())
     assert (sae_cfg["d_sae"], sae_cfg["k"], sae_cfg["d_in"]) == (64, 4, 32)
     weights = (run / "sae" / "sae_weights.safetensors").read_bytes()
+    result = json.loads((run / "sae" / "eval.json").read_text())
+    assert result["tokens"]["evaluated"] > 0 and result["ce_clean"] > 0
+    assert f"EV {result['explained_variance']:.3f}" in first.stdout
+    evaluated = (run / "sae" / "eval.json").read_bytes()
     second = subprocess.run(cmd, capture_output=True, text=True)
     assert second.returncode == 0, second.stderr
     assert "already complete" in second.stderr
     assert (run / "sae" / "sae_weights.safetensors").read_bytes() == weights  # not retrained
+    assert (run / "sae" / "eval.json").read_bytes() == evaluated  # not re-evaluated

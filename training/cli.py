@@ -83,25 +83,36 @@ def _cmd_demo(ns: argparse.Namespace) -> None:
     root = Path(ns.out_dir)
     t0 = time.perf_counter()
     lm = load_model(ns.model, device=ns.device)
-    print(f"[1/4] model {lm.spec}: {lm.n_layers} blocks, d_model {lm.d_model}, "
+    print(f"[1/5] model {lm.spec}: {lm.n_layers} blocks, d_model {lm.d_model}, "
           f"hook {lm.hook_point(ns.layer).name} ({time.perf_counter() - t0:.0f} s)", flush=True)
     for step, (split, tokens) in enumerate((("train", ns.tokens), ("heldout", ns.heldout_tokens)), start=2):
         t = time.perf_counter()
         cfg = HarvestConfig(out=str(root / f"acts-{split}"), model=ns.model, layer=ns.layer, corpus=ns.corpus,
                             split=split, tokens=tokens, device=ns.device)
         out = harvest(cfg, lm=lm)
-        print(f"[{step}/4] {split} activations: {store_summary(out)} ({time.perf_counter() - t:.0f} s)", flush=True)
+        print(f"[{step}/5] {split} activations: {store_summary(out)} ({time.perf_counter() - t:.0f} s)", flush=True)
     del lm
     t = time.perf_counter()
     run = root / "sae"
     if not (run / "cfg.json").exists():
         train(load_config(ns.train_config, store=str(root / "acts-train"), out=str(run), device=ns.device))
     stats = json.loads((run / "run.json").read_text())
-    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
-    print(f"[4/4] TopK SAE in {run}: {stats['vectors']:,} vectors, last-batch EV {last['explained_variance']:.3f}, "
-          f"L0 {last['l0']:.0f}, dead {last['dead_fraction']:.1%} ({time.perf_counter() - t:.0f} s)", flush=True)
-    print(f"done in {time.perf_counter() - t0:.0f} s. Evaluation, the feature index and the explorer arrive "
-          "with later releases.")
+    print(f"[4/5] SAE in {run}: {stats['vectors']:,} vectors at {stats['vectors_per_s']:,.0f} vectors/s "
+          f"({time.perf_counter() - t:.0f} s)", flush=True)
+    t = time.perf_counter()
+    from sae.evaluate import EVAL_FILE, evaluate, write_eval
+
+    if (run / EVAL_FILE).exists():
+        result = json.loads((run / EVAL_FILE).read_text())
+    else:
+        result = evaluate(run, store=root / "acts-heldout", n_ce_windows=ns.ce_windows, device=ns.device)
+        write_eval(run, result)
+    ce = (f", CE-loss score {result['ce_loss_score']:.3f}, KL score {result['kl_score']:.3f}"
+          if result.get("ce_loss_score") is not None else "")
+    print(f"[5/5] held-out: EV {result['explained_variance']:.3f} (with outliers "
+          f"{result['explained_variance_with_outliers']:.3f}), L0 {result['l0']:.1f}, dead {result['dead_fraction']:.2%}"
+          f"{ce} ({time.perf_counter() - t:.0f} s)", flush=True)
+    print(f"done in {time.perf_counter() - t0:.0f} s. The feature index and the explorer arrive with later releases.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     d = sub.add_parser("demo", help="the main job end to end on the default model and corpus "
-                       "(today: fetch, harvest train and held-out activations, train a TopK SAE)")
+                       "(today: fetch, harvest train and held-out activations, train a TopK SAE, evaluate it)")
     d.add_argument("--out-dir", default="checkpoints/demo", help="where the run goes (default: checkpoints/demo)")
     d.add_argument("--model", default=DEFAULT_MODEL, help=f"model spec (default: {DEFAULT_MODEL})")
     d.add_argument("--layer", default=None, help="block whose output is read (default: the middle one)")
@@ -126,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
     d.add_argument("--train-config", default=str(Path(__file__).with_name("configs") / "default.toml"),
                    help="TOML training config (default: training/configs/default.toml)")
+    d.add_argument("--ce-windows", type=int, default=256,
+                   help="held-out windows for the CE/KL evaluation, 0 = skip it (default: 256)")
     d.set_defaults(func=_cmd_demo)
 
     f = sub.add_parser("fetch", help="download the default model and corpus into the cache")
@@ -137,9 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_flags(h, HarvestConfig)
     h.set_defaults(func=_cmd_harvest)
 
-    t = sub.add_parser("train", help="train a TopK SAE on an activation store (SAELens-format run folder)",
+    t = sub.add_parser("train", help="train an SAE (TopK, BatchTopK, JumpReLU, standard, gated, Matryoshka) on an "
+                       "activation store (SAELens-format run folder); reruns resume an interrupted run",
                        description="Train an SAE. Settings come from --config FILE.toml (see "
-                       "training/configs/default.toml), then from flags, which win.")
+                       "training/configs/default.toml), then from flags, which win. TopK and BatchTopK use our "
+                       "fast loop, the rest sae-lens's SAETrainer. Rerunning an interrupted run resumes it from "
+                       "its last checkpoint; under torchrun each process trains on its part of every batch.")
     t.add_argument("--config", default=None, help="TOML config file (keys: the flags below)")
     add_dataclass_flags(t, TrainConfig, defaults_to_none=True)
     t.set_defaults(func=_cmd_train)

@@ -38,6 +38,13 @@ def _optional(conv):
     return parse
 
 
+def _comma_list(conv):
+    def parse(s: str):
+        return [conv(v) for v in s.split(",") if v.strip()]
+    parse.__name__ = f"comma-separated {conv.__name__} list"
+    return parse
+
+
 def add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = (),
                         positional: tuple[str, ...] = (), defaults_to_none: bool = False) -> None:
     """One flag per field. With `defaults_to_none`, unset flags parse as None (so a
@@ -51,7 +58,9 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, .
         args = typing.get_args(hint)
         base = next((a for a in args if a is not type(None)), hint) if args else hint
         optional = type(None) in args
-        if str in args:
+        if typing.get_origin(hint) is list:
+            conv = _comma_list(args[0] if args else str)  # e.g. --matryoshka-widths 576,1152,4608
+        elif str in args:
             conv = str  # e.g. a layer given as a number or a hook name
         elif base is bool:
             conv = _parse_bool

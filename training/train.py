@@ -133,7 +133,7 @@ def train(cfg: TrainConfig) -> Path:
         done = step + 1
         if step % cfg.log_every == 0 or done == n_steps:
             rec = _metrics(step, seen, x, residual, loss, mse, aux, codes, counters, cfg, opt, world,
-                           seen / (time.perf_counter() - started))
+                           time.perf_counter() - started)
             if log:
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
@@ -171,7 +171,7 @@ def _open_log(out: Path, first_step: int):
 
 
 @torch.no_grad()
-def _metrics(step, seen, x, residual, loss, mse, aux, codes, counters, cfg, opt, world, rate) -> dict:
+def _metrics(step, seen, x, residual, loss, mse, aux, codes, counters, cfg, opt, world, seconds) -> dict:
     """One metrics line; under torchrun the batch figures cover every rank's slice."""
     sums = torch.stack([residual.pow(2).sum(), (x - x.mean(0)).pow(2).sum(), (codes.vals > 0).sum().float(),
                         loss.detach() * len(x), aux.detach() * len(x), torch.tensor(float(len(x)))])
@@ -179,7 +179,7 @@ def _metrics(step, seen, x, residual, loss, mse, aux, codes, counters, cfg, opt,
     return {"step": step, "vectors": seen, "loss": loss_sum / n, "mse": err / n,
             "explained_variance": 1 - err / max(var, 1e-12), "aux": aux_sum / n, "l0": active / n,
             "dead_fraction": float((counters["since_fired"] > cfg.dead_after).float().mean()),
-            "lr": opt.param_groups[0]["lr"], "vectors_per_s": rate}
+            "lr": opt.param_groups[0]["lr"], "seconds": seconds, "vectors_per_s": seen / seconds}
 
 
 def save_run(sae: FastTopKSAE, scale: float, density: torch.Tensor, store: ActivationStore,
