@@ -61,7 +61,10 @@ def load_checkpoint(out: Path, sae: torch.nn.Module, opt: torch.optim.Optimizer,
             t.copy_(tensors[f"sae.{n}"])
     for name, p in sae.named_parameters():
         keys = [k for k in tensors if k.startswith(f"adam.{name}.")]
-        opt.state[p] = {k.rsplit(".", 1)[1]: tensors[k].to(device) if not k.endswith(".step") else tensors[k]
+        # Moments take the parameter's own memory layout: the fused Adam kernel walks
+        # parameter, gradient and moments as flat memory and assumes they match.
+        opt.state[p] = {k.rsplit(".", 1)[1]: tensors[k].clone() if k.endswith(".step")
+                        else torch.empty_like(p, memory_format=torch.preserve_format).copy_(tensors[k])
                         for k in keys}
     for k, v in counters.items():
         v.copy_(tensors[f"counter.{k}"])

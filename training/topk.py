@@ -70,7 +70,7 @@ class _ChosenPreActs(torch.autograd.Function):
             crow[1:] = counts.cumsum(0)
             G_t = torch.sparse_csr_tensor(crow, rows[order], g[order], (W_enc.shape[1], xc.shape[0]),
                                           check_invariants=False)
-            grad_W = (G_t @ xc).t()
+            grad_W = (G_t @ xc).t().contiguous()
         if ctx.needs_input_grad[2]:
             grad_b = torch.zeros(W_enc.shape[1], dtype=g.dtype, device=g.device).index_add_(0, cols, g)
         return grad_xc, grad_W, grad_b, None, None, None, None
@@ -122,7 +122,7 @@ class FastTopKSAE(nn.Module):
         w = w / w.norm(dim=1, keepdim=True)
         self.W_dec = nn.Parameter(w)
         # Tied initialisation (Gao et al. 2024): the encoder starts as the decoder's transpose.
-        self.W_enc = nn.Parameter(w.t().clone())
+        self.W_enc = nn.Parameter(w.t().contiguous())
         self.b_enc = nn.Parameter(torch.zeros(d_sae))
         self.b_dec = nn.Parameter(torch.zeros(d_in))
         # BatchTopK's inference threshold: a running mean of the smallest kept activation
