@@ -59,15 +59,19 @@ def test_sparse_backward_equals_dense_autograd(batch_topk):
         assert (torch.bincount(codes.rows, minlength=32) == 4).all()
 
 
-def test_batch_topk_mask_equals_full_topk():
-    from training.topk import _batch_topk_mask
+def test_batch_topk_entries_equal_a_full_topk():
+    from training.topk import batch_topk_entries
 
     g = torch.Generator().manual_seed(1)
-    for pre in (torch.randn(64, 256, generator=g),
-                torch.cat([torch.randn(1, 256, generator=g) + 10, torch.randn(63, 256, generator=g)])):  # one row holds most
+    skewed = torch.randn(64, 256, generator=g)
+    skewed[:3] += 10  # three rows hold most of the batch's top values: the "full rows" path
+    for pre in (torch.randn(64, 256, generator=g), skewed):
         full = torch.zeros(pre.numel(), dtype=torch.bool)
         full[pre.relu().flatten().topk(8 * 64).indices] = True
-        assert torch.equal(_batch_topk_mask(pre, 8), full.view_as(pre))
+        cut = float(pre.flatten().topk(8 * 64).values.min())
+        for hint in (0.0, cut, cut * 0.9, cut * 2):  # none, good, loose, too high (falls back)
+            rows, cols = batch_topk_entries(pre, 8, hint)
+            assert torch.equal(torch.stack([rows, cols]), torch.stack(full.view_as(pre).nonzero(as_tuple=True))), hint
 
 
 @pytest.fixture

@@ -30,14 +30,14 @@ class TrainConfig:
     d_sae: int = 4608
     """Number of latents."""
     k: int = 32
-    """Active latents per vector (TopK)."""
+    """Active latents per vector (TopK; BatchTopK: on average over each batch)."""
     batch_size: int = 4096
     """Vectors per optimizer step."""
     epochs: float = 1.0
     """Passes over the store's usable vectors."""
-    lr: float = 4e-4
+    lr: float = 2e-3
     """Peak Adam learning rate."""
-    lr_end: float = 4e-5
+    lr_end: float = 2e-4
     """Learning rate at the end of the cosine decay."""
     warmup_steps: int = 50
     """Linear warm-up steps."""
@@ -99,7 +99,7 @@ class TrainConfig:
         if self.epochs <= 0:
             raise SaexError(f"epochs must be positive, got {self.epochs}", "e.g. epochs = 1")
         if not 0 < self.lr_end <= self.lr:
-            raise SaexError(f"need 0 < lr_end <= lr, got lr {self.lr}, lr_end {self.lr_end}", "e.g. lr = 4e-4, lr_end = 4e-5")
+            raise SaexError(f"need 0 < lr_end <= lr, got lr {self.lr}, lr_end {self.lr_end}", "e.g. lr = 2e-3, lr_end = 2e-4")
         if self.normalize not in ("expected_average_only_in", "none"):
             raise SaexError(f"unknown normalize {self.normalize!r}", "use expected_average_only_in or none")
         self._check_saelens_fields()

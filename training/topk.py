@@ -83,26 +83,42 @@ def _fixed_k_codes(vals: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor,
     return vals.reshape(-1), idx.reshape(-1), ar.repeat_interleave(k), ar * k
 
 
-def _batch_topk_mask(pre: torch.Tensor, k: int) -> torch.Tensor:
-    """ "batch d_sae" mask of the k * batch largest positive pre-activations of the batch.
+def batch_topk_entries(pre: torch.Tensor, k: int, hint: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, cols), row-major, of the k * batch largest positive pre-activations of the batch.
 
-    A top-k over all batch * d_sae values is slow on CPU (~290 ms at 4096 x 4608); instead
-    take each row's 4k largest as candidates and pick the batch's top among those. That is
-    exact unless some row has all its candidates kept (it might hold more), which falls back
-    to the full top-k."""
+    `hint` (the previous batch's cut-off) makes it fast: if at least k * batch values exceed
+    0.8 * hint, the winners are all among them, so one comparison and a top-k over
+    those few is exact (~4x faster than the candidates below).
+
+    A top-k over all batch * d_sae values is slow on CPU (~290 ms at 4096 x 4608). Each
+    row's 4k largest are candidates; the batch's top among them is exact for every row
+    that did not have all its candidates kept. Rows that did ("full" rows: one vector that
+    takes far more than its share) may hold more winners, so their whole rows join the
+    candidates and the top is taken again: still exact, and cheap while such rows are few."""
     n = min(k * len(pre), pre.numel())
+    if hint > 0:
+        rows, cols = (pre > 0.8 * hint).nonzero(as_tuple=True)
+        if n <= len(rows) <= 8 * n:
+            top = pre[rows, cols].topk(n, sorted=False).indices
+            return rows[top.sort().values], cols[top.sort().values]
     m = min(pre.shape[1], 4 * k)
-    cand_v, cand_i = pre.relu().topk(m, dim=-1, sorted=False)
+    pos = pre.relu()
+    cand_v, cand_i = pos.topk(m, dim=-1, sorted=False)
     kept = cand_v.flatten().topk(n, sorted=False)
-    threshold = kept.values.min()
-    if m < pre.shape[1] and bool((cand_v.min(dim=-1).values >= threshold).any()):
-        keep = pre.relu().flatten().topk(n, sorted=False).indices
-        return torch.zeros(pre.numel(), dtype=torch.bool, device=pre.device).index_fill_(0, keep, True).view_as(pre)
-    rows = kept.indices // m
-    cols = cand_i.flatten()[kept.indices]
-    mask = torch.zeros_like(pre, dtype=torch.bool)
-    mask[rows, cols] = True
-    return mask
+    rows, cols = kept.indices // m, cand_i.flatten()[kept.indices]
+    if m < pre.shape[1]:
+        full = (cand_v.min(dim=-1).values >= kept.values.min()).nonzero().squeeze(1)
+        if len(full):
+            others = torch.ones(len(pre), dtype=torch.bool, device=pre.device)
+            others[full] = False
+            o_rows = others.nonzero().squeeze(1)
+            vals = torch.cat([cand_v[o_rows].flatten(), pos[full].flatten()])
+            all_rows = torch.cat([o_rows.repeat_interleave(m), full.repeat_interleave(pre.shape[1])])
+            all_cols = torch.cat([cand_i[o_rows].flatten(), torch.arange(pre.shape[1], device=pre.device).repeat(len(full))])
+            top = vals.topk(n, sorted=False).indices
+            rows, cols = all_rows[top], all_cols[top]
+    order = (rows * pre.shape[1] + cols).argsort()
+    return rows[order], cols[order]
 
 
 class FastTopKSAE(nn.Module):
@@ -128,6 +144,7 @@ class FastTopKSAE(nn.Module):
         # BatchTopK's inference threshold: a running mean of the smallest kept activation
         # (double, as sae-lens keeps it: the EMA drifts in fp32).
         self.register_buffer("threshold", torch.zeros((), dtype=torch.float64))
+        self._last_cut = 0.0  # the previous batch's cut-off: a hint that makes the next BatchTopK fast
 
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
         """ "batch d_in" -> "batch d_sae" (before the sparsity rule)."""
@@ -140,8 +157,11 @@ class FastTopKSAE(nn.Module):
         with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
             pre = torch.addmm(self.b_enc, xc.detach(), self.W_enc)
         if self.batch_topk:
-            mask = _batch_topk_mask(pre, self.k) if self.training else pre > self.threshold.to(pre.dtype)
-            rows, cols = mask.nonzero(as_tuple=True)
+            if self.training:
+                rows, cols = batch_topk_entries(pre, self.k, self._last_cut)
+                self._last_cut = float(pre[rows, cols].min()) if len(rows) else 0.0
+            else:
+                rows, cols = (pre > self.threshold.to(pre.dtype)).nonzero(as_tuple=True)
             values = pre[rows, cols].to(x.dtype)
             offsets = torch.zeros(len(x), dtype=torch.long, device=x.device)
             offsets[1:] = torch.bincount(rows, minlength=len(x)).cumsum(0)[:-1]
