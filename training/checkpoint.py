@@ -34,7 +34,7 @@ def save_checkpoint(out: Path, sae: torch.nn.Module, opt: torch.optim.Optimizer,
 
 
 def load_checkpoint(out: Path, sae: torch.nn.Module, opt: torch.optim.Optimizer, counters: dict[str, torch.Tensor],
-                    config: dict) -> dict | None:
+                    config: dict, store: dict | None = None) -> dict | None:
     """Restore state in place and return the saved meta, or None when there is no checkpoint."""
     from safetensors import safe_open
 
@@ -48,13 +48,22 @@ def load_checkpoint(out: Path, sae: torch.nn.Module, opt: torch.optim.Optimizer,
     except Exception as e:
         raise SaexError(f"the checkpoint {path} is unreadable ({type(e).__name__}: {e})",
                         f"delete {path} to start the run over") from None
-    saved = {k: v for k, v in meta["config"].items() if k not in MAY_DIFFER}
+    saved = {k: v for k, v in meta.get("config", {}).items() if k not in MAY_DIFFER}
     now = {k: v for k, v in config.items() if k not in MAY_DIFFER}
     if saved != now:
         diff = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
                          if saved.get(k) != now.get(k))
         raise SaexError(f"{out} holds an interrupted run with other settings ({diff})",
                         f"rerun with the same settings to resume it, or delete {path} to start over")
+    if store is not None and meta.get("store") != store:
+        raise SaexError(f"{path} was written while training on another activation store "
+                        f"({meta.get('store')} vs now {store})",
+                        f"train on the same store to resume, or delete {path} to start over")
+    shapes = {n: tuple(t.shape) for n, t in sae.state_dict().items()}
+    saved_shapes = {n[len("sae."):]: tuple(t.shape) for n, t in tensors.items() if n.startswith("sae.")}
+    if shapes != saved_shapes:
+        raise SaexError(f"{path} holds an SAE of other shapes ({saved_shapes} vs {shapes})",
+                        f"delete {path} to start over")
     device = next(sae.parameters()).device
     with torch.no_grad():
         for n, t in sae.state_dict().items():

@@ -7,6 +7,7 @@ can be rerun alone, and skips work already done.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 import time
@@ -189,6 +190,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 130
+    except OSError as e:
+        # Every file is written to a temp name and renamed when complete, so a failed write
+        # leaves the previous version (or nothing) in place: say so, without a traceback.
+        where = f" ({e.filename})" if e.filename else ""
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            print(f"error: no space left on the device{where}", file=sys.stderr)
+            print("  fix: free some space (or write elsewhere with --out) and rerun the same command; "
+                  "finished files were not touched and interrupted steps resume", file=sys.stderr)
+        else:
+            print(f"error: {e.strerror or e}{where}", file=sys.stderr)
+            print("  fix: check the path and its permissions, then rerun the same command", file=sys.stderr)
+        return 2
     return 0
 
 

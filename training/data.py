@@ -44,7 +44,7 @@ def batches(store: ActivationStore, batch_size: int, epochs: float, shards_in_me
             first = min(max(0, start_step - step), n_batches)
             if first < n_batches:
                 mine = perm[:n_batches * batch_size].view(n_batches, batch_size)[first:, rank * per_rank:(rank + 1) * per_rank]
-                data = _read_group(store, group, sizes, usable, mine.reshape(-1))
+                data = _read_group(store, group, sizes, usable, mine.reshape(-1), step + first)
                 for j in range(n_batches - first):
                     yield step + first + j, data[j * per_rank:(j + 1) * per_rank]
             step += n_batches
@@ -53,7 +53,7 @@ def batches(store: ActivationStore, batch_size: int, epochs: float, shards_in_me
 
 
 def _read_group(store: ActivationStore, group: list[int], sizes: torch.Tensor, usable: list[torch.Tensor],
-                picks: torch.Tensor) -> torch.Tensor:
+                picks: torch.Tensor, step: int) -> torch.Tensor:
     """The vectors at `picks` (indices into the group's concatenated usable vectors)."""
     bounds = torch.cumsum(sizes, 0)
     shard_of = torch.bucketize(picks, bounds, right=True)
@@ -64,7 +64,7 @@ def _read_group(store: ActivationStore, group: list[int], sizes: torch.Tensor, u
             local = picks[where] - (bounds[i] - sizes[i])
             vecs = store.gather(k, usable[k][local])
             if not torch.isfinite(vecs).all():
-                raise SaexError(f"NaN/inf activations in shard {k} of {store.path} (found while training)",
+                raise SaexError(f"NaN/inf activations in shard {k} of {store.path} (found at training step {step})",
                                 "harvest that store again (with --precision fp32 if it persists)")
             out[where] = vecs
     return out

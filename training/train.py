@@ -42,14 +42,16 @@ def estimate_scale(store: ActivationStore, n: int = 100_000) -> tuple[float, tor
     parts, have = [], 0
     for k in range(store.n_shards):
         u = store.usable(k)
+        if not torch.isfinite(u).all():
+            raise SaexError(f"NaN/inf activations in shard {k} of {store.path} (found while estimating the "
+                            "input scale, before training)", "harvest that store again (with --precision fp32 if it persists)")
         parts.append(u)
         have += len(u)
         if have >= n:
             break
     x = torch.cat(parts)[:n]
-    if not len(x) or not torch.isfinite(x).all():
-        raise SaexError(f"{store.path} has no usable vectors or holds NaN/inf in its first shards",
-                        "harvest the store again (with --precision fp32 if NaNs persist)")
+    if not len(x):
+        raise SaexError(f"{store.path} has no usable vectors", "harvest more tokens (or check the outlier threshold)")
     scale = math.sqrt(store.d_model) / float(x.norm(dim=-1).mean())
     return scale, (x * scale).mean(0)
 
@@ -93,7 +95,7 @@ def train(cfg: TrainConfig) -> Path:
                         "lower batch_size or harvest more tokens")
     counters = {"since_fired": torch.zeros(cfg.d_sae, dtype=torch.long, device=device),
                 "fired": torch.zeros(cfg.d_sae, dtype=torch.long, device=device)}
-    resumed = load_checkpoint(out, sae, opt, counters, cfg.to_dict())
+    resumed = load_checkpoint(out, sae, opt, counters, cfg.to_dict(), store_identity(store))
     first, seen, spent = (resumed["step"], resumed["vectors"], resumed["seconds"]) if resumed else (0, 0, 0.0)
     if resumed:
         scale = resumed["input_scale"]
@@ -142,7 +144,7 @@ def train(cfg: TrainConfig) -> Path:
         if rank == 0 and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < n_steps:
             save_checkpoint(out, sae, opt, counters, {"step": done, "vectors": seen, "input_scale": scale,
                                                       "seconds": time.perf_counter() - started,
-                                                      "config": cfg.to_dict()})
+                                                      "config": cfg.to_dict(), "store": store_identity(store)})
         bar.update(1)
     bar.close()
     if log:
@@ -157,6 +159,13 @@ def train(cfg: TrainConfig) -> Path:
         print(f"trained on {seen:,} vectors in {elapsed:.0f} s ({seen / elapsed:,.0f} vectors/s)", file=sys.stderr)
     distributed.barrier(world)
     return out
+
+
+def store_identity(store: ActivationStore) -> dict:
+    """What a checkpoint must agree with to be resumed on this store (its path may move)."""
+    m = store.manifest
+    return {"model_weights_sha256": m["model"]["weights_sha256"], "hook": m["hook"]["name"],
+            "d_model": m["d_model"], "n_usable": m["n_usable"], "corpus": m["corpus"]}
 
 
 def _open_log(out: Path, first_step: int):
