@@ -26,7 +26,10 @@ test-fast: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
 
 bench: $(BIN)/.installed
-	$(BIN)/python bench/harvest.py $(ARGS)
+	$(BIN)/python bench/harvest.py
+	$(BIN)/python bench/train_vs_saelens.py
+	$(BIN)/python bench/train_vs_saelens.py --architecture batchtopk
+	$(BIN)/python bench/time_to_quality.py
 
 clean-venv:
 	rm -rf $(VENV)
