@@ -65,6 +65,40 @@ def _cmd_eval(ns: argparse.Namespace) -> None:
     print(f"written to {Path(cfg.run) / EVAL_FILE} ({result['seconds']:.0f} s)")
 
 
+def _cmd_explore(ns: argparse.Namespace) -> None:
+    import os
+    import subprocess
+
+    import explorer
+    from sae.runs import read_run
+
+    if ns.run:
+        read_run(ns.run)  # a clear error now rather than a blank page later
+    app = Path(explorer.__file__).with_name("app.py")
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", ns.host, "--server.port",
+           str(ns.port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    if ns.run:
+        cmd += ["--", "--run", ns.run]
+    env = dict(os.environ)
+    if ns.root:
+        env["SAEX_CHECKPOINTS"] = ns.root
+    print(f"explorer on http://{ns.host}:{ns.port} (Ctrl-C stops it)", flush=True)
+    try:
+        subprocess.run(cmd, env=env, check=False)
+    except KeyboardInterrupt:
+        pass
+
+
+def _cmd_lookahead(ns: argparse.Namespace) -> None:
+    from sae.lookahead_report import LookaheadConfig, format_summary, run_lookahead
+
+    cfg = dataclass_from_args(LookaheadConfig, ns)
+    report = run_lookahead(cfg)
+    out = Path(cfg.out) if cfg.out else Path(cfg.run) / "lookahead"
+    print(format_summary(report, out))
+    print(f"done in {report['seconds']['total']:.0f} s")
+
+
 def _cmd_store(ns: argparse.Namespace) -> None:
     from sae.activations import ActivationStore, store_summary
 
@@ -168,6 +202,26 @@ def build_parser() -> argparse.ArgumentParser:
                        "the model at its hook. Writes RUN/eval.json and prints a table.")
     add_dataclass_flags(e, EvalConfig, positional=("run",))
     e.set_defaults(func=_cmd_eval)
+
+    x = sub.add_parser("explore", help="open the Streamlit explorer on the runs under checkpoints/ "
+                       "(listening on 127.0.0.1)")
+    x.add_argument("run", nargs="?", default=None, help="run folder to open first (default: the first found)")
+    x.add_argument("--root", default=None, help="folder searched for runs (default: $SAEX_CHECKPOINTS or checkpoints)")
+    x.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    x.add_argument("--port", type=int, default=8501, help="port (default: 8501)")
+    x.set_defaults(func=_cmd_explore)
+
+    from sae.lookahead_report import LookaheadConfig
+
+    la = sub.add_parser("lookahead", help="which SAE features carry the a/an choice, when they turn on relative to "
+                        "the article, and whether ablating them moves the choice more than random features; "
+                        "writes RUN/lookahead/report.json and plots",
+                        description="Choose features that carry logit(' an') - logit(' a') on one prompt set "
+                        "(WordNet riddles by default), test them on another (ablation with the SAE error term kept, "
+                        "density-matched random controls, steering dose-response, controls), and profile their "
+                        "activation around the article token. Writes report.json and PNG plots.")
+    add_dataclass_flags(la, LookaheadConfig, positional=("run",))
+    la.set_defaults(func=_cmd_lookahead)
 
     s = sub.add_parser("store", help="summarise (and verify) an activation store")
     s.add_argument("store", help="store folder")

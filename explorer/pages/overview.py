@@ -1,0 +1,60 @@
+"""Overview: the runs found, the selected run's model, hook point, evaluation and training curves."""
+
+import pandas as pd
+import streamlit as st
+
+from explorer import state
+
+st.title("Overview")
+run = state.current_run()
+if run is None:
+    state.no_runs_message()
+    st.stop()
+
+cfg, info, ev = run.cfg, run.run, run.eval
+st.subheader(str(run.path))
+c = st.columns(4)
+c[0].metric("model", run.model)
+c[1].metric("hook point", run.hook_name)
+c[2].metric("architecture", run.architecture + (f" (k={cfg['k']})" if "k" in cfg else ""))
+c[3].metric("latents", f"{cfg.get('d_sae', 0):,} x {cfg.get('d_in', 0)}")
+if info:
+    st.caption(f"trained on {info.get('vectors', 0):,} vectors in {info.get('train_seconds', 0):.0f} s "
+               f"({info.get('vectors_per_s', 0):,.0f} vectors/s); store {info.get('store', '?')}")
+
+st.markdown("#### Evaluation on held-out text")
+if ev is None:
+    st.info("Not evaluated yet.")
+    st.code(f"saex eval {run.path}", language="bash")
+else:
+    rows = [("explained variance (outliers excluded)", ev.get("explained_variance")),
+            ("explained variance (outliers included)", ev.get("explained_variance_with_outliers")),
+            ("L0", ev.get("l0")), ("dead fraction", ev.get("dead_fraction")),
+            ("dense fraction (>10%)", ev.get("dense_fraction")), ("CE clean", ev.get("ce_clean")),
+            ("CE spliced", ev.get("ce_spliced")), ("CE zero-ablated", ev.get("ce_zero_ablated")),
+            ("CE-loss score", ev.get("ce_loss_score")), ("KL score", ev.get("kl_score"))]
+    st.table(pd.DataFrame([(k, "—" if v is None else f"{v:.4g}") for k, v in rows], columns=["metric", "value"]))
+    hist = ev.get("density_histogram")
+    if hist:
+        st.markdown("#### Feature density (log10 of firing fraction)")
+        edges, counts = hist["log10_density_edges"], hist["counts"]
+        shown = [i for i, c in enumerate(counts) if c] or [0]
+        lo, hi = min(shown), max(shown) + 1  # the occupied range, not 20 empty decades
+        st.bar_chart(pd.DataFrame({"latents": counts[lo:hi]}, index=[f"{e:.1f}" for e in edges[lo:hi]]))
+        st.caption(f"{hist.get('never_fired', 0):,} latents never fired on the evaluated tokens")
+
+metrics = run.metrics()
+if metrics:
+    st.markdown("#### Training curves")
+    df = pd.DataFrame(metrics).set_index("vectors")
+    cols = st.columns(2)
+    for i, key in enumerate(k for k in ("loss", "explained_variance", "l0", "dead_fraction") if k in df):
+        with cols[i % 2]:
+            st.caption(key)
+            st.line_chart(df[[key]])
+
+st.markdown("#### All runs")
+st.dataframe(pd.DataFrame([{"run": str(r.path), "model": r.model, "hook": r.hook_name, "architecture": r.architecture,
+                            "latents": r.cfg.get("d_sae"), "EV": (r.eval or {}).get("explained_variance"),
+                            "CE-loss score": (r.eval or {}).get("ce_loss_score"), "index": r.has_index}
+                           for r in state.list_runs(str(state.checkpoints_root()))]), hide_index=True)

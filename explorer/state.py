@@ -1,0 +1,73 @@
+"""What every page shares: the run being explored and cached handles on it.
+
+The run comes from the `run` query parameter (so every URL is a permalink), else from
+`saex explore RUN`, else the first run found. Model and SAE load once per process
+(`st.cache_resource`); everything they compute comes from `sae/`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+from sae.runs import RunInfo, checkpoints_root, find_runs, read_run
+
+
+def _cli_run() -> str | None:
+    """`streamlit run explorer/app.py -- --run PATH` (what `saex explore RUN` does)."""
+    args = sys.argv[1:]
+    if "--run" in args and args.index("--run") + 1 < len(args):
+        return args[args.index("--run") + 1]
+    return None
+
+
+@st.cache_data(ttl=10)
+def list_runs(root: str) -> list[RunInfo]:
+    return find_runs(root)
+
+
+def current_run() -> RunInfo | None:
+    """The selected run (None when there is none anywhere), with a picker in the sidebar."""
+    runs = list_runs(str(checkpoints_root()))
+    wanted = st.query_params.get("run") or _cli_run()
+    if wanted and all(str(r.path) != wanted for r in runs):
+        try:
+            runs = [read_run(wanted), *runs]
+        except Exception as e:  # a bad permalink: say so, fall back to the others
+            st.sidebar.error(str(e))
+            wanted = None
+    if not runs:
+        return None
+    names = [str(r.path) for r in runs]
+    index = names.index(wanted) if wanted in names else 0
+    choice = st.sidebar.selectbox("SAE run", names, index=index)
+    if st.query_params.get("run") != choice:
+        st.query_params["run"] = choice
+    return runs[names.index(choice)]
+
+
+def no_runs_message() -> None:
+    st.warning(f"No trained SAE runs under `{checkpoints_root()}`.")
+    st.markdown("Create the default one (model, activations, SAE, evaluation) with:")
+    st.code("make demo        # or: saex demo", language="bash")
+    st.markdown("or train your own with `saex train --config training/configs/default.toml`, "
+                "then reload this page.")
+
+
+@st.cache_resource(show_spinner="loading the SAE ...")
+def load_sae(path: str):
+    from sae.saes import load_sae as _load
+
+    return _load(path)
+
+
+@st.cache_resource(show_spinner="loading the model ...")
+def load_model(spec: str):
+    from sae.models import load_model as _load
+
+    return _load(spec, device="cpu")
+
+
+def run_path(run: RunInfo) -> Path:
+    return Path(run.path)

@@ -1,0 +1,79 @@
+"""Finding trained SAE runs and reading what they hold, for the explorer's overview and
+anything else that lists runs. Pure reading: nothing here writes."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sae.errors import SaexError
+
+DEFAULT_ROOT = "checkpoints"
+
+
+def checkpoints_root() -> Path:
+    """$SAEX_CHECKPOINTS, else ./checkpoints."""
+    return Path(os.environ.get("SAEX_CHECKPOINTS", DEFAULT_ROOT))
+
+
+@dataclass
+class RunInfo:
+    path: Path
+    cfg: dict
+    run: dict = field(default_factory=dict)
+    eval: dict | None = None
+
+    @property
+    def name(self) -> str:
+        return str(self.path)
+
+    @property
+    def architecture(self) -> str:
+        return self.cfg.get("architecture", "?")
+
+    @property
+    def hook_name(self) -> str:
+        return (self.cfg.get("metadata") or {}).get("hook_name") or self.run.get("hook", {}).get("name", "?")
+
+    @property
+    def model(self) -> str:
+        return (self.cfg.get("metadata") or {}).get("model_name") or self.run.get("model", {}).get("spec", "?")
+
+    @property
+    def has_index(self) -> bool:
+        return (self.path / "index" / "manifest.json").exists()
+
+    def metrics(self) -> list[dict]:
+        """The training log (metrics.jsonl), [] when absent."""
+        p = self.path / "metrics.jsonl"
+        if not p.exists():
+            return []
+        return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def _read_json(p: Path) -> dict | None:
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_run(path: str | Path) -> RunInfo:
+    path = Path(path)
+    cfg = _read_json(path / "cfg.json")
+    if cfg is None or not (path / "sae_weights.safetensors").exists():
+        raise SaexError(f"{path} holds no finished SAE run (cfg.json + sae_weights.safetensors)",
+                        "train one with `saex train` (or `make demo`), or give another folder")
+    return RunInfo(path=path, cfg=cfg, run=_read_json(path / "run.json") or {},
+                   eval=_read_json(path / "eval.json"))
+
+
+def find_runs(root: str | Path | None = None) -> list[RunInfo]:
+    """Every finished run under `root` (any depth), sorted by path."""
+    root = Path(root) if root is not None else checkpoints_root()
+    if not root.exists():
+        return []
+    return [read_run(p.parent) for p in sorted(root.rglob("cfg.json"))
+            if (p.parent / "sae_weights.safetensors").exists() and not p.parent.name.startswith(".")]
