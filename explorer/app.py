@@ -11,10 +11,10 @@ import streamlit as st
 # `streamlit run explorer/app.py` puts explorer/ on sys.path, not the project root.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-PAGES = Path(__file__).parent / "pages"
+PAGES = Path(__file__).parent / "views"  # not "pages/", which turns on Streamlit's automatic page list
 
 st.set_page_config(page_title="sae-explorer", layout="wide")
-pages = [st.Page(str(PAGES / "overview.py"), title="Overview", url_path="overview", default=True)]
+pages = [st.Page(str(PAGES / "overview.py"), title="Overview", default=True)]
 for name, title in (("feature", "Feature"), ("search", "Search"), ("prompt_lab", "Prompt lab"),
                     ("lookahead", "Lookahead"), ("annotations", "Annotations")):
     if (PAGES / f"{name}.py").exists():

@@ -54,7 +54,7 @@ def test_annotation_saved_in_the_app_lands_in_the_store_with_history(monkeypatch
     from sae.saes import load_sae
 
     at = _app(monkeypatch, run_root, tmp_path)
-    at.switch_page("pages/annotations.py").run()
+    at.switch_page("views/annotations.py").run()
     assert not at.exception
     at.number_input[0].set_value(7).run()
     at.text_input(key="annpage-label-7").input("<script>alert(1)</script> before vowels")
