@@ -18,6 +18,7 @@ $(BIN)/.installed: pyproject.toml Makefile
 
 demo: $(BIN)/.installed
 	$(BIN)/saex demo $(ARGS)
+	$(BIN)/saex explore checkpoints/demo/sae
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q $(ARGS)
@@ -30,6 +31,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/train_vs_saelens.py
 	$(BIN)/python bench/train_vs_saelens.py --architecture batchtopk
 	$(BIN)/python bench/time_to_quality.py
+	$(BIN)/python bench/index.py
 
 clean-venv:
 	rm -rf $(VENV)

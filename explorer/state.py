@@ -71,3 +71,36 @@ def load_model(spec: str):
 
 def run_path(run: RunInfo) -> Path:
     return Path(run.path)
+
+
+@st.cache_resource(show_spinner="opening the feature index ...")
+def _open_index(path: str, stamp: float):
+    from sae.feature_index import FeatureIndex
+
+    return FeatureIndex(path)
+
+
+def feature_index(path: str):
+    """The run's feature index, or None when it has none yet (reopened when rebuilt)."""
+    from sae.feature_index import MANIFEST_FILE, index_dir
+
+    manifest = index_dir(path) / MANIFEST_FILE
+    if not manifest.exists():
+        return None
+    return _open_index(path, manifest.stat().st_mtime)
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def feature(path: str, i: int):
+    return feature_index(path).feature(i)
+
+
+@st.cache_resource(show_spinner="loading the model and SAE ...")
+def intervener(path: str):
+    """The model split at the SAE's hook (sae.interventions.Intervener), once per run."""
+    from sae.interventions import Intervener
+    from sae.lookahead_report import sink_threshold
+
+    sae = load_sae(path)
+    threshold, source = sink_threshold(sae)  # the harvest's outlier threshold, as the lookahead report uses
+    return Intervener(load_model(sae.model_spec), sae, sink_threshold=threshold, sink_threshold_source=source)

@@ -80,3 +80,27 @@ def _isolated_cache(request, tmp_path, monkeypatch):
     default model and corpus are downloaded once per machine."""
     if request.node.get_closest_marker("slow") is None:
         monkeypatch.setenv("SAEX_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="session")
+def indexed_run(tmp_path_factory, tiny_lm, tiny_model_dir, text_corpus):
+    """(root, run): train and held-out stores of the tiny model, a small TopK SAE trained
+    on them (evaluated) and its feature index, as `make demo` lays them out."""
+    from sae.activations import HarvestConfig, harvest
+    from sae.evaluate import evaluate, write_eval
+    from sae.features import IndexConfig, build_index
+    from training.config import TrainConfig
+    from training.train import train
+
+    root = tmp_path_factory.mktemp("runs")
+    for split, tokens in (("train", 16384), ("heldout", 4096)):
+        harvest(HarvestConfig(out=str(root / f"acts-{split}"), model=str(tiny_model_dir), corpus=str(text_corpus),
+                              split=split, tokens=tokens, context_size=64, shard_windows=16, storage_dtype="fp32",
+                              precision="fp32", device="cpu", progress=False), lm=tiny_lm)
+    run = train(TrainConfig(store=str(root / "acts-train"), out=str(root / "sae"), d_sae=128, k=8, batch_size=256,
+                            epochs=3, lr=5e-3, lr_end=5e-4, warmup_steps=5, device="cpu", progress=False,
+                            checkpoint_every=0))
+    write_eval(run, evaluate(run, store=root / "acts-heldout", model=tiny_lm, n_ce_windows=8, device="cpu",
+                             progress=False))
+    build_index(IndexConfig(run=str(run), device="cpu", progress=False), lm=tiny_lm)
+    return root, run

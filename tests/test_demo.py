@@ -8,10 +8,10 @@ def test_demo_runs_end_to_end_and_skips_done_work(tmp_path, tiny_model_dir, text
     cfg.write_text("d_sae = 64\nk = 4\nbatch_size = 128\nepochs = 1.0\nwarmup_steps = 2\nprogress = false\n")
     cmd = [sys.executable, "-m", "training.cli", "demo", "--out-dir", str(tmp_path / "run"), "--model",
            str(tiny_model_dir), "--corpus", str(text_corpus), "--tokens", "4096", "--heldout-tokens", "512",
-           "--device", "cpu", "--train-config", str(cfg)]
+           "--device", "cpu", "--train-config", str(cfg), "--lookahead", "false"]
     first = subprocess.run(cmd, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
-    for step in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"):
+    for step in ("[1/7]", "[2/7]", "[3/7]", "[4/7]", "[5/7]", "[6/7]", "[7/7]"):
         assert step in first.stdout
     run = tmp_path / "run"
     train_m = json.loads((run / "acts-train" / "manifest.json").read_text())
@@ -25,6 +25,7 @@ def test_demo_runs_end_to_end_and_skips_done_work(tmp_path, tiny_model_dir, text
     assert result["tokens"]["evaluated"] > 0 and result["ce_clean"] > 0
     assert f"EV {result['explained_variance']:.3f}" in first.stdout
     evaluated = (run / "sae" / "eval.json").read_bytes()
+    assert (run / "sae" / "index" / "manifest.json").exists()
     second = subprocess.run(cmd, capture_output=True, text=True)
     assert second.returncode == 0, second.stderr
     assert "already complete" in second.stderr

@@ -69,3 +69,70 @@ def test_annotation_saved_in_the_app_lands_in_the_store_with_history(monkeypatch
     shown = " ".join(m.value for m in at.markdown)
     assert "&lt;script&gt;" in shown and "<script>" not in shown  # escaped where rendered as HTML
     assert at.dataframe[0].value["feature"].tolist() == [7]
+
+
+def test_feature_page_navigates_and_shows_the_index(monkeypatch, indexed_run, tmp_path):
+    from sae.feature_index import FeatureIndex
+
+    root, run = indexed_run
+    index = FeatureIndex(run)
+    at = _app(monkeypatch, root, tmp_path)
+    at.query_params["run"] = str(run)
+    at.query_params["feature"] = "5"
+    at.switch_page("views/feature.py").run()
+    assert not at.exception
+    f = index.feature(5)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["fires on"] == f"{f.fires:,} tokens"
+    shown = " ".join(m.value for m in at.markdown)
+    if f.top_examples:  # the top example's tokens are on the page, escaped
+        import html as _html
+
+        assert _html.escape(f.top_examples[0].text[f.top_examples[0].center].replace("\n", "⏎"), quote=True).replace(
+            " ", "&nbsp;") in shown
+    next_button = next(b for b in at.button if b.label == "next ▶")
+    next_button.click().run()
+    assert not at.exception
+    assert at.query_params["feature"] in ("6", ["6"])
+    assert any(s.value.startswith("#6") for s in at.subheader)
+
+
+def test_feature_page_without_index_names_the_command(monkeypatch, run_root, tmp_path):
+    at = _app(monkeypatch, run_root, tmp_path)
+    at.switch_page("views/feature.py").run()
+    assert not at.exception
+    assert any(c.value == f"saex index {run_root / 'sae'}" for c in at.code)
+
+
+def test_search_page_modes_drive_the_results(monkeypatch, indexed_run, tmp_path):
+    from sae import search
+    from sae.feature_index import FeatureIndex
+
+    root, run = indexed_run
+    index = FeatureIndex(run)
+    at = _app(monkeypatch, root, tmp_path)
+    at.query_params["run"] = str(run)
+    at.switch_page("views/search.py").run()
+    at.radio(key="mode").set_value("current token (fires on it)").run()
+    at.text_input(key="token").input(" the").run()
+    assert not at.exception
+    expected = [h.feature for h in search.by_current_token(index, " the", rank="f1", top=25)]
+    assert at.dataframe[0].value["feature"].tolist() == expected
+    at.radio(key="mode").set_value("decoder neighbours of a feature").run()
+    at.number_input(key="nbr").set_value(3).run()
+    assert at.dataframe[0].value["feature"].tolist() == [h.feature for h in search.neighbours(index, 3, top=25)]
+
+
+def test_prompt_lab_shows_the_models_next_token_and_edits(monkeypatch, indexed_run, tmp_path):
+    root, run = indexed_run
+    at = _app(monkeypatch, root, tmp_path)
+    at.query_params["run"] = str(run)
+    at.switch_page("views/prompt_lab.py").run()
+    assert not at.exception
+    at.text_area(key="prompt").input("The astronomer saw").run()
+    assert not at.exception
+    clean = {m.label: m for m in at.metric}["logit(an) − logit(a)"]
+    at.selectbox(key="op").set_value("steer").run()
+    at.number_input(key="value").set_value(50.0).run()
+    steered = {m.label: m for m in at.metric}["logit(an) − logit(a)"]
+    assert not at.exception and steered.value != clean.value and steered.delta not in ("+0.000", "-0.000")

@@ -65,9 +65,19 @@ def _cmd_eval(ns: argparse.Namespace) -> None:
     print(f"written to {Path(cfg.run) / EVAL_FILE} ({result['seconds']:.0f} s)")
 
 
+def _cmd_index(ns: argparse.Namespace) -> None:
+    from sae.feature_index import FeatureIndex
+    from sae.features import IndexConfig, build_index
+
+    index = FeatureIndex(build_index(dataclass_from_args(IndexConfig, ns)))
+    m, out = index.manifest, index.path
+    alive = int((index.array("fires") > 0).sum())
+    print(f"index of {m['d_sae']:,} features ({alive:,} fired) over {m['tokens_indexed']:,} tokens written to {out} "
+          f"({sum(m['seconds'].values()):.0f} s; streaming {m['stream_tokens_per_s']:,.0f} tokens/s)")
+
+
 def _cmd_explore(ns: argparse.Namespace) -> None:
     import os
-    import subprocess
 
     import explorer
     from sae.runs import read_run
@@ -83,10 +93,9 @@ def _cmd_explore(ns: argparse.Namespace) -> None:
     if ns.root:
         env["SAEX_CHECKPOINTS"] = ns.root
     print(f"explorer on http://{ns.host}:{ns.port} (Ctrl-C stops it)", flush=True)
-    try:
-        subprocess.run(cmd, env=env, check=False)
-    except KeyboardInterrupt:
-        pass
+    # Become the server rather than wrap it: a signal to this process then reaches
+    # Streamlit itself, and no orphaned server outlives a killed `saex explore`.
+    os.execve(sys.executable, cmd, env)
 
 
 def _cmd_lookahead(ns: argparse.Namespace) -> None:
@@ -118,21 +127,21 @@ def _cmd_demo(ns: argparse.Namespace) -> None:
     root = Path(ns.out_dir)
     t0 = time.perf_counter()
     lm = load_model(ns.model, device=ns.device)
-    print(f"[1/5] model {lm.spec}: {lm.n_layers} blocks, d_model {lm.d_model}, "
+    print(f"[1/7] model {lm.spec}: {lm.n_layers} blocks, d_model {lm.d_model}, "
           f"hook {lm.hook_point(ns.layer).name} ({time.perf_counter() - t0:.0f} s)", flush=True)
     for step, (split, tokens) in enumerate((("train", ns.tokens), ("heldout", ns.heldout_tokens)), start=2):
         t = time.perf_counter()
         cfg = HarvestConfig(out=str(root / f"acts-{split}"), model=ns.model, layer=ns.layer, corpus=ns.corpus,
                             split=split, tokens=tokens, device=ns.device)
         out = harvest(cfg, lm=lm)
-        print(f"[{step}/5] {split} activations: {store_summary(out)} ({time.perf_counter() - t:.0f} s)", flush=True)
+        print(f"[{step}/7] {split} activations: {store_summary(out)} ({time.perf_counter() - t:.0f} s)", flush=True)
     del lm
     t = time.perf_counter()
     run = root / "sae"
     if not (run / "cfg.json").exists():
         train(load_config(ns.train_config, store=str(root / "acts-train"), out=str(run), device=ns.device))
     stats = json.loads((run / "run.json").read_text())
-    print(f"[4/5] SAE in {run}: {stats['vectors']:,} vectors at {stats['vectors_per_s']:,.0f} vectors/s "
+    print(f"[4/7] SAE in {run}: {stats['vectors']:,} vectors at {stats['vectors_per_s']:,.0f} vectors/s "
           f"({time.perf_counter() - t:.0f} s)", flush=True)
     t = time.perf_counter()
     from sae.evaluate import EVAL_FILE, evaluate, write_eval
@@ -144,10 +153,28 @@ def _cmd_demo(ns: argparse.Namespace) -> None:
         write_eval(run, result)
     ce = (f", CE-loss score {result['ce_loss_score']:.3f}, KL score {result['kl_score']:.3f}"
           if result.get("ce_loss_score") is not None else "")
-    print(f"[5/5] held-out: EV {result['explained_variance']:.3f} (with outliers "
+    print(f"[5/7] held-out: EV {result['explained_variance']:.3f} (with outliers "
           f"{result['explained_variance_with_outliers']:.3f}), L0 {result['l0']:.1f}, dead {result['dead_fraction']:.2%}"
           f"{ce} ({time.perf_counter() - t:.0f} s)", flush=True)
-    print(f"done in {time.perf_counter() - t0:.0f} s. The feature index and the explorer arrive with later releases.")
+    t = time.perf_counter()
+    from sae.feature_index import FeatureIndex
+    from sae.features import IndexConfig, build_index
+
+    build_index(IndexConfig(run=str(run), store=str(root / "acts-heldout"), device=ns.device))
+    index = FeatureIndex(run)
+    print(f"[6/7] feature index of {index.d_sae:,} features over {index.tokens_indexed:,} held-out tokens "
+          f"({time.perf_counter() - t:.0f} s)", flush=True)
+    t = time.perf_counter()
+    if ns.lookahead:
+        from sae.lookahead_report import LookaheadConfig, run_lookahead
+
+        report_path = run / "lookahead" / "report.json"
+        report = json.loads(report_path.read_text()) if report_path.exists() else \
+            run_lookahead(LookaheadConfig(run=str(run), device=ns.device))
+        print(f"[7/7] lookahead: {report['answer']['lines'][-1]} ({time.perf_counter() - t:.0f} s)", flush=True)
+    else:
+        print("[7/7] lookahead: skipped (--lookahead false)", flush=True)
+    print(f"done in {time.perf_counter() - t0:.0f} s. Explore it: saex explore {run}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     d = sub.add_parser("demo", help="the main job end to end on the default model and corpus "
-                       "(today: fetch, harvest train and held-out activations, train a TopK SAE, evaluate it)")
+                       "(fetch, harvest train and held-out activations, train a TopK SAE, evaluate it, index its features, "
+                       "run the a/an lookahead analysis); then open it with saex explore")
     d.add_argument("--out-dir", default="checkpoints/demo", help="where the run goes (default: checkpoints/demo)")
     d.add_argument("--model", default=DEFAULT_MODEL, help=f"model spec (default: {DEFAULT_MODEL})")
     d.add_argument("--layer", default=None, help="block whose output is read (default: the middle one)")
@@ -174,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TOML training config (default: training/configs/default.toml)")
     d.add_argument("--ce-windows", type=int, default=256,
                    help="held-out windows for the CE/KL evaluation, 0 = skip it (default: 256)")
+    d.add_argument("--lookahead", type=lambda v: v.lower() in ("1", "true", "yes"), default=True,
+                   help="run the a/an lookahead analysis (default: true)")
     d.set_defaults(func=_cmd_demo)
 
     f = sub.add_parser("fetch", help="download the default model and corpus into the cache")
@@ -202,6 +232,17 @@ def build_parser() -> argparse.ArgumentParser:
                        "the model at its hook. Writes RUN/eval.json and prints a table.")
     add_dataclass_flags(e, EvalConfig, positional=("run",))
     e.set_defaults(func=_cmd_eval)
+
+    from sae.features import IndexConfig
+
+    i = sub.add_parser("index", help="build the feature index of an SAE run (top examples, histograms, output "
+                       "effects, next-token profiles, neighbours) into RUN/index/",
+                       description="Build the feature index of an SAE run from a held-out activation store, in "
+                       "one streaming pass, plus output-token effects and decoder neighbours from the weights. "
+                       "Rerun the same command to resume an interrupted build; a complete index with the same "
+                       "settings is reused.")
+    add_dataclass_flags(i, IndexConfig, positional=("run",))
+    i.set_defaults(func=_cmd_index)
 
     x = sub.add_parser("explore", help="open the Streamlit explorer on the runs under checkpoints/ "
                        "(listening on 127.0.0.1)")

@@ -1,0 +1,151 @@
+"""Feature-index speed on the demo SAE (TopK, 4608 latents) and its held-out store.
+
+    python bench/index.py [--run checkpoints/demo/sae] [--store checkpoints/demo/acts-heldout]
+
+Prints, on 2 threads:
+1. encoding alone, tokens/s: sae-lens's dense `encode` + nonzero, against our exact sparse
+   TopKEncoder, taking turns chunk by chunk on the same tokens (and checks they agree);
+2. the streaming pass of `saex index` (encode + every per-feature statistic), tokens/s;
+3. the whole build (setup: loading the SAE and model; stream; finish: profiles, output
+   effects, neighbours, writing), into a temporary copy of the run folder.
+The machine's load average is printed too: on a shared machine compare ratios from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+warnings.filterwarnings("ignore")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from sae.activations import ActivationStore  # noqa: E402
+from sae.feature_stats import FeatureStats  # noqa: E402
+from sae.features import IndexConfig, build_index  # noqa: E402
+from sae.saes import load_sae  # noqa: E402
+from sae.sparse_codes import DenseEncoder, TopKEncoder  # noqa: E402
+
+
+def chunks(store: ActivationStore, tokens_per_chunk: int):
+    T, d = store.context_size, store.d_model
+    per = max(1, tokens_per_chunk // T)
+    for k in range(store.n_shards):
+        acts, flags, toks = store.acts(k), store.flags(k).numpy(), store.tokens(k).numpy()
+        for w0 in range(0, len(acts), per):
+            w1 = min(w0 + per, len(acts))
+            ordinary = np.flatnonzero(flags[w0:w1].reshape(-1) == 0)
+            yield k, w0, toks[w0:w1], ordinary, acts[w0:w1].reshape(-1, d)[torch.from_numpy(ordinary)]
+
+
+def _check_agree(a: np.ndarray, b: np.ndarray) -> int:
+    """Rows where the two codes pick different latents; fails unless every such difference
+    is a near-tie (values within 1e-5 relative of each other) at the k-th place."""
+    rows = np.flatnonzero(((a != 0) != (b != 0)).any(1))
+    for r in rows:
+        only = np.concatenate([a[r][(a[r] != 0) & (b[r] == 0)], b[r][(b[r] != 0) & (a[r] == 0)]])
+        kth = min(a[r][a[r] != 0].min(), b[r][b[r] != 0].min())
+        if np.abs(only - kth).max() > 1e-5 * abs(kth):
+            raise SystemExit(f"the encoders disagree on row {r} beyond rounding")
+    both = (a != 0) & (b != 0)
+    if not np.allclose(a[both], b[both], rtol=1e-5, atol=1e-6):
+        raise SystemExit("the encoders' values disagree")
+    return len(rows)
+
+
+def bench_encoders(sae, store) -> None:
+    dense, fast = DenseEncoder(sae, chunk=8192), TopKEncoder(sae)
+    took = {"sae-lens encode (dense fp32)": 0.0, "TopKEncoder (bf16 prefilter, exact)": 0.0}
+    n = n_differ = 0
+    for _, _, _, _, x in chunks(store, 8192):
+        t = time.perf_counter()
+        a = dense(x)
+        took["sae-lens encode (dense fp32)"] += time.perf_counter() - t
+        t = time.perf_counter()
+        b = fast(x)
+        took["TopKEncoder (bf16 prefilter, exact)"] += time.perf_counter() - t
+        n_differ += _check_agree(a.dense(len(x), sae.d_sae), b.dense(len(x), sae.d_sae))
+        n += len(x)
+    base = took["sae-lens encode (dense fp32)"]
+    print(f"\nencoding {n:,} tokens (4608 latents), same chunks, taking turns:")
+    for name, s in took.items():
+        print(f"  {name:<40} {n / s:>10,.0f} tokens/s  {base / s:5.2f}x")
+    print(f"  dense fallback rows of the fast path: {fast.dense_rows / fast.rows_seen:.2%}; rows whose latents "
+          f"differ: {n_differ} (each a near-tie at the k-th place, within 1e-5 relative: fp32 rounding, which "
+          "also flips such ties in sae-lens between batch sizes)")
+
+
+def bench_stream(sae, store, chunk_tokens: int) -> None:
+    vocab = int(store.manifest["model"]["vocab_size"])
+    stats = FeatureStats(sae.d_sae, vocab, store.context_size)
+    enc = TopKEncoder(sae)
+    t_enc = t_stats = 0.0
+    n = 0
+    shard_windows = int(store.manifest["shard_windows"])
+    t0 = time.perf_counter()
+    for k, w0, toks, ordinary, x in chunks(store, chunk_tokens):
+        t = time.perf_counter()
+        codes = enc(x)
+        t_enc += time.perf_counter() - t
+        t = time.perf_counter()
+        stats.add((k * shard_windows + w0) * store.context_size, toks, ordinary, codes.cols, ordinary[codes.rows],
+                  codes.vals)
+        t_stats += time.perf_counter() - t
+        n += len(toks.reshape(-1))
+    t = time.perf_counter()
+    stats.flush()
+    t_flush = time.perf_counter() - t
+    total = time.perf_counter() - t0
+    print(f"\nstreaming pass over {n:,} tokens (chunks of {chunk_tokens:,}): {n / total:,.0f} tokens/s")
+    print(f"  encode {t_enc:.2f} s, statistics {t_stats:.2f} s, final pair merge {t_flush:.2f} s "
+          f"(reading the store: the rest, {total - t_enc - t_stats - t_flush:.2f} s)")
+
+
+def bench_build(run: Path, store: Path) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "run"
+        copy.mkdir()
+        for f in ("cfg.json", "sae_weights.safetensors", "run.json"):
+            if (run / f).exists():
+                shutil.copy(run / f, copy / f)
+        t = time.perf_counter()
+        out = build_index(IndexConfig(run=str(copy), store=str(store), progress=False))
+        wall = time.perf_counter() - t
+        m = json.loads((out / "manifest.json").read_text())
+        sizes = {k: v["bytes"] / 1e6 for k, v in m["files"].items()}
+    s = m["seconds"]
+    print(f"\nwhole build (build_index): {wall:.1f} s = setup {s['setup']:.1f} + stream {s['stream']:.1f} "
+          f"({m['stream_tokens_per_s']:,.0f} tokens/s) + finish {s['finish']:.1f}")
+    print("  files: " + ", ".join(f"{k} {v:.1f} MB" for k, v in sizes.items()))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", default="checkpoints/demo/sae")
+    ap.add_argument("--store", default="checkpoints/demo/acts-heldout")
+    ap.add_argument("--chunk-tokens", type=int, default=IndexConfig.chunk_tokens)
+    ap.add_argument("--skip-build", action="store_true", help="skip the whole-build timing")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    sae, store = load_sae(args.run), ActivationStore(args.store)
+    print(f"{args.run}: {sae.architecture}, d_sae {sae.d_sae}, k {sae.cfg.get('k')}; store {args.store}: "
+          f"{store.n_windows * store.context_size:,} tokens; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; load average {os.getloadavg()[0]:.2f}")
+    bench_encoders(sae, store)
+    bench_stream(sae, store, args.chunk_tokens)
+    if not args.skip_build:
+        bench_build(Path(args.run), Path(args.store))
+    print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Feature page: top and quantile examples with token highlighting, activation histogram,
+output-token effects, lookahead profile (+1..+3), decoder neighbours, annotations.
+The `feature` query parameter makes the URL a permalink."""
+
+import random
+
+import pandas as pd
+import streamlit as st
+
+from explorer import annotation_panel, render, state
+from sae.annotations import SAEKey
+from sae.errors import SaexError
+
+st.title("Feature")
+run = state.current_run()
+if run is None:
+    state.no_runs_message()
+    st.stop()
+index = state.feature_index(str(run.path))
+if index is None:
+    st.warning("This run has no feature index yet.")
+    st.code(f"saex index {run.path}", language="bash")
+    st.stop()
+
+n = index.d_sae
+try:
+    current = int(st.query_params.get("feature", 0)) % n
+except ValueError:
+    current = 0
+nav = st.columns([2, 1, 1, 1, 4])
+wanted = nav[0].number_input("feature id", min_value=0, max_value=n - 1, value=current, key=f"goto-{current}")
+if nav[1].button("◀ prev"):
+    wanted = (current - 1) % n
+if nav[2].button("next ▶"):
+    wanted = (current + 1) % n
+if nav[3].button("random"):
+    wanted = random.randrange(n)
+if int(wanted) != current:
+    st.query_params["feature"] = str(int(wanted))
+    st.rerun()
+st.query_params["feature"] = str(current)
+
+f = state.feature(str(run.path), current)
+label = annotation_panel.store().get(SAEKey.from_sae(state.load_sae(str(run.path))), current)
+st.subheader(f"#{current}" + (f" · {label.label}" if label else ""))
+m = st.columns(4)
+m[0].metric("density", f"{f.density:.3%}")
+m[1].metric("fires on", f"{f.fires:,} tokens")
+m[2].metric("mean activation", f"{f.mean_activation:.3g}")
+m[3].metric("max activation", f"{f.max_activation:.3g}")
+
+left, right = st.columns([3, 2])
+with left:
+    st.markdown("#### Top activations")
+    if not f.top_examples:
+        st.info("This feature never fired on the indexed tokens.")
+    for ex in f.top_examples:
+        st.markdown(render.tokens_html(ex.text, ex.acts, f.max_activation, ex.center), unsafe_allow_html=True)
+    if f.bands:
+        st.markdown("#### Examples by activation band")
+        for band in f.bands:
+            with st.expander(f"band {band.band}: activation {band.low:.3g} – {band.high:.3g}"):
+                for ex in band.examples:
+                    st.markdown(render.tokens_html(ex.text, ex.acts, f.max_activation, ex.center),
+                                unsafe_allow_html=True)
+with right:
+    st.markdown("#### Activation histogram")
+    edges = f.hist_edges
+    st.bar_chart(pd.DataFrame({"tokens": f.hist_counts}, index=[f"{e:.3g}" for e in edges[:-1]]))
+    st.markdown("#### Output tokens (decoder through final norm and unembedding)")
+    b, s = st.columns(2)
+    b.dataframe(pd.DataFrame([(t, round(v, 3)) for _, t, v in f.boosted], columns=["boosted", "effect"]),
+                hide_index=True)
+    s.dataframe(pd.DataFrame([(t, round(v, 3)) for _, t, v in f.suppressed], columns=["suppressed", "effect"]),
+                hide_index=True)
+    st.markdown("#### What follows when it fires (lookahead profile)")
+    for d, stats in f.following_by_lift.items():
+        if stats:
+            st.caption("the token it fires on, by lift over the base rate" if d == 0 else
+                       f"+{d} token{'s' if d > 1 else ''} after it fires, by lift over the base rate")
+            st.dataframe(pd.DataFrame([(t.text, t.count, round(t.precision, 3), round(t.lift, 1)) for t in stats[:8]],
+                                      columns=["token", "count", "precision", "lift"]), hide_index=True)
+    st.markdown("#### Nearest decoder neighbours")
+    st.markdown(" ".join(f"[#{g}](/feature?run={run.path}&feature={g}) ({c:.2f})" for g, c in f.neighbours[:10]))
+
+st.markdown("#### Annotation")
+
+
+class _IndexTokenizer:
+    """encode/decode over the index's vocabulary, so claims need no model load."""
+
+    def encode(self, text, add_special_tokens=False):
+        try:
+            return index.token_ids(text)[:1]
+        except SaexError:
+            return index.token_ids(text.strip())[:1]
+
+    def decode(self, ids):
+        return "".join(index.text(int(i)) for i in ids)
+
+
+try:
+    annotation_panel.show(SAEKey.from_sae(state.load_sae(str(run.path))), current, tokenizer=_IndexTokenizer(),
+                          widget_key="feat")
+except SaexError as e:
+    st.error(f"{e.problem} — {e.fix}")

@@ -1,0 +1,80 @@
+"""Lookahead: the a/an report of `saex lookahead` (riddle set, aligned profiles, causal
+effects with random controls), and any test prompt re-run live with the chosen features
+ablated. Every figure is the report's (sae/lookahead_report.py) or sae/prompt_lab.py's."""
+
+import json
+
+import pandas as pd
+import streamlit as st
+
+from explorer import state
+from sae.errors import SaexError
+from sae.interventions import Edit
+from sae.prompt_lab import next_token, read_prompt
+
+st.title("Lookahead")
+run = state.current_run()
+if run is None:
+    state.no_runs_message()
+    st.stop()
+folder = run.path / "lookahead"
+if not (folder / "report.json").exists():
+    st.warning("This run has no lookahead report yet.")
+    st.code(f"saex lookahead {run.path}", language="bash")
+    st.stop()
+report = json.loads((folder / "report.json").read_text())
+
+st.markdown("#### The answer")
+for line in report["answer"]["lines"]:
+    st.markdown(f"- {line}")
+
+st.markdown("#### Behaviour by prompt set")
+rows = []
+for name, b in report["behaviour"].items():
+    g = b["gap"]
+    rows.append({"set": name, "an-nouns": g["n_an"], "a-nouns": g["n_a"], "gap (an − a nouns)": g["value"],
+                 "95% CI": f"{g['ci'][0]:.2f} … {g['ci'][1]:.2f}" if g.get("ci") else "",
+                 "right article preferred": b.get("right_article_preferred"), "mean P(a)": b.get("mean_p_a"),
+                 "mean P(an)": b.get("mean_p_an")})
+condition = st.multiselect("conditions", [r["set"] for r in rows], default=[r["set"] for r in rows])
+st.dataframe(pd.DataFrame([r for r in rows if r["set"] in condition]), hide_index=True)
+
+causal = report["causal"]
+st.markdown("#### Ablating the selected features (chosen on the selection set, tested on the test set)")
+abl, rnd = causal["ablation"], causal["random"]
+m = st.columns(4)
+m[0].metric("gap removed", f"{abl['fraction_removed']:.0%}",
+            help=f"95% CI {abl['fraction_ci'][0]:.0%} … {abl['fraction_ci'][1]:.0%}")
+m[1].metric("random sets remove", f"{rnd['fraction_removed_mean']:.1%}", help=f"{rnd['n_sets']} density-matched sets")
+m[2].metric("z vs random", f"{rnd['z']:.1f}", help=f"permutation p = {rnd['p_permutation']:.3f}")
+m[3].metric("ΔP(noun | article)", f"{abl['delta_p_noun']:+.4f}")
+single = pd.DataFrame([{"feature": int(f), "gap removed alone": v["fraction_removed"], "Δ ld (an-nouns)": v["delta_ld_an"],
+                        "Δ ld (a-nouns)": v["delta_ld_a"], "page": f"/feature?run={run.path}&feature={f}"}
+                       for f, v in causal["single_features"].items()])
+st.dataframe(single, hide_index=True, column_config={"page": st.column_config.LinkColumn("page", display_text="open")})
+
+st.markdown("#### Plots")
+plots = sorted(folder.glob("*.png"))
+cols = st.columns(2)
+for i, p in enumerate(plots):
+    cols[i % 2].image(str(p), caption=p.stem)
+
+st.markdown("#### A test prompt, live")
+prompts = [json.loads(line) for line in (folder / "prompts-test.jsonl").read_text().splitlines() if line.strip()]
+nouns = sorted({p["noun"] for p in prompts})
+noun = st.selectbox("noun", nouns, index=nouns.index("astronomer") if "astronomer" in nouns else 0)
+chosen = [int(f) for f in causal["selected"]]
+try:
+    iv = state.intervener(str(run.path))
+    for p in [p for p in prompts if p["noun"] == noun]:
+        view = read_prompt(iv, p["prompt"])
+        clean = next_token(iv, view)
+        edited = next_token(iv, view, Edit(tuple(chosen), op="ablate", positions=causal.get("positions", "prompt")))
+        st.markdown(f"**{p['condition']}** ({p['article']} {noun}): {p['prompt']} …")
+        c = st.columns(3)
+        c[0].metric("logit(an) − logit(a)", f"{edited.logit_diff:.3f}", f"{edited.logit_diff - clean.logit_diff:+.3f}",
+                    help="with the selected features ablated; the delta is against the clean model")
+        c[1].metric("P(an)", f"{edited.p_an:.4f}", f"{edited.p_an - clean.p_an:+.4f}")
+        c[2].metric("P(a)", f"{edited.p_a:.4f}", f"{edited.p_a - clean.p_a:+.4f}")
+except SaexError as e:
+    st.error(f"{e.problem} — {e.fix}")

@@ -1,0 +1,63 @@
+"""Search: features by the token they fire on, the token they boost, an upcoming token at
+an offset, label text, or decoder neighbours. All ranking is sae/search.py's."""
+
+import pandas as pd
+import streamlit as st
+
+from explorer import annotation_panel, state
+from sae import search
+from sae.annotations import SAEKey
+from sae.errors import SaexError
+
+st.title("Search")
+run = state.current_run()
+if run is None:
+    state.no_runs_message()
+    st.stop()
+index = state.feature_index(str(run.path))
+if index is None:
+    st.warning("This run has no feature index yet.")
+    st.code(f"saex index {run.path}", language="bash")
+    st.stop()
+
+MODES = {"upcoming token (fires d tokens before it)": "upcoming", "current token (fires on it)": "current",
+         "output token (decoder boosts it)": "output", "label text": "label", "decoder neighbours of a feature": "nbr"}
+mode = MODES[st.radio("find features by", list(MODES), key="mode")]
+c1, c2, c3 = st.columns([3, 1, 1])
+hits = []
+try:
+    if mode in ("upcoming", "current", "output"):
+        token = c1.text_input("token, exact text with its leading space (e.g. ' astronomer'), or an id",
+                              value=" astronomer", key="token")
+        tok = int(token) if token.strip().isdigit() else token
+        if mode == "upcoming":
+            offset = c2.number_input("d", min_value=1, max_value=max(index.offsets), value=1, key="offset")
+            rank = c3.selectbox("rank by", search.RANKS, key="rank-upcoming")
+            hits = search.by_upcoming_token(index, tok, offset=int(offset), rank=rank, top=25)
+        elif mode == "current":
+            rank = c3.selectbox("rank by", search.RANKS, index=search.RANKS.index("f1"), key="rank-current")
+            hits = search.by_current_token(index, tok, rank=rank, top=25)
+        else:
+            hits = search.by_output_token(index, tok, top=25)
+    elif mode == "label":
+        text = c1.text_input("words in the label", key="label")
+        if text.strip():
+            key = SAEKey.from_sae(state.load_sae(str(run.path)))
+            hits = search.by_label(lambda: [(a.feature, a.label) for a in annotation_panel.store().list_labels(key)],
+                                   text, top=25)
+    else:
+        feat = c1.number_input("feature", min_value=0, max_value=index.d_sae - 1, value=0, key="nbr")
+        hits = search.neighbours(index, int(feat), top=25)
+except SaexError as e:
+    st.error(f"{e.problem} — {e.fix}")
+
+if hits:
+    rows = [{"feature": h.feature, "score": round(h.score, 4), "count": h.count,
+             "precision": None if h.precision is None else round(h.precision, 3),
+             "recall": None if h.recall is None else round(h.recall, 3),
+             "lift": None if h.lift is None else round(h.lift, 1),
+             "label": h.detail.get("label", ""), "open": f"/feature?run={run.path}&feature={h.feature}"} for h in hits]
+    st.dataframe(pd.DataFrame(rows), hide_index=True,
+                 column_config={"open": st.column_config.LinkColumn("page", display_text="open")})
+elif mode != "label":
+    st.info("No feature passes the minimum count for this query.")

@@ -1,0 +1,595 @@
+"""`saex lookahead RUN`: which SAE features carry the a/an choice, when they turn on
+relative to the article, and whether ablating them moves the choice more than random
+features of the same firing density. Writes RUN/lookahead/report.json and PNG plots.
+
+The steps, each reported with numbers and intervals:
+1. behaviour on every prompt set: logit(an) - logit(a) and the an-noun minus a-noun gap;
+2. selection, on the selection set only: latents ranked by gradient x activation
+   attribution to the gap, the best candidates ablated one at a time, the
+   `n_features` that remove most of the gap kept;
+3. test, on a disjoint set (other nouns, other glosses): the kept features ablated
+   together, against `random_sets` density-matched random sets (z-score and permutation
+   p-value), each feature alone, by position (last token / earlier ones), at BOS and
+   sink positions only (reported apart), on the explicit-word and noun-in-context
+   controls, and steered (activations multiplied by each dose) for a dose-response curve;
+4. article-aligned profiles of the kept features on completed test riddles and corpus
+   text, an-noun vs a-noun, with onsets, and which of all latents separate the two at -1;
+5. a target noun (astronomer by default): its candidate features and their profiles;
+6. the answer in sentences (`answer`), null results stated as such.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from sae.errors import SaexError
+from sae.fsutil import ensure_writable_dir, write_json_atomic
+from sae.interventions import (Edit, Intervener, Outcome, Prepared, decoder_directions, density_matched_sets,
+                               encode_prompts, parse_positions, typical_activation)
+from sae.lookahead import (TARGET_FRACTION, aligned_activations, article_occurrences, behaviour_summary,
+                           bootstrap_gap, gap_attribution, gap_change, logit_effects, profile_report, rank_for_noun,
+                           separating_features, unembedding)
+from sae.lookahead_plots import plot_report
+from sae.prompts import (COUNT_NOUN_LEXNAMES, Prompt, controls, load_prompt_file, noun_prompts, riddle_set,
+                         wordnet_nouns, write_prompt_file)
+
+REPORT_FILE = "report.json"
+REPORT_FORMAT = 1
+DEFAULT_DOSES = (-1.0, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0)  # multipliers of the chosen features' activations
+
+
+@dataclass
+class LookaheadConfig:
+    """Find the SAE features that carry the a/an choice and test them causally."""
+
+    run: str = ""
+    """Run folder of the SAE (cfg.json + sae_weights.safetensors)."""
+    model: str | None = None
+    """Model; default: the one the SAE was trained on."""
+    out: str | None = None
+    """Output folder; default: RUN/lookahead."""
+    select_prompts: str | None = None
+    """JSONL prompt set (prompt, noun, article) to choose features on; default: WordNet riddles of one half of the nouns."""
+    test_prompts: str | None = None
+    """JSONL prompt set to test the chosen features on; default: WordNet riddles of the other half of the nouns."""
+    riddles_per_article: int = 48
+    """Generated riddles per article (an-nouns, and as many a-noun counterparts) in each of the two sets."""
+    max_noun_tokens: int = 2
+    """Generated riddles only for nouns of at most this many tokens (keeps to words the model knows)."""
+    target_noun: str | None = "astronomer"
+    """A noun to rank candidate features for (hand-written and WordNet riddles plus controls); none to skip."""
+    n_features: int = 10
+    """Features to choose on the selection set."""
+    n_candidates: int = 30
+    """Top latents by attribution that are ablated one by one on the selection set before choosing."""
+    positions: str = "prompt"
+    """Where edits apply, by offset from the article: prompt (all prompt tokens), last (-1), before (<= -2), or offsets like -3:-1."""
+    random_sets: int = 30
+    """Random feature sets of matched firing density for the control (at least 20)."""
+    density_tolerance: float = 0.1
+    """Largest |log10 density| difference between a random feature and the feature it stands in for."""
+    doses: list[float] | None = None
+    """Steering doses: the chosen features' activations multiplied by each (1 = clean, 0 = ablated, 2 = doubled, -1 = reversed) at the edit positions (default: -1,0,0.5,1,1.5,2,3)."""
+    dose_random_sets: int = 2
+    """Random sets steered the same way, as the dose-response control."""
+    profile_before: int = 8
+    """Profiles cover offsets -K..+2 around the article."""
+    corpus: str = "builtin:gcide,wordnet"
+    """Corpus for natural 'a/an + noun' occurrences in the profiles (held-out split); none to skip."""
+    corpus_occurrences: int = 64
+    """Corpus occurrences per article."""
+    bootstrap: int = 2000
+    """Bootstrap resamples for intervals."""
+    batch_size: int = 16
+    """Prompts per forward pass."""
+    seed: int = 0
+    """Seed for riddle sampling, random controls and bootstrap."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    progress: bool = True
+    """Show progress bars."""
+
+    def __post_init__(self):
+        if not self.run:
+            raise SaexError("no run folder given", "pass the folder of a trained SAE: saex lookahead RUN")
+        if self.target_noun is not None and self.target_noun.strip().lower() in ("", "none"):
+            self.target_noun = None
+        if self.corpus.strip().lower() in ("", "none"):
+            self.corpus = "none"
+        for name, low in (("riddles_per_article", 2), ("max_noun_tokens", 1), ("n_features", 1), ("batch_size", 1),
+                          ("bootstrap", 100), ("profile_before", 1), ("corpus_occurrences", 2),
+                          ("random_sets", 20), ("dose_random_sets", 0)):
+            if int(getattr(self, name)) < low:
+                raise SaexError(f"{name} must be at least {low}, got {getattr(self, name)}",
+                                f"pass --{name.replace('_', '-')} {low} or more")
+        if self.n_candidates < self.n_features:
+            raise SaexError(f"n_candidates ({self.n_candidates}) is below n_features ({self.n_features})",
+                            "pass --n-candidates at least --n-features")
+        if not self.density_tolerance > 0:
+            raise SaexError("density_tolerance must be positive", "pass e.g. --density-tolerance 0.1")
+        if self.doses is None:
+            self.doses = list(DEFAULT_DOSES)
+        if not self.doses:
+            raise SaexError("no steering doses", "pass e.g. --doses 0,1,2")
+        spec = parse_positions(self.positions)
+        if spec in ("article", "sinks", "all") or (isinstance(spec, list) and max(spec) >= 0):
+            raise SaexError(f"positions {self.positions!r} reach the article or later, or only sinks: edits there "
+                            "cannot move the article choice", "use prompt, last, before, or offsets <= -1")
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _load(cfg: LookaheadConfig):
+    from sae.models import load_model, resolve_device
+    from sae.saes import load_sae
+
+    dev = resolve_device(cfg.device)
+    sae = load_sae(cfg.run, device=dev)
+    spec = cfg.model or sae.model_spec
+    if not spec:
+        raise SaexError(f"the SAE in {cfg.run} does not record its model", "pass --model")
+    lm = load_model(spec, device=dev)
+    if sae.model_weights_sha256 and lm.weights_sha256 != sae.model_weights_sha256:
+        raise SaexError(f"the SAE was trained on model weights {sae.model_weights_sha256[:12]}..., "
+                        f"{spec} has {lm.weights_sha256[:12]}...", "pass --model with the SAE's model")
+    return lm, sae
+
+
+def sink_threshold(sae) -> tuple[float | None, str]:
+    """The outlier threshold of the store the SAE was trained on (the same rule that flagged
+    massive activations at harvest time), when it can be read."""
+    store = (sae.run or {}).get("store")
+    if store:
+        try:
+            manifest = json.loads((Path(store) / "manifest.json").read_text())
+            if manifest.get("outlier_threshold"):
+                return float(manifest["outlier_threshold"]), f"outlier_threshold of {store}"
+        except (OSError, json.JSONDecodeError):
+            pass
+    return None, ""
+
+
+def log_densities(sae, prepared: Prepared) -> tuple[torch.Tensor, str]:
+    """log10 firing density per latent: the run's sparsity.safetensors (training), else the
+    firing rate on the given prompts."""
+    from safetensors.torch import load_file
+
+    path = Path(sae.path) / "sparsity.safetensors"
+    if path.exists():
+        try:
+            d = load_file(str(path))
+            if "sparsity" in d and d["sparsity"].shape == (sae.d_sae,):
+                return d["sparsity"].float(), "training density (sparsity.safetensors)"
+        except Exception:  # a damaged file: measure instead
+            pass
+    fired = torch.zeros(sae.d_sae)
+    n = 0
+    for b in prepared.batches:
+        a = b.acts[b.ordinary].cpu()
+        fired += (a != 0).float().sum(0)
+        n += len(a)
+    return torch.log10(fired / max(n, 1) + 1e-10), "firing rate on the selection prompts (no sparsity.safetensors)"
+
+
+def prompt_sets(cfg: LookaheadConfig, tokenizer) -> tuple[dict[str, list[Prompt]], dict[str, str], object]:
+    """select, test and the controls of the test nouns; plus where each came from."""
+    sets, sources, synsets = {}, {}, None
+    if cfg.select_prompts is None or cfg.test_prompts is None:
+        synsets = wordnet_nouns()[0]
+
+        def short(noun: str) -> bool:
+            return len(tokenizer(" " + noun, add_special_tokens=False)["input_ids"]) <= cfg.max_noun_tokens
+
+        for split, given in (("select", cfg.select_prompts), ("test", cfg.test_prompts)):
+            if given is None:
+                riddles = riddle_set(cfg.riddles_per_article, split, cfg.seed, short)
+                if len(riddles) < 4:
+                    raise SaexError(f"too few WordNet riddles for the {split} set ({len(riddles)})",
+                                    "raise --max-noun-tokens or give --select-prompts/--test-prompts")
+                sets[split] = [r.prompt for r in riddles]
+                sources[split] = f"WordNet riddles, {split} half of the nouns"
+                if split == "test":
+                    for name, ps in controls(riddles).items():
+                        sets[name] = ps
+                        sources[name] = f"control for the test nouns: {name}"
+    for split, given in (("select", cfg.select_prompts), ("test", cfg.test_prompts)):
+        if given is not None:
+            sets[split] = load_prompt_file(given)
+            sources[split] = str(given)
+    for split in ("select", "test"):
+        arts = {p.article for p in sets[split]}
+        if arts != {"a", "an"}:
+            raise SaexError(f"the {split} prompt set has only {' and '.join(sorted(arts))}-noun prompts",
+                            "a gap needs prompts of both articles")
+    if "explicit" not in sets:
+        seen = {}
+        for p in sets["test"]:
+            seen.setdefault(p.noun, p.article)
+        sets["explicit"] = [Prompt(f"The indefinite article for '{n}' is", n, a, "explicit", source="template")
+                            for n, a in seen.items()]
+        sources["explicit"] = "control for the test nouns: explicit"
+    return sets, sources, synsets
+
+
+# --------------------------------------------------------------------------- the analysis
+
+
+class _Clock:
+    def __init__(self):
+        self.t0 = time.perf_counter()
+        self.steps: dict[str, float] = {}
+        self._last = self.t0
+
+    def tick(self, name: str) -> None:
+        now = time.perf_counter()
+        self.steps[name] = round(now - self._last, 1)
+        self._last = now
+
+
+def run_lookahead(cfg: LookaheadConfig) -> dict:
+    """Everything above; writes the report and plots, returns the report."""
+    clock = _Clock()
+    out_dir = Path(cfg.out) if cfg.out else Path(cfg.run) / "lookahead"
+    if cfg.corpus != "none":
+        _corpus_docs(cfg.corpus)  # a missing corpus is an error now, not after the long steps
+    lm, sae = _load(cfg)
+    ensure_writable_dir(out_dir, "report")
+    threshold, source = sink_threshold(sae)
+    iv = Intervener(lm, sae, threshold, source, batch_size=cfg.batch_size, progress=cfg.progress)
+    tok = lm.tokenizer
+    sets, sources, synsets = prompt_sets(cfg, tok)
+    target = noun_prompts(cfg.target_noun.strip(), synsets or ()) if cfg.target_noun else None
+    for name in ("select", "test"):
+        write_prompt_file(out_dir / f"prompts-{name}.jsonl", sets[name])
+    clock.tick("load")
+
+    prep = {name: iv.prepare(encode_prompts(tok, ps), desc=f"{name} prompts") for name, ps in sets.items()}
+    clean = {name: iv.run(p) for name, p in prep.items()}
+    report: dict = {"format": REPORT_FORMAT, "sae": sae.describe(), "model": lm.spec,
+                    "hook": lm.hook_point(sae.hook_name or sae.module_path).to_dict(),
+                    "config": asdict(cfg),
+                    "prompt_sets": {n: {"source": sources[n], "n": len(ps), "n_an": sum(p.article == "an" for p in ps),
+                                        "n_a": sum(p.article == "a" for p in ps)} for n, ps in sets.items()},
+                    "sinks": {"threshold": prep["test"].sink_threshold,
+                              "threshold_source": prep["test"].sink_threshold_source,
+                              "positions_found": {n: p.n_sinks for n, p in prep.items()},
+                              "policy": "BOS/special and sink positions are never edited or attributed by default; "
+                                        "their effects are in causal.sinks_only and attribution_at_sinks"},
+                    "forward": iv.upper.path}
+    report["behaviour"] = {n: behaviour_summary(o.ld, o.logp_a, o.logp_an, o.is_an, cfg.bootstrap, cfg.seed)
+                           for n, o in clean.items()}
+    clock.tick("behaviour")
+
+    selection, selected, attr = _select(cfg, iv, prep["select"], clean["select"])
+    report["selection"] = selection
+    clock.tick("selection")
+
+    log_d, density_source = log_densities(sae, prep["select"])
+    report["causal"], report["dose_response"] = _test(cfg, iv, prep, clean, selected, attr, log_d, density_source)
+    clock.tick("causal tests")
+
+    grad_last = attr.grad_mean([-1])
+    directions = decoder_directions(sae)
+    effects = logit_effects(directions, unembedding(lm, [iv.an_id, iv.a_id]))
+    report["features"] = [{"feature": f, "log10_density": float(log_d[f]),
+                           "dla_an_minus_a": float(effects[f, 0] - effects[f, 1]),
+                           "grad_per_unit_at_minus1": float(grad_last[f]),
+                           "typical_activation": float(typical_activation(prep["select"], [f])[0])}
+                          for f in selected]
+    corpus_nouns = {p.noun for ps in sets.values() for p in ps} | (_corpus_nouns() if synsets is not None else set())
+    report["profiles"] = _profiles(cfg, iv, sets["test"], selected, tok, corpus_nouns)
+    clock.tick("profiles")
+    if target:
+        report["target"] = _target(cfg, iv, target, prep["test"], directions, tok)
+        clock.tick("target noun")
+    report["answer"] = answer(report)
+    report["plots"] = plot_report(report, out_dir)
+    clock.tick("plots")
+    report["seconds"] = {"total": round(time.perf_counter() - clock.t0, 1), **clock.steps}
+    write_json_atomic(out_dir / REPORT_FILE, report)
+    return report
+
+
+def _select(cfg: LookaheadConfig, iv: Intervener, prep: Prepared, clean: Outcome):
+    """Rank by attribution on the selection set, confirm by single ablations, keep the best."""
+    from tqdm.auto import tqdm
+
+    attr = iv.attribute(prep)
+    is_an = clean.is_an
+    gap_attr = gap_attribution(attr, is_an)
+    candidates = [int(f) for f in gap_attr.argsort(descending=True)[:cfg.n_candidates]]
+    rows = []
+    for f in tqdm(candidates, desc="candidate ablations", disable=not cfg.progress, leave=False):
+        edited = iv.run(prep, Edit((f,), "ablate", positions=cfg.positions))
+        change = gap_change(clean.ld, edited.ld, is_an, cfg.bootstrap, cfg.seed)
+        rows.append({"feature": f, "gap_attribution": float(gap_attr[f]),
+                     "gap_attribution_at_sinks": float(attr.sink_attr[is_an, f].mean()
+                                                       - attr.sink_attr[~is_an, f].mean()),
+                     "removed": change["removed"], "removed_ci": change["removed_ci"],
+                     "fraction_removed": change["fraction_removed"]})
+    kept = sorted((r for r in rows if (r["removed"] or 0) > 0), key=lambda r: -r["removed"])[:cfg.n_features]
+    selected = [r["feature"] for r in kept]
+    sink_total = attr.sink_attr.abs().sum(1)
+    all_total = attr.attr.abs().sum((1, 2)) + sink_total
+    selection = {"set": "select", "positions": cfg.positions,
+                 "method": f"top {cfg.n_candidates} latents by gradient x activation attribution to the an-vs-a gap "
+                           f"(ordinary prompt positions), each ablated alone; kept: up to {cfg.n_features} that "
+                           "remove the most of the gap on this set",
+                 "clean_gap": bootstrap_gap_dict(clean, cfg), "candidates": rows, "selected": selected,
+                 "attribution_share_at_sinks": float((sink_total / all_total.clamp_min(1e-12)).mean())}
+    if not selected:
+        selection["note"] = "no candidate removed any of the gap on the selection set"
+    return selection, selected, attr
+
+
+def bootstrap_gap_dict(o: Outcome, cfg: LookaheadConfig) -> dict:
+    return bootstrap_gap(o.ld, o.is_an, cfg.bootstrap, cfg.seed)
+
+
+def _effect(cfg: LookaheadConfig, clean: Outcome, edited: Outcome) -> dict:
+    change = gap_change(clean.ld, edited.ld, clean.is_an, cfg.bootstrap, cfg.seed)
+    d_noun = edited.logp_noun - clean.logp_noun
+    change |= {"delta_logp_noun": float(d_noun.mean()),
+               "delta_p_noun": float((edited.logp_noun.exp() - clean.logp_noun.exp()).mean()),
+               "delta_ld_mean": float((edited.ld - clean.ld).mean())}
+    return change
+
+
+def _test(cfg, iv: Intervener, prep: dict[str, Prepared], clean: dict[str, Outcome], selected: list[int], attr,
+          log_d: torch.Tensor, density_source: str) -> tuple[dict, dict]:
+    from tqdm.auto import tqdm
+
+    test, c = prep["test"], clean["test"]
+    causal: dict = {"set": "test", "positions": cfg.positions, "clean_gap": bootstrap_gap_dict(c, cfg),
+                    "selected": selected}
+    if not selected:
+        causal["note"] = "no features were selected, so nothing was tested"
+        return causal, {}
+    run = lambda p, feats, **kw: iv.run(p, Edit(tuple(feats), positions=kw.pop("positions", cfg.positions), **kw))
+    causal_outcome = run(test, selected)
+    causal["ablation"] = _effect(cfg, c, causal_outcome)
+    causal["by_position"] = {pos: _effect(cfg, c, run(test, selected, positions=pos)) for pos in ("last", "before")}
+    causal["sinks_only"] = _effect(cfg, c, run(test, selected, positions="sinks"))
+    causal["sinks_only"]["positions_found"] = test.n_sinks
+    causal["single_features"] = {str(f): _effect(cfg, c, run(test, [f])) for f in selected}
+
+    sets, worst = density_matched_sets(log_d, selected, cfg.random_sets, cfg.seed, cfg.density_tolerance)
+    removed = []
+    for s in tqdm(sets, desc="random controls", disable=not cfg.progress, leave=False):
+        removed.append(_effect(cfg, c, run(test, s))["removed"])
+    r = torch.tensor(removed, dtype=torch.float64)
+    sel_removed = causal["ablation"]["removed"]
+    std = float(r.std()) if len(r) > 1 else float("nan")
+    gap = causal["ablation"]["gap_clean"]
+    causal["random"] = {
+        "n_sets": len(sets), "set_size": len(selected), "density_source": density_source,
+        "density_tolerance": cfg.density_tolerance, "max_abs_log10_density_difference": worst,
+        "sets": sets, "removed": removed, "removed_mean": float(r.mean()), "removed_std": std,
+        "fraction_removed_mean": float(r.mean()) / gap if gap and gap > 0 else None,
+        "z": (sel_removed - float(r.mean())) / std if std and std > 0 else None,
+        "p_permutation": float((1 + (r >= sel_removed).sum()) / (1 + len(r))),
+    }
+    causal["controls"] = {}
+    for name in (n for n in ("explicit", "in_context") if n in prep):
+        cc = clean[name]
+        ctrl_random = [_effect(cfg, cc, run(prep[name], s))["removed"] for s in sets[:3]]
+        causal["controls"][name] = {"ablation": _effect(cfg, cc, run(prep[name], selected)),
+                                    "random_removed_first3": ctrl_random}
+
+    # Steering by scaling: a latent grows or shrinks along its own decoder direction where it
+    # already fires, so no sign has to be guessed and silent positions stay untouched.
+    dose = {"doses": cfg.doses, "op": "scale", "positions": cfg.positions,
+            "meaning": "activations of the features multiplied by the dose (1 = clean, 0 = ablated)"}
+
+    def outcome(feats: list[int], m: float) -> Outcome:
+        if m == 1:
+            return c
+        if m == 0 and feats == selected:
+            return causal_outcome
+        return run(test, feats, op="scale", value=float(m))
+
+    def curve(feats: list[int]) -> dict:
+        rows = {"ld_an": [], "ld_a": [], "gap": [], "logp_noun": []}
+        for m in cfg.doses:
+            o = outcome(feats, m)
+            rows["ld_an"].append(float(o.ld[o.is_an].mean()))
+            rows["ld_a"].append(float(o.ld[~o.is_an].mean()))
+            rows["gap"].append(rows["ld_an"][-1] - rows["ld_a"][-1])
+            rows["logp_noun"].append(float(o.logp_noun.mean()))
+        return rows
+
+    dose["selected"] = curve(selected)
+    dose["random"] = [curve(s) for s in sets[:cfg.dose_random_sets]]
+    return causal, dose
+
+
+def _profiles(cfg, iv: Intervener, test_prompts: list[Prompt], features: list[int], tok, nouns: set[str]) -> dict:
+    offsets = list(range(-cfg.profile_before, 3))
+    texts = {"riddles": (list(test_prompts), ["."] * len(test_prompts))}
+    if cfg.corpus != "none":
+        texts["corpus"] = article_occurrences(_corpus_docs(cfg.corpus), nouns, cfg.corpus_occurrences)
+    out = {"offsets": offsets, "features": features, "sources": {}}
+    for name, (ps, tails) in texts.items():
+        if not ps or len({p.article for p in ps}) < 2:
+            out["sources"][name] = {"note": "too few texts of both articles"}
+            continue
+        prep = iv.prepare(encode_prompts(tok, ps, completion=True, suffix=tails), desc=f"{name} texts")
+        every = aligned_activations(prep, offsets)
+        is_an = torch.tensor([p.article == "an" for p in ps])
+        separating = separating_features(every, is_an, offsets)
+        acts = every[..., torch.as_tensor(features, dtype=torch.long)]
+        rep = profile_report(acts, {"an": is_an, "a": ~is_an}, features, offsets, ("an", "a"))
+        # the other direction too: a feature that marks a-nouns has its onset there
+        rep_a = profile_report(acts, {"a": ~is_an, "an": is_an}, features, offsets, ("a", "an"))
+        for f in rep["features"]:
+            rep["features"][f]["onset_a_over_an"] = rep_a["features"][f]["onset"]
+            rep["features"][f]["onset_an_over_a"] = rep["features"][f].pop("onset")
+        rep["examples"] = [p.prompt[-60:] + f" [{p.article}] {p.noun}" for p in ps[:3]]
+        # Do the chosen features, together, know the coming noun's article before it is written?
+        at = acts[:, offsets.index(-1)].nan_to_num(0).sum(-1)
+        rep["selected_total_at_minus1"] = bootstrap_gap(at, is_an, cfg.bootstrap, cfg.seed)
+        rep["separating_at_minus1"] = separating  # over every latent, chosen or not
+        out["sources"][name] = rep
+    return out
+
+
+@lru_cache(maxsize=1)
+def _corpus_nouns() -> frozenset[str]:
+    """Count nouns (WordNet head words of the riddle lexicographer files) for corpus hits."""
+    synsets, first = wordnet_nouns()
+    return frozenset(s.lemmas[0] for s in synsets if s.lexname in COUNT_NOUN_LEXNAMES
+                     and first.get(s.lemmas[0]) == s.offset and s.lemmas[0].isalpha())
+
+
+def _corpus_docs(spec: str):
+    from sae.corpus import open_corpus
+
+    return open_corpus(spec).documents("heldout")
+
+
+def _target(cfg, iv: Intervener, prompts: list[Prompt], rest: Prepared, directions: torch.Tensor, tok) -> dict:
+    noun = prompts[0].noun
+    prep = iv.prepare(encode_prompts(tok, prompts), desc="target prompts")
+    attr = iv.attribute(prep)
+    o = iv.run(prep)
+    noun_id = tok(" " + noun, add_special_tokens=False)["input_ids"][0]
+    effects = logit_effects(directions, unembedding(iv.lm, [noun_id, iv.an_id, iv.a_id]))
+    art = prompts[0].article
+    ranking = rank_for_noun(prep, attr, rest, effects, art)
+    out = {"noun": noun, "article": art, "noun_first_token": tok.decode([noun_id]),
+           "prompts": [{"condition": p.condition, "prompt": p.prompt, "ld": float(ld),
+                        "p_noun_given_article": float(lp.exp())}
+                       for p, ld, lp in zip(prompts, o.ld, o.logp_noun)],
+           "baseline": "the test riddles of other nouns", **ranking}
+    top = [r["feature"] for r in ranking["by_attribution"][:5]]
+    offsets = list(range(-cfg.profile_before, 3))
+    texts, tails = list(prompts), ["."] * len(prompts)
+    if cfg.corpus != "none":
+        ps, ts = article_occurrences(_corpus_docs(cfg.corpus), {noun}, 32, max_per_noun=32, only={noun})
+        texts, tails = texts + ps, tails + ts
+    rest_texts = [p for p in _prompts_of(rest) if p.noun != noun]
+    all_texts = texts + rest_texts
+    is_noun = torch.tensor([i < len(texts) for i in range(len(all_texts))])
+    tp = iv.prepare(encode_prompts(tok, all_texts, completion=True, suffix=tails + ["."] * len(rest_texts)),
+                    desc="target texts")
+    acts = aligned_activations(tp, offsets, top)
+    out["profile"] = profile_report(acts, {noun: is_noun, "rest": ~is_noun}, top, offsets, (noun, "rest"))
+    return out
+
+
+def _prompts_of(p: Prepared) -> list[Prompt]:
+    return [e.prompt for e in p.items]
+
+
+# --------------------------------------------------------------------------- the answer in words
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.0f}%"
+
+
+def _num(x, fmt=".2f") -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+
+
+def answer(r: dict) -> dict:
+    """The report's findings as sentences, with the numbers they rest on; null results
+    stated as such."""
+    lines = []
+    b = r["behaviour"]["test"]["gap"]
+    gap_real = b["value"] is not None and b["ci"][0] is not None and b["ci"][0] > 0
+    lines.append(f"Behaviour (test set, {b['n_an']} an-noun and {b['n_a']} a-noun prompts): logit(an) - logit(a) is "
+                 f"{_num(b['value'])} higher for an-nouns (95% CI {_num(b['ci'][0])} to {_num(b['ci'][1])}); the right "
+                 f"article is preferred on {_pct(r['behaviour']['test']['right_article_preferred'])} of prompts."
+                 + ("" if gap_real else " The gap is not reliably above zero: there is little or no lookahead "
+                    "signal in behaviour to explain."))
+    for name in ("explicit", "in_context"):
+        if name in r["behaviour"]:
+            g = r["behaviour"][name]["gap"]
+            lines.append(f"Control {name}: gap {_num(g['value'])} (95% CI {_num(g['ci'][0])} to {_num(g['ci'][1])}).")
+    for src in ("riddles", "corpus"):
+        sep = r["profiles"]["sources"].get(src, {}).get("separating_at_minus1")
+        if sep:
+            best = sep["top"][0]
+            lines.append(f"Lookahead in activations ({src}): at the token before the article, "
+                         f"{sep['n_beyond_bound']} of {sep['n_latents']} latents differ between an- and a-noun "
+                         f"texts beyond a Bonferroni bound (|z| > {sep['bonferroni_z']:.1f}); the strongest, "
+                         f"{best['feature']}, has z = {best['z']:.1f} "
+                         f"(mean {best['mean_an']:.2f} vs {best['mean_a']:.2f}).")
+    sel = r["selection"]["selected"]
+    if not sel:
+        lines.append("No feature removed any of the gap on the selection set: null result.")
+        return {"lines": lines, "gap_reliable": gap_real, "target_met": False, "beats_random": False,
+                "removal_reliable": False}
+    c = r["causal"]
+    abl, rnd = c["ablation"], c["random"]
+    frac, lo, hi = abl["fraction_removed"], abl["fraction_ci"][0], abl["fraction_ci"][1]
+    lines.append(f"Features chosen on the selection set: {', '.join(map(str, sel))}.")
+    tot = r["profiles"]["sources"].get("riddles", {}).get("selected_total_at_minus1")
+    if tot and tot["value"] is not None:
+        lines.append(f"At the token before the article (-1) their summed activation is {_num(tot['mean_an'])} "
+                     f"on an-noun and {_num(tot['mean_a'])} on a-noun test riddles (difference "
+                     f"{_num(tot['value'])}, 95% CI {_num(tot['ci'][0])} to {_num(tot['ci'][1])}).")
+    for src in ("riddles", "corpus"):
+        prof = r["profiles"]["sources"].get(src, {}).get("features", {})
+        got = [prof[str(f)] for f in sel if str(f) in prof]
+        if got:
+            ons = [e["onset_an_over_a"] if e["onset_an_over_a"] is not None else e["onset_a_over_an"] for e in got]
+            early = sum(1 for on in ons if on is not None and on <= -1)
+            at0 = sum(1 for on in ons if on == 0)
+            late = sum(1 for on in ons if on is not None and on >= 1)
+            lines.append(f"Timing ({src}, an- vs a-noun texts): {early} of {len(got)} features differ between the two "
+                         f"before the article (onset <= -1), {at0} from the article token on, {late} only after it, "
+                         f"{len(got) - early - at0 - late} never reliably.")
+    lines.append(f"Ablating them at {c['positions']} positions on the test set removes {_num(abl['removed'])} of the "
+                 f"{_num(abl['gap_clean'])} gap ({_pct(frac)}, 95% CI {_pct(lo)} to {_pct(hi)}); it moves "
+                 f"logit(an) - logit(a) by {_num(abl['delta_ld_an'])} on an-noun and {_num(abl['delta_ld_a'])} on "
+                 f"a-noun prompts. {rnd['n_sets']} density-matched random sets remove {_num(rnd['removed_mean'])} +- "
+                 f"{_num(rnd['removed_std'])} (z = {_num(rnd['z'], '.1f')}, permutation p = "
+                 f"{_num(rnd['p_permutation'], '.3f')}, the smallest possible being {1 / (1 + rnd['n_sets']):.3f}).")
+    d = r.get("dose_response") or {}
+    if d.get("selected"):
+        pairs = ", ".join(f"x{m:g}: {g:.2f}" for m, g in zip(d["doses"], d["selected"]["gap"]))
+        rpairs = "; ".join(", ".join(f"x{m:g}: {g:.2f}" for m, g in zip(d["doses"], rc["gap"])) for rc in d["random"])
+        lines.append(f"Dose-response (activations multiplied): gap {pairs}" + (f" (random sets: {rpairs})." if rpairs
+                                                                                  else "."))
+    pos = c["by_position"]
+    lines.append(f"By position: at -1 alone {_pct(pos['last']['fraction_removed'])}, at earlier prompt tokens alone "
+                 f"{_pct(pos['before']['fraction_removed'])} of the gap.")
+    lines.append(f"P(noun | article) changes by {_num(abl['delta_p_noun'], '.4f')} on average "
+                 f"(log-prob {_num(abl['delta_logp_noun'], '.3f')}); ablating the same features at BOS/sink "
+                 f"positions only moves the gap by {_num(c['sinks_only']['removed'])} "
+                 f"({c['sinks_only']['positions_found']} sink positions besides BOS).")
+    target_met = bool(gap_real and frac is not None and frac >= TARGET_FRACTION)
+    beats = bool(rnd["p_permutation"] <= 0.05 and (abl["removed"] or 0) > 0)
+    reliable = lo is not None and lo > 0
+    if not gap_real:
+        lines.append("Verdict: no reliable behavioural gap on the test set, so there is nothing for features to carry: "
+                     "null result.")
+    elif not beats:
+        lines.append("Verdict: the chosen features do not move the choice more than density-matched random features "
+                     "on the test set: null result.")
+    elif target_met:
+        lines.append(f"Verdict: out of sample the chosen features remove {_pct(frac)} of the gap (the target is "
+                     f"{_pct(TARGET_FRACTION)}), far beyond random features"
+                     + ("." if reliable and lo >= TARGET_FRACTION else
+                        f"; but the interval ({_pct(lo)} to {_pct(hi)}) "
+                        + ("does not exclude less than half." if reliable else "includes zero: with this many test "
+                           "prompts the size of the effect is not pinned down.")))
+    else:
+        lines.append(f"Verdict: the chosen features move the choice more than random features but remove only "
+                     f"{_pct(frac)} of the gap: the {_pct(TARGET_FRACTION)} target is not met.")
+    return {"lines": lines, "gap_reliable": gap_real, "target_met": target_met, "beats_random": beats,
+            "removal_reliable": reliable}
+
+
+def format_summary(r: dict, out_dir: Path) -> str:
+    return "\n".join(r["answer"]["lines"] + [f"report: {out_dir / REPORT_FILE}; plots: {', '.join(r['plots'])}"])

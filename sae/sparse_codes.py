@@ -1,0 +1,284 @@
+"""Sparse SAE codes for many vectors at once, equal to sae-lens's dense `encode`.
+
+The feature index encodes every token of a held-out store, so encoding speed is the
+index's speed. sae-lens computes a dense fp32 matmul and then keeps k of d_sae values;
+for a TopK SAE on CPU that matmul and the top-k over d_sae columns cost most of the time.
+`TopKEncoder` gets the same codes faster and exactly:
+
+1. a bf16 matmul (about 4x the fp32 speed) ranks the pre-activations approximately;
+2. per row, the latents whose bf16 value reaches a threshold are kept as candidates:
+   about k + margin of them, found with integer compares on the bf16 bit patterns in
+   NumPy (`torch.topk` over d_sae columns is slower than the matmul on CPU);
+3. the candidates' pre-activations are recomputed in fp32 (a sampled matrix product over
+   just those pairs) and the k largest kept;
+4. a bound on the bf16 error (input and weight rounding, output rounding, fp32
+   accumulation) proves, row by row, that no latent below the threshold could beat the
+   k-th exact value. Rows where the proof fails (under 1% on real data) are encoded
+   densely in fp32, so the result equals sae-lens's whatever the data, up to fp32
+   rounding: a near-tie at the k-th place (within ~1e-6 relative) can go either way, as it
+   does in sae-lens itself between batch sizes.
+
+Other architectures (and TopK SAEs with input normalisation or decoder-norm rescaling)
+go through `DenseEncoder`, which calls sae-lens's own `encode`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from sae.saes import LoadedSAE
+
+# CSR tensors are "beta" in torch; the one product used here is tested against sae-lens.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+
+_BF16_UNIT = 2.0 ** -8  # bf16 keeps 8 significant bits: relative rounding error <= 2^-8
+_FP32_UNIT = 2.0 ** -24
+
+
+@dataclass
+class Codes:
+    """Non-zero latent activations of n vectors: entry i is latent `cols[i]` of vector
+    `rows[i]` with value `vals[i]`. Rows ascend; columns within a row are unordered."""
+
+    rows: np.ndarray  # int64
+    cols: np.ndarray  # int64
+    vals: np.ndarray  # float32
+
+    def dense(self, n: int, d_sae: int) -> np.ndarray:
+        out = np.zeros((n, d_sae), dtype=np.float32)
+        out[self.rows, self.cols] = self.vals
+        return out
+
+
+def _codes_from_dense(acts: torch.Tensor, row_offset: int = 0) -> Codes:
+    nz = acts.nonzero()  # != 0, not > 0: signed architectures (AbsTopK) count too
+    rows, cols = nz[:, 0], nz[:, 1]
+    return Codes((rows + row_offset).cpu().numpy(), cols.cpu().numpy(), acts[rows, cols].float().cpu().numpy())
+
+
+def _concat(parts: list[Codes]) -> Codes:
+    if not parts:
+        return Codes(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+    return Codes(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("rows", "cols", "vals")))
+
+
+class DenseEncoder:
+    """sae-lens's `encode` in chunks, turned into sparse codes. Any architecture, any device."""
+
+    def __init__(self, sae: LoadedSAE, chunk: int = 4096):
+        self.sae, self.chunk = sae, chunk
+
+    def __call__(self, x: torch.Tensor) -> Codes:
+        parts = []
+        for i in range(0, len(x), self.chunk):
+            xi = x[i:i + self.chunk].float()
+            check_finite(xi)
+            parts.append(_codes_from_dense(self.sae.encode(xi), i))
+        return _concat(parts)
+
+
+def exact_pre_acts(xc: torch.Tensor, w_enc: torch.Tensor, b_enc: torch.Tensor, starts: torch.Tensor,
+                   counts: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """(xc @ w_enc + b_enc) in fp32 at the pairs (row i, cols[starts[i] : starts[i] + counts[i]]),
+    computed only there (a sampled dense-dense product: no n x d_sae matrix)."""
+    n = len(starts)
+    crow = torch.zeros(n + 1, dtype=torch.long)
+    crow[1:] = torch.cumsum(counts, 0)
+    pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros(len(cols)), size=(n, w_enc.shape[1]),
+                                      check_invariants=False)
+    dots = torch.sparse.sampled_addmm(pattern, xc, w_enc, beta=0.0).values()
+    return dots + b_enc[cols]
+
+
+class TopKEncoder:
+    """Exact sparse codes of a TopK SAE from a bf16 prefilter (see the module docstring).
+
+    margin: how many candidates beyond k the threshold aims at; more makes the per-row
+    proof succeed more often (fewer dense fallbacks) at the cost of more exact work.
+    block: at most this many rows go through the bf16 matmul at once (bounds memory)."""
+
+    def __init__(self, sae: LoadedSAE, margin: int = 20, block: int = 8192):
+        m = sae.sae
+        if not supports_fast_topk(sae):
+            raise ValueError("TopKEncoder needs a plain TopK SAE (see supports_fast_topk)")
+        self.k = int(sae.cfg["k"])
+        self.d_sae = sae.d_sae
+        self.k2 = min(self.k + margin, self.d_sae)
+        self.block = block
+        W = m.W_enc.detach().float().cpu()
+        self.W = W
+        self.W_cols = W.t().contiguous().t()  # column-major: the sampled product reads columns
+        self.b_enc = m.b_enc.detach().float().cpu()
+        self.b_dec = (m.b_dec.detach().float().cpu() if m.cfg.apply_b_dec_to_input else torch.zeros(sae.d_in))
+        # Columns fall into G blocks of `width` (G >= 4 * k2 where possible) whose maxima
+        # give each row a threshold; -inf padding makes the blocks even.
+        self.width = max(1, self.d_sae // max(256, 4 * self.k2))
+        self.groups = -(-self.d_sae // self.width)
+        pad = self.groups * self.width - self.d_sae
+        W_hi = W.bfloat16()
+        self.W_hi = torch.cat([W_hi, torch.zeros(W.shape[0], pad, dtype=torch.bfloat16)], 1)
+        # The bf16 pass reads x itself, not x - b_dec: activations stored in bf16 then go in
+        # without a rounding (or a conversion pass), and b_dec moves into the bias.
+        c = (self.b_enc.double() - self.b_dec.double() @ W.double()).float()
+        c_hi = c.bfloat16()
+        self.b_hi = torch.cat([c_hi, torch.full((pad,), -torch.inf, dtype=torch.bfloat16)])
+        W_lo = W - W_hi.float()
+        self.norm_hi = float(W_hi.float().norm(dim=0).max())
+        self.norm_lo = float(W_lo.norm(dim=0).max())
+        self.bias_err = float((c - c_hi.float()).abs().max()) + 1e-6 * float(c.abs().max())  # + c's own rounding
+        self.bias_max = float(c_hi.float().abs().max())
+        self.single_rounding = _addmm_rounds_once(self.W_hi.shape)
+        self.dense_rows = 0  # rows that needed the dense fallback (for the benchmark)
+        self.rows_seen = 0
+
+    # ------------------------------------------------------------------ pieces
+
+    def _error_bound(self, x: torch.Tensor, x_hi: torch.Tensor) -> torch.Tensor:
+        """Per row: a bound on |exact pre-activation - the bf16 matmul's fp32 accumulator|
+        for every latent (Cauchy-Schwarz on each rounding term, plus fp32 accumulation).
+        x: the input as given; x_hi: it in bf16 (x itself when x is bf16: no rounding)."""
+        n_hi = torch.linalg.vector_norm(x_hi, dim=1, dtype=torch.float32)
+        n_lo = (torch.zeros_like(n_hi) if x.dtype == torch.bfloat16 else
+                torch.linalg.vector_norm(x.float() - x_hi.float(), dim=1))
+        accumulate = (x.shape[1] + 1) * _FP32_UNIT * (n_hi * self.norm_hi + self.bias_max)
+        rounding = n_hi * self.norm_lo + n_lo * self.norm_hi + n_lo * self.norm_lo + self.bias_err
+        return 1.02 * (rounding + accumulate)  # 2% for the fp32 rounding of this bound itself
+
+    def _candidates(self, bits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per row, every latent whose bf16 pre-activation reaches the row's threshold: the
+        k2-th largest of the maxima of G column blocks (block g = columns g, g + G, ...),
+        so at least k2 latents reach it, and not many more.
+
+        bits: "n width*G" int16 bit patterns of the bf16 pre-activations. For positive
+        bf16 values, integer order of the bit patterns is numeric order (negative values
+        are negative integers), so the selection runs on int16 in NumPy, much faster than
+        float ops in torch on CPU. Returns (rows, cols, threshold bits per row), rows
+        ascending and columns ascending within a row (CSR order)."""
+        n, G = len(bits), self.groups
+        bmax = bits.reshape(n, self.width, G).max(axis=1)  # strided blocks: a vectorised max
+        thr = np.partition(bmax, G - self.k2, axis=1)[:, G - self.k2]
+        thr = np.maximum(thr, 1)  # no positive threshold: take the positive values (the proof decides)
+        flat = np.flatnonzero(bits >= thr[:, None])
+        rows = flat // bits.shape[1]
+        return rows, flat - rows * bits.shape[1], thr
+
+    def _dense_rows(self, xc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """sae-lens's computation for a few rows: fp32 matmul, top-k, relu."""
+        pre = torch.addmm(self.b_enc, xc, self.W)
+        v, idx = pre.topk(self.k, dim=1, sorted=False)
+        return v.relu(), idx
+
+    # ------------------------------------------------------------------ encode
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> Codes:
+        """x "n d_in" (any float dtype, CPU) -> the codes sae-lens's encode gives."""
+        parts = [self._encode(x[i:i + self.block], i) for i in range(0, len(x), self.block)]
+        return _concat(parts)
+
+    def _encode(self, x: torch.Tensor, offset: int) -> Codes:
+        n, k = len(x), self.k
+        self.rows_seen += n
+        xc = torch.sub(x, self.b_dec)  # fp32, as sae-lens computes it, for the exact values
+        check_finite(xc)
+        x_hi = x if x.dtype == torch.bfloat16 else x.bfloat16()
+        bits = torch.addmm(self.b_hi, x_hi, self.W_hi).view(torch.int16).numpy()
+        rows, cols, thr = self._candidates(bits)
+        counts = np.bincount(rows, minlength=n)
+        starts = np.cumsum(counts) - counts
+        exact = exact_pre_acts(xc, self.W_cols, self.b_enc, torch.from_numpy(starts), torch.from_numpy(counts),
+                               torch.from_numpy(cols)).numpy()
+        # The k best exact values of each row: one sort of (row, value, index in row).
+        local = np.arange(len(rows)) - starts[rows]
+        lb = bit_width(int(counts.max(initial=1)))
+        order = np.sort((rows << (32 + lb)) | (value_key(exact) << lb) | local)
+        enough = counts >= k
+        pick = (starts[enough][:, None] + np.arange(k)).reshape(-1)
+        at = starts[enough].repeat(k) + (order[pick] & ((1 << lb) - 1))
+        vals = exact[at].reshape(-1, k)
+        chosen = cols[at].reshape(-1, k)
+        # Every latent left out has a bf16 value below the row's threshold t, so its exact
+        # value is below t + one bf16 ulp of t (output rounding) + the rounding bound.
+        t = torch.from_numpy(thr.astype(np.int16)).view(torch.bfloat16).float()
+        ulp = t.abs() * 2.0 ** -7 if self.single_rounding else (t.abs() + self.bias_max) * 2.0 ** -7
+        bound = (t + ulp + self._error_bound(x, x_hi)).numpy()
+        proven = np.zeros(n, bool)
+        proven[enough] = vals[:, -1] > bound[enough]  # vals[:, -1]: each row's k-th largest
+        out_rows = [np.flatnonzero(enough).repeat(k)]
+        out_cols, out_vals = [chosen.reshape(-1)], [vals.reshape(-1)]
+        keep = np.repeat(proven[enough], k)
+        out_rows[0], out_cols[0], out_vals[0] = out_rows[0][keep], out_cols[0][keep], out_vals[0][keep]
+        failed = np.flatnonzero(~proven)
+        if len(failed):
+            self.dense_rows += len(failed)
+            v, idx = self._dense_rows(xc[torch.from_numpy(failed)])
+            out_rows.append(failed.repeat(k))
+            out_cols.append(idx.reshape(-1).numpy())
+            out_vals.append(v.reshape(-1).numpy())
+        r, c, v = (np.concatenate(a) for a in (out_rows, out_cols, out_vals))
+        if len(failed):
+            order = np.argsort(r, kind="stable")
+            r, c, v = r[order], c[order], v[order]
+        pos = v > 0
+        return Codes(r[pos] + offset, c[pos].astype(np.int64), v[pos].astype(np.float32))
+
+
+def _addmm_rounds_once(shape: tuple[int, int]) -> bool:
+    """Whether bf16 addmm (at this weight shape) adds the bias to the fp32 accumulator and
+    rounds once, as oneDNN does; if it rounded the product first, the error bound must
+    also cover that rounding. Probe: 256 + 1 - 256 is 1 with one rounding, 0 with two."""
+    d, m = shape
+    if d < 2:
+        return False
+    a = torch.zeros(256, d, dtype=torch.bfloat16)
+    a[:, :2] = 1
+    b = torch.zeros(d, m, dtype=torch.bfloat16)
+    b[0], b[1] = 256, 1
+    out = torch.addmm(torch.full((m,), -256.0, dtype=torch.bfloat16), a, b)
+    return bool((out == 1).all())
+
+
+def bit_width(n: int) -> int:
+    """Bits needed to hold the non-negative integer n (at least 1)."""
+    return max(int(n).bit_length(), 1)
+
+
+def value_key(v: np.ndarray) -> np.ndarray:
+    """An int64 in [0, 2^32) that orders float32 values high to low (smaller = higher value)."""
+    u = np.ascontiguousarray(v, dtype=np.float32).view(np.uint32).astype(np.int64)
+    ordered = np.where(u & 0x80000000, 0xFFFFFFFF - u, u | 0x80000000)  # ascending with v
+    return 0xFFFFFFFF - ordered
+
+
+class NonFiniteInput(ValueError):
+    """The vectors to encode hold NaN or inf."""
+
+
+def check_finite(x: torch.Tensor) -> None:
+    # One sum is enough to notice NaN/inf (an overflowing sum of finite values is then
+    # confirmed element-wise), instead of a full isfinite pass.
+    if not torch.isfinite(x.sum()) and not torch.isfinite(x).all():
+        raise NonFiniteInput("NaN/inf in the vectors to encode")
+
+
+def supports_fast_topk(sae: LoadedSAE) -> bool:
+    """A TopK SAE whose encode is relu(topk((x - b_dec) @ W_enc + b_enc)): no input
+    normalisation, no decoder-norm rescaling, on CPU."""
+    cfg = sae.cfg
+    return (sae.architecture == "topk" and sae.device.type == "cpu"
+            and not cfg.get("rescale_acts_by_decoder_norm", False)
+            and cfg.get("normalize_activations", "none") == "none"
+            and cfg.get("reshape_activations", "none") == "none"
+            and isinstance(cfg.get("k"), int) and cfg["k"] >= 1)
+
+
+def sparse_encoder(sae: LoadedSAE, fast: bool = True) -> Callable[[torch.Tensor], Codes]:
+    """The fastest exact encoder for this SAE: TopKEncoder when it applies, else DenseEncoder."""
+    if fast and supports_fast_topk(sae):
+        return TopKEncoder(sae)
+    return DenseEncoder(sae)
