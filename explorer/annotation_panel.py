@@ -14,8 +14,13 @@ from sae.errors import SaexError
 
 
 @st.cache_resource
+def _store(location: str) -> AnnotationStore:
+    return AnnotationStore(location or None)
+
+
 def store() -> AnnotationStore:
-    return AnnotationStore()
+    """The annotation database ($SAEX_ANNOTATIONS or checkpoints/annotations.sqlite), one per location."""
+    return _store(os.environ.get("SAEX_ANNOTATIONS", ""))
 
 
 def default_author() -> str:

@@ -136,3 +136,55 @@ def test_prompt_lab_shows_the_models_next_token_and_edits(monkeypatch, indexed_r
     at.number_input(key="value").set_value(50.0).run()
     steered = {m.label: m for m in at.metric}["logit(an) − logit(a)"]
     assert not at.exception and steered.value != clean.value and steered.delta not in ("+0.000", "-0.000")
+
+
+def test_feature_page_scores_a_labels_claim(monkeypatch, indexed_run, tmp_path):
+    from sae.annotations import AnnotationStore, SAEKey
+    from sae.claims import score_feature_claim
+    from sae.saes import load_sae
+
+    root, run = indexed_run
+    sae = load_sae(run)
+    claim = {"kind": "fires_before", "offset": 1, "tokens": [5, 6, 7]}
+    AnnotationStore(tmp_path / "ann.sqlite").set(SAEKey.from_sae(sae), 2, label="claimed", author="t", claim=claim)
+    at = _app(monkeypatch, root, tmp_path)
+    at.query_params["run"] = str(run)
+    at.query_params["feature"] = "2"
+    at.switch_page("views/feature.py").run()
+    at.button(key="score-claim").click().run()
+    assert not at.exception
+    expect = score_feature_claim(sae, 2, claim, store=root / "acts-heldout")
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["hits"] == f"{expect.hits:,}"
+    assert shown["precision"] == ("—" if expect.precision is None else f"{expect.precision:.1%}")
+
+
+def test_lookahead_page_shows_the_report_and_reruns_prompts(monkeypatch, indexed_run, tiny_model_dir, text_corpus,
+                                                            tmp_path):
+    import json
+
+    from tests.test_lookahead import SELECT, TEST, _jsonl
+    from training.cli import main
+
+    root, run = indexed_run
+    at = _app(monkeypatch, root, tmp_path)
+    at.query_params["run"] = str(run)
+    at.switch_page("views/lookahead.py").run()
+    assert any(c.value == f"saex lookahead {run}" for c in at.code)  # no report yet: the command
+    sel, test = _jsonl(tmp_path / "s.jsonl", SELECT), _jsonl(tmp_path / "t.jsonl", TEST)
+    assert main(["lookahead", str(run), "--select-prompts", str(sel), "--test-prompts", str(test), "--corpus",
+                 str(text_corpus), "--corpus-occurrences", "4", "--n-features", "3", "--n-candidates", "8",
+                 "--random-sets", "20", "--bootstrap", "200", "--profile-before", "4", "--progress", "no",
+                 "--device", "cpu"]) == 0
+    report = json.loads((run / "lookahead" / "report.json").read_text())
+    at.run()
+    assert not at.exception
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["z vs random"] == f"{report['causal']['random']['z']:.1f}"
+    assert [m.value for m in at.markdown if m.value.startswith("- ")][0] == f"- {report['answer']['lines'][0]}"
+    nouns = sorted({t[1] for t in TEST})
+    noun_box = next(s for s in at.selectbox if s.label == "noun")
+    noun_box.set_value(nouns[1]).run()
+    assert not at.exception
+    assert any(f"({'an' if nouns[1] in ('hour', 'apple', 'island') else 'a'} {nouns[1]})" in m.value
+               for m in at.markdown)

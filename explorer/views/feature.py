@@ -104,3 +104,24 @@ try:
                           widget_key="feat")
 except SaexError as e:
     st.error(f"{e.problem} — {e.fix}")
+
+label = annotation_panel.store().get(SAEKey.from_sae(state.load_sae(str(run.path))), current)
+if label and label.claim:
+    claim = label.claim
+    words = ", ".join(repr(index.text(t)) for t in claim["tokens"])
+    st.markdown(f"**Claim:** fires {claim['offset']} token(s) before {words}")
+    if st.button("score the claim on held-out text", key="score-claim"):
+        from sae.claims import score_feature_claim
+
+        try:
+            with st.spinner("encoding the held-out store ..."):
+                sc = score_feature_claim(state.load_sae(str(run.path)), current, claim,
+                                         store=index.manifest.get("store", {}).get("path"))
+            c = st.columns(3)
+            c[0].metric("precision", "—" if sc.precision is None else f"{sc.precision:.1%}",
+                        help=f"{sc.hits:,} of the {sc.fired:,} positions where it fires")
+            c[1].metric("recall", "—" if sc.recall is None else f"{sc.recall:.1%}",
+                        help=f"{sc.hits:,} of the {sc.targets:,} positions followed by a claimed token")
+            c[2].metric("hits", f"{sc.hits:,}")
+        except SaexError as e:
+            st.error(f"{e.problem} — {e.fix}")
