@@ -29,8 +29,10 @@ top = view.top_features(12)
 st.markdown("#### Tokens × top features")
 labels = [f"{i}:{t!r}" for i, t in enumerate(view.tokens)]
 heat = pd.DataFrame(view.acts[:, top].numpy().T if top else [], index=[f"#{f}" for f in top], columns=labels)
-st.dataframe(heat.style.background_gradient(cmap="Oranges", axis=None).format("{:.2f}"))
 flags = [i for i in range(len(view.tokens)) if view.special[i] or view.sink[i]]
+# Colour only ordinary tokens: BOS and sink activations run to thousands and would wash out the rest.
+ordinary_cols = [c for i, c in enumerate(labels) if i not in flags]
+st.dataframe(heat.style.background_gradient(cmap="Oranges", axis=None, subset=ordinary_cols or None).format("{:.2f}"))
 if flags:
     st.caption("BOS/special or attention-sink positions (left untouched by edits): "
                + ", ".join(labels[i] for i in flags))
