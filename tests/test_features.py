@@ -485,3 +485,51 @@ def test_bad_input_gets_one_clear_error(built, tiny_lm, tmp_path, data):
     with pytest.raises(SaexError, match="NaN/inf activations in shard 1"):
         build_index(IndexConfig(run=str(tmp_path / "r2"), store=str(nan_store), progress=False), lm=tiny_lm)
     assert not (tmp_path / "r2" / "index" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kill_9_during_a_build_then_rerun_gives_the_same_index(tmp_path, tiny_model_dir, seed):
+    """SIGKILL at a random moment after the build has saved its state at least once; the
+    rerun resumes and the index equals an uninterrupted build's, array for array."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    g = torch.Generator().manual_seed(seed)
+    acts = torch.randn(120, T, D, generator=g)
+    tokens = np.random.default_rng(seed).integers(3, 40, size=(120, T)).astype(np.int32)
+    store = write_store(tmp_path / "acts-heldout", acts, shard_windows=2, tokens=tokens)
+    runs = []
+    for name in ("whole", "killed"):
+        runs.append(_save_topk(tmp_path / name))
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+    def cmd(run):
+        return [sys.executable, "-m", "training.cli", "index", str(run), "--store", str(store), "--model",
+                str(tiny_model_dir), "--chunk-tokens", str(T), "--checkpoint-seconds", "0", "--top-k", "5",
+                "--reservoir", "8", "--bands", "3", "--per-band", "2", "--progress", "false", "--device", "cpu"]
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run(cmd(runs[0]), check=True, cwd=root, env=env, capture_output=True)
+    proc = subprocess.Popen(cmd(runs[1]), cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = runs[1] / "index" / "partial" / "state.safetensors"
+    deadline = time.time() + 120
+    while not state.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    time.sleep(random.Random(seed).uniform(0, 0.3))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (runs[1] / "index" / "manifest.json").exists(), "the build finished before the kill: make it longer"
+    with pytest.raises(SaexError):
+        FeatureIndex(runs[1])  # a killed build never loads as complete
+    done = subprocess.run(cmd(runs[1]), cwd=root, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((runs[1] / "index" / "manifest.json").read_text())["resumed_after_shard"] is not None
+    a, b = _arrays(runs[0]), _arrays(runs[1])
+    assert a.keys() == b.keys()
+    for k in a:
+        if k != "manifest":
+            assert np.array_equal(a[k], b[k], equal_nan=a[k].dtype.kind == "f"), k
