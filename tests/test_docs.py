@@ -25,3 +25,15 @@ def test_no_pickle_loading_in_the_code():
         text = path.read_text()
         assert "pickle" not in text.replace("allow_pickle=False", "").replace("no pickle", ""), path
         assert "torch.load(" not in text or "weights_only=True" in text, path
+
+
+def test_reliability_doc_names_only_existing_tests():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    doc = (root / "docs" / "reliability.md").read_text()
+    named = re.findall(r"`(test_\w+\.py)::(test_\w+)`", doc)
+    assert len(named) > 10
+    for f, t in named:
+        assert f"def {t}(" in (root / "tests" / f).read_text(), f"{f}::{t}"
