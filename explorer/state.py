@@ -7,7 +7,6 @@ The run comes from the `run` query parameter (so every URL is a permalink), else
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import streamlit as st
 
@@ -69,15 +68,21 @@ def load_model(spec: str):
     return _load(spec, device="cpu")
 
 
-def run_path(run: RunInfo) -> Path:
-    return Path(run.path)
-
-
 @st.cache_resource(show_spinner="opening the feature index ...")
 def _open_index(path: str, stamp: float):
     from sae.feature_index import FeatureIndex
 
     return FeatureIndex(path)
+
+
+def require_index(run: RunInfo):
+    """The run's feature index; without one, the command that builds it, and the page stops."""
+    index = feature_index(str(run.path))
+    if index is None:
+        st.warning("This run has no feature index yet.")
+        st.code(f"saex index {run.path}", language="bash")
+        st.stop()
+    return index
 
 
 def feature_index(path: str):

@@ -28,7 +28,7 @@ import numpy as np
 
 from sae.errors import SaexError
 from sae.fetch import pip_download
-from sae.fsutil import atomic_path, cache_dir
+from sae.fsutil import atomic_path, cache_dir, iter_jsonl
 
 DEFAULT_CORPUS = "builtin"
 HELDOUT_FRACTION = 0.05
@@ -228,21 +228,13 @@ def _text_corpus(path: Path) -> Corpus:
 
 def _jsonl_corpus(path: Path, text_field: str) -> Corpus:
     def docs() -> Iterator[Document]:
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise SaexError(f"{path} line {lineno} is not valid JSON ({e.msg})",
-                                    "give a JSONL file: one JSON object per line") from None
-                if not isinstance(rec, dict) or text_field not in rec:
-                    raise SaexError(f"{path} line {lineno} has no {text_field!r} field",
-                                    "name the text field with --text-field")
-                text = rec[text_field]
-                if isinstance(text, str) and text.strip():
-                    yield Document(f"jsonl:{path.name}", str(rec.get("id", lineno)), text)
+        for lineno, rec in iter_jsonl(path, "give a JSONL file: one JSON object per line"):
+            if text_field not in rec:
+                raise SaexError(f"{path} line {lineno} has no {text_field!r} field",
+                                "name the text field with --text-field")
+            text = rec[text_field]
+            if isinstance(text, str) and text.strip():
+                yield Document(f"jsonl:{path.name}", str(rec.get("id", lineno)), text)
 
     return Corpus(str(path), docs)
 

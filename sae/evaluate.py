@@ -26,7 +26,6 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +33,7 @@ import torch.nn.functional as F
 from sae.activations import FLAG_OUTLIER, FLAG_SPECIAL, ActivationStore
 from sae.errors import SaexError
 from sae.fsutil import write_json_atomic
-from sae.models import LoadedModel, ResidualReader, load_model, resolve_device
+from sae.models import LoadedModel, ResidualReader, UpperForward, load_model, resolve_device
 from sae.saes import LoadedSAE, load_sae
 
 EVAL_FILE = "eval.json"
@@ -280,58 +279,12 @@ def reconstruction_metrics(sae: LoadedSAE, store: ActivationStore, progress: boo
 # --------------------------------------------------------------------------- pass 2: splice into the model
 
 
-def _with_submodule(root: torch.nn.Module, path: str, new: torch.nn.Module) -> torch.nn.Module:
-    """A shallow copy of `root` whose submodule at dotted `path` is `new`; `root` is untouched."""
-    head, _, rest = path.partition(".")
-    clone = copy.copy(root)
-    clone._modules = dict(root._modules)
-    clone._modules[head] = new if not rest else _with_submodule(root._modules[head], rest, new)
-    return clone
-
-
-def _upper_forward(lm: LoadedModel, layer: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Fast path: the model with only blocks layer+1.. left, fed the residual stream as
-    `inputs_embeds` (Llama-like models add nothing to the embeddings before block 0)."""
-    upper = _with_submodule(lm.model, lm.layers_path, torch.nn.ModuleList(list(lm.layers)[layer + 1:]))
-
-    def forward(ids: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        return upper(inputs_embeds=h, use_cache=False).logits
-
-    return forward
-
-
-def _hooked_forward(lm: LoadedModel, module_path: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Generic path: the whole model from the token ids, with a forward hook that swaps
-    the hooked block's output for `h`. It must fire: a hook that silently does nothing
-    would report a perfect SAE."""
-    block = lm.model.get_submodule(module_path)
-
-    def forward(ids: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        fired = []
-
-        def swap(_mod, _inp, out):
-            fired.append(True)
-            return (h, *out[1:]) if isinstance(out, tuple) else h
-
-        handle = block.register_forward_hook(swap)
-        try:
-            logits = lm.model(input_ids=ids, use_cache=False).logits
-        finally:
-            handle.remove()
-        if not fired:
-            raise SaexError(f"the hook on {module_path} never fired in {type(lm.model).__name__}",
-                            "this model's layout is not supported for the splice; use --ce-windows 0")
-        return logits
-
-    return forward
-
-
 class Splicer:
     """Logits of the model when the residual stream after block `layer` is `h`.
 
-    The blocks up to the hook run once per batch (`residual`); the rest runs once per
-    variant (clean, spliced, zero-ablated). The fast path is checked against a plain
-    forward on the first windows; a model it does not fit gets the generic path."""
+    The blocks up to the hook run once per batch (`residual`, sae.models.ResidualReader);
+    the rest once per variant (clean, spliced, zero-ablated; sae.models.UpperForward,
+    checked against a plain forward on the first windows)."""
 
     def __init__(self, lm: LoadedModel, layer: int, probe_ids: torch.Tensor):
         self.lm = lm
@@ -339,30 +292,18 @@ class Splicer:
         self.reader = ResidualReader(lm, hook, precision="fp32", calibration_ids=probe_ids)
         probe_ids = probe_ids[:2].to(lm.device)
         with torch.inference_mode():
-            reference = lm.model(input_ids=probe_ids, use_cache=False).logits.float()
-            h = self.residual(probe_ids)
-            tol = dict(rtol=1e-4, atol=1e-4 * max(1.0, reference.abs().max().item()))
-            self.path = None
             try:
-                fast = _upper_forward(lm, hook.layer)
-                if torch.allclose(fast(probe_ids, h).float(), reference, **tol):
-                    self._forward, self.path = fast, "upper blocks from the residual"
-            except Exception:  # an unfamiliar forward signature: try the generic path
-                pass
-            if self.path is None:
-                generic = _hooked_forward(lm, hook.module_path)
-                if not torch.allclose(generic(probe_ids, h).float(), reference, **tol):
-                    raise SaexError(f"the output of {hook.module_path} in {type(lm.model).__name__} is not the "
-                                    "residual stream the model continues from, so the SAE cannot be spliced there",
-                                    "use a Llama-like causal LM, or --ce-windows 0 to skip the splice")
-                self._forward, self.path = generic, "whole model with a replacing hook"
+                self.upper = UpperForward(lm, hook.layer, probe_ids, self.residual(probe_ids))
+            except SaexError as e:
+                raise SaexError(e.problem, f"{e.fix}, or --ce-windows 0 to skip the splice") from None
+        self.path = self.upper.path
 
     def residual(self, ids: torch.Tensor) -> torch.Tensor:
         """ "batch pos" -> "batch pos d_model" fp32 on the model's device."""
         return self.reader(ids).to(self.lm.device)
 
     def logits(self, ids: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        return self._forward(ids.to(self.lm.device), h).float()
+        return self.upper.logits_at(ids.to(self.lm.device), h)
 
 
 class _Sums:

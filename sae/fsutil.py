@@ -96,3 +96,23 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def iter_jsonl(path: Path, fix: str):
+    """(line number, object) for each non-blank line of a JSONL file; a line that is not a
+    JSON object is one SaexError naming the file and line, with `fix`."""
+    import json
+
+    from sae.errors import SaexError
+
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise SaexError(f"{path} line {lineno} is not valid JSON ({e.msg})", fix) from None
+            if not isinstance(rec, dict):
+                raise SaexError(f"{path} line {lineno} is not a JSON object", fix)
+            yield lineno, rec

@@ -17,7 +17,6 @@ separately.
 
 from __future__ import annotations
 
-import copy
 import re
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -25,7 +24,7 @@ from typing import Sequence
 import torch
 
 from sae.errors import SaexError
-from sae.models import LoadedModel, ResidualReader
+from sae.models import LoadedModel, ResidualReader, UpperForward  # noqa: F401 (UpperForward: re-exported)
 from sae.prompts import Prompt
 from sae.saes import LoadedSAE
 
@@ -86,71 +85,6 @@ def encode_prompts(tokenizer, prompts: Sequence[Prompt], completion: bool = Fals
 
 
 # --------------------------------------------------------------------------- the split model
-
-
-def _with_submodule(root: torch.nn.Module, path: str, new: torch.nn.Module) -> torch.nn.Module:
-    """A shallow copy of `root` whose submodule at dotted `path` is `new`; `root` is untouched."""
-    head, _, rest = path.partition(".")
-    clone = copy.copy(root)
-    clone._modules = dict(root._modules)
-    clone._modules[head] = new if not rest else _with_submodule(root._modules[head], rest, new)
-    return clone
-
-
-class UpperForward:
-    """Logits at chosen positions when the residual stream after block `layer` is `h`.
-
-    Fast path: the base model with only blocks layer+1.. left, fed `h` as inputs_embeds,
-    then the output head at the asked positions only. A model for which that does not
-    reproduce its own logits (embedding scaling, logit soft-capping ...) gets the generic
-    path: the whole model with a hook that swaps the block's output for `h`."""
-
-    def __init__(self, lm: LoadedModel, layer: int, probe_ids: torch.Tensor, probe_h: torch.Tensor):
-        self.lm = lm
-        self.module_path = lm.hook_point(layer).module_path
-        parent, _, attr = lm.layers_path.rpartition(".")
-        base = lm.model.get_submodule(parent) if parent else lm.model
-        upper_layers = torch.nn.ModuleList(list(lm.layers)[layer + 1:])
-        self._base = _with_submodule(base, attr, upper_layers)
-        self._head = lm.model.get_output_embeddings()
-        pos = torch.arange(probe_ids.shape[1]).expand(probe_ids.shape[0], -1)
-        with torch.no_grad():
-            ref = lm.model(input_ids=probe_ids, use_cache=False).logits.float()
-            tol = dict(rtol=1e-4, atol=1e-4 * max(1.0, ref.abs().max().item()))
-            self.path = "upper blocks from the residual"
-            try:
-                ok = self._head is not None and torch.allclose(self.logits_at(probe_ids, probe_h, pos), ref, **tol)
-            except Exception:  # an unfamiliar forward signature: try the generic path
-                ok = False
-            if not ok:
-                self.path = "whole model with a replacing hook"
-                if not torch.allclose(self.logits_at(probe_ids, probe_h, pos), ref, **tol):
-                    raise SaexError(f"the output of {self.module_path} in {type(lm.model).__name__} is not the "
-                                    "residual stream the model continues from, so features cannot be edited there",
-                                    "use a Llama-like causal LM")
-
-    def logits_at(self, ids: torch.Tensor, h: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """ids "b p", h "b p d", pos "b k" -> logits "b k vocab" (fp32)."""
-        gather = pos.unsqueeze(-1)
-        if self.path.startswith("upper"):
-            x = self._base(inputs_embeds=h, use_cache=False).last_hidden_state
-            x = x.gather(1, gather.expand(-1, -1, x.shape[-1]))
-            return self._head(x).float()
-        block = self.lm.model.get_submodule(self.module_path)
-        fired = []
-
-        def swap(_mod, _inp, out):
-            fired.append(True)
-            return (h, *out[1:]) if isinstance(out, tuple) else h
-
-        handle = block.register_forward_hook(swap)
-        try:
-            logits = self.lm.model(input_ids=ids, use_cache=False).logits.float()
-        finally:
-            handle.remove()
-        if not fired:
-            raise SaexError(f"the hook on {self.module_path} never fired", "use a Llama-like causal LM")
-        return logits.gather(1, gather.expand(-1, -1, logits.shape[-1]))
 
 
 # --------------------------------------------------------------------------- edits

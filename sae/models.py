@@ -454,3 +454,76 @@ class ResidualReader:
                 self._forward = self._eager
                 out = self._forward(input_ids.to(self.lm.device))
         return out.float().cpu()
+
+
+def _with_submodule(root: torch.nn.Module, path: str, new: torch.nn.Module) -> torch.nn.Module:
+    """A shallow copy of `root` whose submodule at dotted `path` is `new`; `root` is untouched."""
+    head, _, rest = path.partition(".")
+    clone = copy.copy(root)
+    clone._modules = dict(root._modules)
+    clone._modules[head] = new if not rest else _with_submodule(root._modules[head], rest, new)
+    return clone
+
+
+class UpperForward:
+    """The other half of `ResidualReader`: logits when the residual stream after block
+    `layer` is `h` (spliced, edited or zeroed there). Evaluation and interventions share it.
+
+    Fast path: the base model with only blocks layer+1.. left, fed `h` as inputs_embeds,
+    then the output head (at the asked positions only). A model for which that does not
+    reproduce its own logits on the probe (embedding scaling, logit soft-capping ...) gets
+    the generic path: the whole model with a hook that swaps the block's output for `h`.
+    Neither reproducing them is one clear error."""
+
+    FAST, GENERIC = "upper blocks from the residual", "whole model with a replacing hook"
+
+    def __init__(self, lm: LoadedModel, layer: int, probe_ids: torch.Tensor, probe_h: torch.Tensor):
+        self.lm = lm
+        self.module_path = lm.hook_point(layer).module_path
+        parent, _, attr = lm.layers_path.rpartition(".")
+        base = lm.model.get_submodule(parent) if parent else lm.model
+        self._base = _with_submodule(base, attr, torch.nn.ModuleList(list(lm.layers)[layer + 1:]))
+        self._head = lm.model.get_output_embeddings()
+        with torch.no_grad():
+            ref = lm.model(input_ids=probe_ids, use_cache=False).logits.float()
+            tol = dict(rtol=1e-4, atol=1e-4 * max(1.0, ref.abs().max().item()))
+            self.path = self.FAST
+            try:
+                ok = self._head is not None and torch.allclose(self._upper_logits(probe_h, None), ref, **tol)
+            except Exception:  # an unfamiliar forward signature: try the generic path
+                ok = False
+            if not ok:
+                self.path = self.GENERIC
+                if not torch.allclose(self._hooked_logits(probe_ids, probe_h, None), ref, **tol):
+                    raise SaexError(f"the output of {self.module_path} in {type(lm.model).__name__} is not the "
+                                    "residual stream the model continues from, so nothing can be spliced or "
+                                    "edited there", "use a Llama-like causal LM")
+
+    def logits_at(self, ids: torch.Tensor, h: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
+        """ids "b p", h "b p d", pos "b k" (None: every position) -> logits "b k vocab" (fp32)."""
+        if self.path == self.FAST:
+            return self._upper_logits(h, pos)
+        return self._hooked_logits(ids, h, pos)
+
+    def _upper_logits(self, h: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
+        x = self._base(inputs_embeds=h, use_cache=False).last_hidden_state
+        if pos is not None:
+            x = x.gather(1, pos.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        return self._head(x).float()
+
+    def _hooked_logits(self, ids: torch.Tensor, h: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
+        block = self.lm.model.get_submodule(self.module_path)
+        fired = []
+
+        def swap(_mod, _inp, out):
+            fired.append(True)
+            return (h, *out[1:]) if isinstance(out, tuple) else h
+
+        handle = block.register_forward_hook(swap)
+        try:
+            logits = self.lm.model(input_ids=ids, use_cache=False).logits.float()
+        finally:
+            handle.remove()
+        if not fired:  # a hook that silently does nothing would report a perfect SAE
+            raise SaexError(f"the hook on {self.module_path} never fired", "use a Llama-like causal LM")
+        return logits if pos is None else logits.gather(1, pos.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from sae.errors import SaexError
+from sae.fsutil import iter_jsonl
 
 ARTICLES = ("a", "an")
 CONDITIONS = ("riddle", "explicit", "in_context", "classic", "user")
@@ -170,27 +171,18 @@ def load_prompt_file(path: str | Path) -> list[Prompt]:
     out = []
     fix = 'each line must be a JSON object like {"prompt": "A person who studies the stars is called", ' \
           '"noun": "astronomer", "article": "an"}'
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SaexError(f"{path} line {lineno} is not valid JSON ({e.msg})", fix) from None
-            if not isinstance(rec, dict):
-                raise SaexError(f"{path} line {lineno} is not a JSON object", fix)
-            for key in ("prompt", "noun", "article"):
-                if not isinstance(rec.get(key), str) or not rec[key].strip():
-                    raise SaexError(f"{path} line {lineno} has no {key!r} string", fix)
-            art = rec["article"].strip().lower()
-            if art not in ARTICLES:
-                raise SaexError(f"{path} line {lineno}: article {rec['article']!r} is neither 'a' nor 'an'", fix)
-            cond = rec.get("condition", "user")
-            if not isinstance(cond, str) or not cond:
-                raise SaexError(f"{path} line {lineno}: condition must be a string", fix)
-            out.append(Prompt(rec["prompt"].rstrip(), rec["noun"].strip(), art, cond, rec.get("pair"),
-                              f"{path.name}:{lineno}"))
+    for lineno, rec in iter_jsonl(path, fix):
+        for key in ("prompt", "noun", "article"):
+            if not isinstance(rec.get(key), str) or not rec[key].strip():
+                raise SaexError(f"{path} line {lineno} has no {key!r} string", fix)
+        art = rec["article"].strip().lower()
+        if art not in ARTICLES:
+            raise SaexError(f"{path} line {lineno}: article {rec['article']!r} is neither 'a' nor 'an'", fix)
+        cond = rec.get("condition", "user")
+        if not isinstance(cond, str) or not cond:
+            raise SaexError(f"{path} line {lineno}: condition must be a string", fix)
+        out.append(Prompt(rec["prompt"].rstrip(), rec["noun"].strip(), art, cond, rec.get("pair"),
+                          f"{path.name}:{lineno}"))
     if not out:
         raise SaexError(f"prompt file {path} holds no prompts", fix)
     return out

@@ -289,14 +289,14 @@ def test_outliers_stay_clean_and_bos_is_spared(tmp_path, good_run, heldout, shar
 
 def test_generic_hooked_forward_gives_the_same_figures(monkeypatch, good_run, heldout, sharp_lm):
     """Models the fast path does not fit run whole, with a hook swapping the block's output."""
-    import sae.evaluate as ev
+    from sae.models import UpperForward
 
     fast = evaluate(good_run, store=heldout, model=sharp_lm, n_ce_windows=8, device="cpu", progress=False)
 
     def unfit(*_a, **_k):
         raise TypeError("unfamiliar forward signature")
 
-    monkeypatch.setattr(ev, "_upper_forward", unfit)
+    monkeypatch.setattr(UpperForward, "_upper_logits", unfit)
     slow = evaluate(good_run, store=heldout, model=sharp_lm, n_ce_windows=8, device="cpu", progress=False)
     assert slow["splice"]["forward"] == "whole model with a replacing hook"
     for key in ("ce_clean", "ce_spliced", "ce_zero_ablated", "kl_spliced", "kl_zero_ablated"):

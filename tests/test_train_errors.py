@@ -5,7 +5,6 @@ import errno
 import os
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from tests.synthetic import planted_data, write_store

@@ -64,7 +64,6 @@ def load_checkpoint(out: Path, sae: torch.nn.Module, opt: torch.optim.Optimizer,
     if shapes != saved_shapes:
         raise SaexError(f"{path} holds an SAE of other shapes ({saved_shapes} vs {shapes})",
                         f"delete {path} to start over")
-    device = next(sae.parameters()).device
     with torch.no_grad():
         for n, t in sae.state_dict().items():
             t.copy_(tensors[f"sae.{n}"])

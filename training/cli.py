@@ -135,7 +135,6 @@ def _cmd_demo(ns: argparse.Namespace) -> None:
                             split=split, tokens=tokens, device=ns.device)
         out = harvest(cfg, lm=lm)
         print(f"[{step}/7] {split} activations: {store_summary(out)} ({time.perf_counter() - t:.0f} s)", flush=True)
-    del lm
     t = time.perf_counter()
     run = root / "sae"
     if not (run / "cfg.json").exists():
@@ -149,7 +148,7 @@ def _cmd_demo(ns: argparse.Namespace) -> None:
     if (run / EVAL_FILE).exists():
         result = json.loads((run / EVAL_FILE).read_text())
     else:
-        result = evaluate(run, store=root / "acts-heldout", n_ce_windows=ns.ce_windows, device=ns.device)
+        result = evaluate(run, store=root / "acts-heldout", model=lm, n_ce_windows=ns.ce_windows, device=ns.device)
         write_eval(run, result)
     ce = (f", CE-loss score {result['ce_loss_score']:.3f}, KL score {result['kl_score']:.3f}"
           if result.get("ce_loss_score") is not None else "")
@@ -160,7 +159,7 @@ def _cmd_demo(ns: argparse.Namespace) -> None:
     from sae.feature_index import FeatureIndex
     from sae.features import IndexConfig, build_index
 
-    build_index(IndexConfig(run=str(run), store=str(root / "acts-heldout"), device=ns.device))
+    build_index(IndexConfig(run=str(run), store=str(root / "acts-heldout"), device=ns.device), lm=lm)
     index = FeatureIndex(run)
     print(f"[6/7] feature index of {index.d_sae:,} features over {index.tokens_indexed:,} held-out tokens "
           f"({time.perf_counter() - t:.0f} s)", flush=True)

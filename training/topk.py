@@ -12,7 +12,6 @@ master copy.
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import NamedTuple
 

@@ -16,11 +16,7 @@ run = state.current_run()
 if run is None:
     state.no_runs_message()
     st.stop()
-index = state.feature_index(str(run.path))
-if index is None:
-    st.warning("This run has no feature index yet.")
-    st.code(f"saex index {run.path}", language="bash")
-    st.stop()
+index = state.require_index(run)
 
 n = index.d_sae
 try:
