@@ -279,7 +279,12 @@ class FeatureStats:
         s = self.state
         keys_name, pos_name = f"{prefix}_key", f"{prefix}_pos"
         keep = s[keys_name].shape[1]
-        touched, row_start = np.unique(f, return_index=True)
+        best = group_rank(f) < keep  # a feature's new entries beyond its best `keep` cannot be kept
+        if not best.all():
+            f, key, pos = f[best], key[best], pos[best]
+            values = {k: v[best] for k, v in values.items()}
+        row_start = np.flatnonzero(run_starts(f))  # f is sorted: no np.unique (which sorts again)
+        touched = f[row_start]
         row = np.repeat(np.arange(len(touched)), run_lengths(row_start, len(f)))
         shift = bit_width(empty)
         old_key = s[keys_name][touched]
