@@ -61,7 +61,10 @@ def run_starts(sorted_values: np.ndarray) -> np.ndarray:
 
 def run_lengths(starts: np.ndarray, n: int) -> np.ndarray:
     """Lengths of the runs beginning at indices `starts` of an array of length n."""
-    return np.diff(np.append(starts, n))
+    out = np.empty(len(starts), np.int64)  # one allocation: large temporaries cost page faults
+    np.subtract(starts[1:], starts[:-1], out=out[:-1])
+    out[-1:] = n - starts[-1:]
+    return out
 
 
 def group_rank(sorted_groups: np.ndarray) -> np.ndarray:
@@ -135,13 +138,12 @@ class FeatureStats:
 
     def __init__(self, d_sae: int, vocab_size: int, context_size: int, top_k: int = 20, reservoir: int = 40,
                  before: int = 10, after: int = 5, lookahead: int = 3, seed: int = 0,
-                 edges: np.ndarray | None = None, flush_pairs: int = 32_000_000):
+                 edges: np.ndarray | None = None):
         self.d_sae, self.vocab, self.T = d_sae, vocab_size, context_size
         self.K, self.R, self.before, self.after = top_k, reservoir, before, after
         self.offsets = np.arange(lookahead + 1)
         self.seed = seed
         self.edges = hist_edges() if edges is None else edges
-        self.flush_pairs = flush_pairs
         C, F, nb = before + 1 + after, d_sae, len(self.edges) - 1
         if bit_width(F) + POS_BITS > 63:
             raise ValueError(f"d_sae {F} is too large for the index's sort keys")
@@ -164,8 +166,8 @@ class FeatureStats:
             "pair_count": np.zeros(0, np.int64),
             "token_count": np.zeros((len(self.offsets), vocab_size + 1), np.int64),
         }
-        self._buffer: list[np.ndarray] = []
-        self._buffered = 0
+        self._runs: list[tuple[np.ndarray, np.ndarray]] = []  # sorted (key, count) runs, not yet in state
+        self.run_budget = 64_000_000  # entries (16 bytes each) held in runs before they are merged
 
     # ------------------------------------------------------------------ one chunk
 
@@ -207,14 +209,25 @@ class FeatureStats:
         at_fire = p + (p // T) * L
         at_ord = ordinary + (ordinary // T) * L
         ff = f.astype(np.int32) if small else f
+        keys = np.empty(L * len(f), np.int32 if small else np.int64)
         for i, d in enumerate(self.offsets):
             s["token_count"][i] += np.bincount(padded[at_ord + d], minlength=V + 1)
-            nxt = padded[at_fire + d] if small else padded[at_fire + d].astype(np.int64)
-            keys = (nxt + i * (V + 1)) * F
-            keys += ff
-            self._buffer.append(keys)
-            self._buffered += len(keys)
-        if self._buffered >= self.flush_pairs:
+            part = keys[i * len(f):(i + 1) * len(f)]
+            np.add(padded[at_fire + d], i * (V + 1), out=part, casting="unsafe")
+            part *= F
+            part += ff
+        self._add_run(keys)
+
+    def _add_run(self, keys: np.ndarray) -> None:
+        """Sort one chunk's keys into a run of (key, count) while the encoder works on the
+        next chunk. Runs are merged into the state by `flush` (all at once: one sort), or
+        here when they hold more than `run_budget` entries (bounding memory)."""
+        if len(keys) == 0:
+            return
+        keys.sort()
+        start = np.flatnonzero(run_starts(keys))
+        self._runs.append((keys[start].astype(np.int64), run_lengths(start, len(keys))))
+        if sum(len(k) for k, _ in self._runs) > self.run_budget:
             self.flush()
 
     def pair_tables(self) -> dict[str, np.ndarray]:
@@ -236,37 +249,28 @@ class FeatureStats:
                 "token_count": s["token_count"][:, :V], "positions_at": s["token_count"][:, :V].sum(1)}
 
     def flush(self) -> None:
-        """Merge buffered (offset, token, feature) keys into the sorted counts."""
-        if not self._buffer:
+        """Merge the pending runs of (offset, token, feature) counts into the state."""
+        if not self._runs:
             return
-        keys = np.concatenate(self._buffer)
-        self._buffer, self._buffered = [], 0
-        if len(keys) == 0:
-            return
-        keys.sort()
-        start = np.flatnonzero(run_starts(keys))
-        new_k, new_c = keys[start].astype(np.int64), run_lengths(start, len(keys))
         s = self.state
-        old_k, old_c = s["pair_key"], s["pair_count"]
-        if len(old_k) == 0:
-            s["pair_key"], s["pair_count"] = new_k, new_c
-            return
+        runs = [(s["pair_key"], s["pair_count"])] + self._runs
+        self._runs = []
+        keys, counts = (np.concatenate([r[i] for r in runs]) for i in (0, 1))
         cb = 63 - bit_width(len(self.offsets) * (self.vocab + 1) * self.d_sae)
-        if cb >= bit_width(max(int(old_c.max()), int(new_c.max())) * 2):
-            # Counts ride in the low bits: one sort merges both; a key is in each side at most once.
-            packed = np.concatenate([(old_k << cb) | old_c, (new_k << cb) | new_c])
+        if cb >= bit_width(int(counts.max()) * len(runs)):
+            # Counts ride in the low bits: one sort of the packed keys brings each key's runs together.
+            packed = (keys << cb) | counts
+            del keys, counts
             packed.sort()
-            k = packed >> cb
-            dup = np.flatnonzero(k[1:] == k[:-1])
-            packed[dup] += packed[dup + 1] & ((1 << cb) - 1)
-            packed = np.delete(packed, dup + 1)
-            s["pair_key"], s["pair_count"] = packed >> cb, packed & ((1 << cb) - 1)
+            key = packed >> cb
+            start = np.flatnonzero(run_starts(key))
+            s["pair_key"] = key[start]
+            s["pair_count"] = np.add.reduceat(packed & ((1 << cb) - 1), start)
         else:
-            all_k, all_c = np.concatenate([old_k, new_k]), np.concatenate([old_c, new_c])
-            order = np.argsort(all_k, kind="stable")
-            all_k, all_c = all_k[order], all_c[order]
-            start = np.flatnonzero(run_starts(all_k))
-            s["pair_key"], s["pair_count"] = all_k[start], np.add.reduceat(all_c, start)
+            order = np.argsort(keys, kind="stable")
+            keys, counts = keys[order], counts[order]
+            start = np.flatnonzero(run_starts(keys))
+            s["pair_key"], s["pair_count"] = keys[start], np.add.reduceat(counts, start)
 
     # ------------------------------------------------------------------ examples
 

@@ -21,6 +21,7 @@ import hashlib
 import json
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -189,22 +190,29 @@ def _load_state(path: Path, stats: FeatureStats, key: str) -> int:
 
 def _chunks(store: ActivationStore, first_shard: int, windows: int):
     """(shard, first window in shard, token ids, flat ordinary positions, their vectors, last chunk
-    of the shard?) for chunks of whole windows."""
+    of the shard?) for chunks of whole windows. The first chunks are smaller (1/8, 1/4, 1/2 of
+    `windows`), and so are the last ones of the store (half of what is left), so that neither
+    thread waits long for the other at the start or at the end."""
     d = store.d_model
+    smallest = max(1, windows // 8)
+    size = smallest
     for k in range(first_shard, store.n_shards):
         acts, toks, flags = store.acts(k), store.tokens(k).numpy(), store.flags(k).numpy()
-        for w0 in range(0, len(acts), windows):
-            w1 = min(w0 + windows, len(acts))
+        w0 = 0
+        while w0 < len(acts):
+            left = len(acts) - w0
+            if k == store.n_shards - 1:
+                size = min(size, max(smallest, (left + 1) // 2))
+            w1 = w0 + min(size, left)
             ordinary = np.flatnonzero(flags[w0:w1].reshape(-1) == 0)
             yield k, w0, toks[w0:w1], ordinary, acts[w0:w1].reshape(-1, d)[torch.from_numpy(ordinary)], w1 == len(acts)
+            w0, size = w1, min(2 * size, windows)
 
 
 def _stream(cfg: IndexConfig, store: ActivationStore, stats: FeatureStats, encode, first_shard: int,
             save) -> None:
     """Encode chunk i+1 in a worker thread while the statistics fold in chunk i: torch and
     NumPy release the GIL, so the two cores share the work."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from tqdm.auto import tqdm
 
     T = store.context_size
@@ -227,11 +235,9 @@ def _stream(cfg: IndexConfig, store: ActivationStore, stats: FeatureStats, encod
             job = pool.submit(encode, nxt[4]) if nxt else None
             stats.add((k * shard_windows + w0) * T, toks, ordinary, codes.cols, ordinary[codes.rows], codes.vals)
             bar.update(toks.size)
-            if shard_done:
-                stats.flush()
-                if k + 1 < store.n_shards and time.monotonic() - last_save >= cfg.checkpoint_seconds:
-                    save(k + 1)
-                    last_save = time.monotonic()
+            if shard_done and k + 1 < store.n_shards and time.monotonic() - last_save >= cfg.checkpoint_seconds:
+                save(k + 1)  # merges the pending pair runs first
+                last_save = time.monotonic()
     bar.close()
 
 
@@ -380,15 +386,19 @@ def _finish(cfg: IndexConfig, sae: LoadedSAE, store: ActivationStore, lm, stats:
              "mean_activation": (s["act_sum"] / np.maximum(fires, 1)).astype(np.float32),
              "max_activation": np.where(fires > 0, s["top_val"][:, 0], np.nan).astype(np.float32),
              "hist": s["hist"], "hist_edges": stats.edges}
-    feats.update(_examples(stats, tokens, cfg))
+    # The last pair runs merge in a second thread while the weights' effects are computed.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        merged = pool.submit(stats.flush)
+        w_dec = sae.sae.W_dec.detach().float().cpu()
+        h, U = unembedding_directions(lm, w_dec)
+        eff = output_effects(h, U, cfg.top_tokens, cfg.token_features)
+        feats["neighbour"], feats["neighbour_cos"] = decoder_neighbours(w_dec, cfg.neighbours)
+        feats.update(_examples(stats, tokens, cfg))
+        merged.result()
     prof, search = _profiles(stats, cfg)
     feats.update(prof)
-    w_dec = sae.sae.W_dec.detach().float().cpu()
-    h, U = unembedding_directions(lm, w_dec)
-    eff = output_effects(h, U, cfg.top_tokens, cfg.token_features)
     search["token_feature"], search["token_feature_value"] = eff.pop("token_feature"), eff.pop("token_feature_value")
     feats.update(eff)
-    feats["neighbour"], feats["neighbour_cos"] = decoder_neighbours(w_dec, cfg.neighbours)
     return feats, search
 
 
