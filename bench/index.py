@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import statistics
+import threading
 import sys
 import tempfile
 import time
@@ -96,26 +97,29 @@ def bench_stream(sae, store, run: str, chunk_tokens: int, repeats: int) -> None:
     for _ in range(repeats):
         stats = FeatureStats(sae.d_sae, vocab, store.context_size)
         enc = TopKEncoder(sae)
-        busy = {"encode": 0.0, "statistics": 0.0}
+        busy = {"encoding": 0.0, "statistics": 0.0}
+        lock = threading.Lock()
 
         def timed(name, fn):
             def run(*a):
                 t = time.perf_counter()
                 out = fn(*a)
-                busy[name] += time.perf_counter() - t
+                with lock:
+                    busy[name] += time.perf_counter() - t
                 return out
             return run
 
         stats.add = timed("statistics", stats.add)
+        enc.encode_block = timed("encoding", enc.encode_block)
         t = time.perf_counter()
-        _stream(cfg, store, stats, timed("encode", enc), 0, lambda k: None)
+        _stream(cfg, store, stats, enc, 0, lambda k: None)
         wall = time.perf_counter() - t
         t = time.perf_counter()
         stats.flush()
         merge = time.perf_counter() - t
         rates.append(n / wall)
-        print(f"  streaming pass: {wall:.2f} s, {n / wall:,.0f} tokens/s (busy: encoding thread {busy['encode']:.2f} s, "
-              f"statistics thread {busy['statistics']:.2f} s); then the final pair merge {merge:.2f} s, which "
+        print(f"  streaming pass: {wall:.2f} s, {n / wall:,.0f} tokens/s (thread-seconds encoding {busy['encoding']:.2f}, "
+              f"folding in statistics {busy['statistics']:.2f}); then the final pair merge {merge:.2f} s, which "
               "`saex index` overlaps with the output effects")
     print(f"streaming pass over {n:,} tokens (chunks up to {chunk_tokens:,}), median of {repeats}: "
           f"{statistics.median(rates):,.0f} tokens/s")

@@ -20,7 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -209,10 +211,57 @@ def _chunks(store: ActivationStore, first_shard: int, windows: int):
             w0, size = w1, min(2 * size, windows)
 
 
-def _stream(cfg: IndexConfig, store: ActivationStore, stats: FeatureStats, encode, first_shard: int,
+class _EncodeJob:
+    """One chunk's encoding, `block` rows at a time. The worker thread starts it; the
+    statistics thread, once it has folded in the previous chunk, helps with the blocks that
+    are left, so neither core waits for the other whichever side is slower."""
+
+    def __init__(self, encoder, x: torch.Tensor):
+        self.encoder, self.x = encoder, x
+        self.starts = range(0, len(x), encoder.block)
+        self.results: list = [None] * len(self.starts)
+        self.taken = self.finished = 0
+        self.lock = threading.Lock()
+        self.all_done = threading.Event()
+        if not self.starts:
+            self.all_done.set()
+
+    def work(self) -> None:
+        while True:
+            with self.lock:
+                if self.taken == len(self.starts):
+                    return
+                i = self.taken
+                self.taken += 1
+            start = self.starts[i]
+            try:
+                res = self.encoder.encode_block(self.x[start:start + self.encoder.block], start)
+            except BaseException as e:  # handed to the thread that collects the result
+                res = e
+            with self.lock:
+                self.results[i] = res
+                self.finished += 1
+                if self.finished == len(self.starts):
+                    self.all_done.set()
+
+    def cancel(self) -> None:
+        with self.lock:
+            self.taken = len(self.starts)
+
+    def result(self):
+        self.work()
+        self.all_done.wait()
+        for r in self.results:
+            if isinstance(r, BaseException):
+                raise r
+        return self.encoder.finish(self.x, self.results)
+
+
+def _stream(cfg: IndexConfig, store: ActivationStore, stats: FeatureStats, encoder, first_shard: int,
             save) -> None:
-    """Encode chunk i+1 in a worker thread while the statistics fold in chunk i: torch and
-    NumPy release the GIL, so the two cores share the work."""
+    """Encode the next chunks in a worker thread while this thread folds in the current one,
+    then helps to encode what is left of the next (`_EncodeJob`). Torch and NumPy release
+    the GIL, so the cores share the work; each thread's torch ops get half of torch's threads."""
     from tqdm.auto import tqdm
 
     T = store.context_size
@@ -221,23 +270,39 @@ def _stream(cfg: IndexConfig, store: ActivationStore, stats: FeatureStats, encod
     bar = tqdm(total=total, unit="tok", unit_scale=True, desc="index", disable=not cfg.progress, smoothing=0.1)
     last_save = time.monotonic()
     chunks = _chunks(store, first_shard, max(1, cfg.chunk_tokens // T))
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        nxt = next(chunks, None)
-        job = pool.submit(encode, nxt[4]) if nxt else None
-        while nxt is not None:
-            (k, w0, toks, ordinary, _, shard_done), done = nxt, job
-            nxt = next(chunks, None)
+    pending: deque = deque()
+    threads = torch.get_num_threads()
+    pool = ThreadPoolExecutor(max_workers=1)
+
+    def start_next() -> None:
+        chunk = next(chunks, None)
+        if chunk is not None:
+            job = _EncodeJob(encoder, chunk[4])
+            pool.submit(job.work)
+            pending.append((chunk, job))
+
+    torch.set_num_threads(max(1, threads // 2))
+    try:
+        start_next()
+        start_next()  # two chunks ahead: the worker never waits for this thread to hand it work
+        while pending:
+            (k, w0, toks, ordinary, _, shard_done), job = pending.popleft()
             try:
-                codes = done.result()
+                codes = job.result()
             except NonFiniteInput:
                 raise SaexError(f"NaN/inf activations in shard {k} of {store.path}",
                                 "harvest the store again (with --precision fp32 if it persists)") from None
-            job = pool.submit(encode, nxt[4]) if nxt else None
+            start_next()
             stats.add((k * shard_windows + w0) * T, toks, ordinary, codes.cols, ordinary[codes.rows], codes.vals)
             bar.update(toks.size)
             if shard_done and k + 1 < store.n_shards and time.monotonic() - last_save >= cfg.checkpoint_seconds:
                 save(k + 1)  # merges the pending pair runs first
                 last_save = time.monotonic()
+    finally:
+        for _, job in pending:
+            job.cancel()
+        pool.shutdown(wait=True)
+        torch.set_num_threads(threads)
     bar.close()
 
 
@@ -451,10 +516,10 @@ def build_index(cfg: IndexConfig, sae: LoadedSAE | None = None, lm=None) -> Path
     done = 0 if cfg.force else _load_state(state_path, stats, key)
     if done:
         print(f"resuming the index after shard {done} of {store.n_shards}", file=sys.stderr)
-    encode = sparse_encoder(sae)
+    encoder = sparse_encoder(sae)
     t1 = time.perf_counter()
     try:
-        _stream(cfg, store, stats, encode, done, lambda k: _save_state(state_path, stats, key, k))
+        _stream(cfg, store, stats, encoder, done, lambda k: _save_state(state_path, stats, key, k))
         t2 = time.perf_counter()
         feats, search = _finish(cfg, sae, store, lm, stats)
         vocab = _vocab(lm, V)
@@ -468,8 +533,8 @@ def build_index(cfg: IndexConfig, sae: LoadedSAE | None = None, lm=None) -> Path
             "model": {"spec": lm.spec, "weights_sha256": lm.weights_sha256, "vocab_size": V},
             "settings": cfg.content(), "offsets": stats.offsets.tolist(), "d_sae": sae.d_sae,
             "tokens_indexed": int(stats.state["n_tokens"][0]),
-            "encoder": {"kind": type(encode).__name__,
-                        "dense_fallback_rows": getattr(encode, "dense_rows", None)},
+            "encoder": {"kind": type(encoder).__name__,
+                        "dense_fallback_rows": getattr(encoder, "dense_rows", None)},
             "seconds": {"setup": t1 - t0, "stream": t2 - t1, "finish": t3 - t2},
             "stream_tokens_per_s": n_streamed / max(t2 - t1, 1e-9),
             "resumed_after_shard": done or None,

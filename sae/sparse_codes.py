@@ -25,6 +25,7 @@ go through `DenseEncoder`, which calls sae-lens's own `encode`.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Callable
@@ -69,18 +70,24 @@ def _concat(parts: list[Codes]) -> Codes:
 
 
 class DenseEncoder:
-    """sae-lens's `encode` in chunks, turned into sparse codes. Any architecture, any device."""
+    """sae-lens's `encode` in chunks, turned into sparse codes. Any architecture, any device.
+
+    Like `TopKEncoder`, it encodes `block` rows at a time (`encode_block`) and assembles the
+    blocks (`finish`), so that several threads can share one chunk (see sae.features)."""
 
     def __init__(self, sae: LoadedSAE, chunk: int = 4096):
-        self.sae, self.chunk = sae, chunk
+        self.sae, self.block = sae, chunk
 
     def __call__(self, x: torch.Tensor) -> Codes:
-        parts = []
-        for i in range(0, len(x), self.chunk):
-            xi = x[i:i + self.chunk].float()
-            check_finite(xi)
-            parts.append(_codes_from_dense(self.sae.encode(xi), i))
-        return _concat(parts)
+        return self.finish(x, [self.encode_block(x[i:i + self.block], i) for i in range(0, len(x), self.block)])
+
+    def encode_block(self, x: torch.Tensor, offset: int) -> tuple[Codes, np.ndarray]:
+        xi = x.float()
+        check_finite(xi)
+        return _codes_from_dense(self.sae.encode(xi), offset), np.zeros(0, np.int64)
+
+    def finish(self, x: torch.Tensor, blocks: list[tuple[Codes, np.ndarray]]) -> Codes:
+        return _concat([c for c, _ in blocks])
 
 
 def exact_pre_acts(xc: torch.Tensor, w_enc: torch.Tensor, b_enc: torch.Tensor, starts: torch.Tensor,
@@ -141,7 +148,7 @@ class TopKEncoder:
         self.bias_err = float((c - c_hi.float()).abs().max()) + 1e-6 * float(c.abs().max())  # + c's own rounding
         self.bias_max = float(c_hi.float().abs().max())
         self.single_rounding = _addmm_rounds_once(self.W_hi.shape)
-        self._out: torch.Tensor | None = None  # the bf16 matmul's output, reused between blocks
+        self._local = threading.local()  # per thread: the bf16 matmul's output, reused between blocks
         self.dense_rows = 0  # rows that needed the dense fallback (for the benchmark)
         self.rows_seen = 0
 
@@ -192,16 +199,18 @@ class TopKEncoder:
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> Codes:
         """x "n d_in" (any float dtype, CPU) -> the codes sae-lens's encode gives."""
-        check_finite(x)
-        parts, failed = [], []
-        for i in range(0, len(x), self.block):
-            codes, unproven = self._encode(x[i:i + self.block], i)
-            parts.append(codes)
-            failed.append(unproven)
-        failed = np.concatenate(failed) if failed else np.zeros(0, np.int64)
+        return self.finish(x, [self.encode_block(x[i:i + self.block], i) for i in range(0, len(x), self.block)])
+
+    @torch.no_grad()
+    def finish(self, x: torch.Tensor, blocks: list[tuple[Codes, np.ndarray]]) -> Codes:
+        """The codes of x from its blocks' `encode_block` results (in order): the unproven
+        rows of every block are encoded densely together (a matmul per block would read W
+        each time), and entries that are not positive are dropped."""
+        parts = [c for c, _ in blocks]
+        failed = np.concatenate([f for _, f in blocks]) if blocks else np.zeros(0, np.int64)
         self.rows_seen += len(x)
         self.dense_rows += len(failed)
-        if len(failed):  # one dense pass for every unproven row: a matmul per block costs a read of W each
+        if len(failed):
             xf = x[torch.from_numpy(failed)].float().sub_(self.b_dec)
             v, idx = self._dense_rows(xf)
             parts.append(Codes(failed.repeat(self.k), idx.reshape(-1).numpy(), v.reshape(-1).numpy()))
@@ -212,9 +221,12 @@ class TopKEncoder:
         pos = out.vals > 0
         return Codes(out.rows[pos], out.cols[pos].astype(np.int64), out.vals[pos].astype(np.float32))
 
-    def _encode(self, x: torch.Tensor, offset: int) -> tuple[Codes, np.ndarray]:
-        """The codes of the rows whose top k the bf16 pass proves (zeros included), and the
-        other rows (offset added to both)."""
+    @torch.no_grad()
+    def encode_block(self, x: torch.Tensor, offset: int) -> tuple[Codes, np.ndarray]:
+        """The codes of the rows of x (at most `block` of them) whose top k the bf16 pass
+        proves (values not yet clipped at 0), and the other rows (offset added to both).
+        Threads may call it at once."""
+        check_finite(x)
         n, k = len(x), self.k
         xf = x.float()
         if x.dtype == torch.bfloat16:  # fed to the bf16 matmul unrounded
@@ -224,9 +236,10 @@ class TopKEncoder:
             lo = xf - x_hi.float()
             n_hi, n_lo = torch.linalg.vector_norm(x_hi.float(), dim=1), torch.linalg.vector_norm(lo, dim=1)
         xc = xf.sub_(self.b_dec) if xf is not x else x - self.b_dec  # fp32, as sae-lens computes it
-        if self._out is None or len(self._out) < n:
-            self._out = torch.empty(n, self.W_hi.shape[1], dtype=torch.bfloat16)
-        pre = torch.addmm(self.b_hi, x_hi, self.W_hi, out=self._out[:n])
+        out = getattr(self._local, "out", None)
+        if out is None or len(out) < n:
+            out = self._local.out = torch.empty(n, self.W_hi.shape[1], dtype=torch.bfloat16)
+        pre = torch.addmm(self.b_hi, x_hi, self.W_hi, out=out[:n])
         rows, cols, thr = self._candidates(pre)
         counts = np.bincount(rows, minlength=n)
         starts = np.cumsum(counts) - counts

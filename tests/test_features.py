@@ -511,9 +511,11 @@ def test_bad_input_gets_one_clear_error(built, tiny_lm, tmp_path, data):
     (tmp_path / "r2").mkdir()
     for f in ("cfg.json", "sae_weights.safetensors"):
         shutil.copy(run / f, tmp_path / "r2" / f)
+    threads = torch.get_num_threads()
     with pytest.raises(SaexError, match="NaN/inf activations in shard 1"):
         build_index(IndexConfig(run=str(tmp_path / "r2"), store=str(nan_store), progress=False), lm=tiny_lm)
     assert not (tmp_path / "r2" / "index" / "manifest.json").exists()
+    assert torch.get_num_threads() == threads  # the stream halves torch's threads while it runs, then restores them
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
