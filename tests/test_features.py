@@ -567,9 +567,10 @@ def test_kill_9_during_a_build_then_rerun_gives_the_same_index(tmp_path, tiny_mo
 
 
 def test_pair_counts_are_the_same_whether_runs_merge_early_or_at_the_end():
-    """Each chunk's (offset, token, feature) keys become a sorted run; runs merge when they
-    exceed the budget or at flush. The counts must not depend on when: both equal a count
-    with np.unique over the same firings."""
+    """Each chunk's (offset, token, feature) keys become a sorted run, split among key-range
+    buckets; a bucket merges when its pending runs pass the budget, and all merge at flush.
+    The counts must not depend on when: both equal a count with np.unique over the same
+    firings."""
     from sae.feature_stats import FeatureStats
 
     rng = np.random.default_rng(5)
@@ -582,11 +583,12 @@ def test_pair_counts_are_the_same_whether_runs_merge_early_or_at_the_end():
         f[:, 1] = np.where(f[:, 1] == f[:, 0], (f[:, 0] + 1) % F, f[:, 1])  # two distinct features
         chunks.append((w0, pos, f.reshape(-1), np.repeat(pos, 2)))
     tables = []
-    for budget in (1, 10 ** 9):
-        stats = FeatureStats(F, V, T, top_k=2, reservoir=2, lookahead=2)
-        stats.run_budget = budget
+    for budget in (1, 10 ** 9):  # 1: every bucket merges at once, and the state is flushed after every chunk
+        stats = FeatureStats(F, V, T, top_k=2, reservoir=2, lookahead=2, pair_buckets=5, bucket_budget=budget)
         for w0, pos, f, p in chunks:
             stats.add(w0 * T, tokens[w0:w0 + per], pos, f, p, np.ones(len(f), np.float32))
+            if budget == 1:
+                stats.flush()
         tables.append(stats.pair_tables())
     for k in tables[0]:
         assert np.array_equal(tables[0][k], tables[1][k]), k
