@@ -280,14 +280,17 @@ class FeatureStats:
         self.flush()
         s, F, V = self.state, self.d_sae, self.vocab
         key, count = s["pair_key"], s["pair_count"]
-        tok = (key // F) % (V + 1)
-        end = tok == V
+        # Keys sort by (offset, token, feature): each offset's end-of-window entries (token V)
+        # are one contiguous range, and re-basing on a vocabulary of V subtracts offset * F.
         fires_at = np.tile(s["fires"], (len(self.offsets), 1))
-        fires_at[key[end] // F // (V + 1), key[end] % F] -= count[end]  # (offset, feature) pairs are unique
-        keep = ~end
-        dt = (key[keep] // F)
-        key = (dt - dt // (V + 1)) * F + key[keep] % F  # re-based on a vocabulary of V
-        return {"pair_key": key, "pair_count": count[keep], "fires_at": fires_at,
+        parts_k, parts_c = [], []
+        for d in range(len(self.offsets)):
+            lo, end, hi = np.searchsorted(key, [d * (V + 1) * F, (d * (V + 1) + V) * F, (d + 1) * (V + 1) * F])
+            fires_at[d, key[end:hi] % F] -= count[end:hi]  # one entry per (offset, feature)
+            parts_k.append(key[lo:end] - d * F)
+            parts_c.append(count[lo:end])
+        key, count = np.concatenate(parts_k), np.concatenate(parts_c)
+        return {"pair_key": key, "pair_count": count, "fires_at": fires_at,
                 "token_count": s["token_count"][:, :V], "positions_at": s["token_count"][:, :V].sum(1)}
 
     def flush(self) -> None:

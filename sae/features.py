@@ -387,43 +387,59 @@ def _profiles(stats: FeatureStats, cfg: IndexConfig) -> tuple[dict, dict]:
     """Per feature and offset: the following tokens by count and by lift; and the search table."""
     tables = stats.pair_tables()
     F, V, L = stats.d_sae, stats.vocab, len(stats.offsets)
-    key, count = tables["pair_key"], tables["pair_count"]
-    feat = key % F
-    dt = key // F  # offset * V + token
-    group = feat * L + dt // V
+    key, count = tables["pair_key"], tables["pair_count"]  # key = (offset * V + token) * F + feature, ascending
     N = cfg.top_tokens
-    # A pair seen once cannot make a group's top N when N pairs of the group were seen twice
-    # or more: dropping those first leaves far less to sort.
-    repeated = np.bincount(group[count >= 2], minlength=F * L)
-    maybe = np.flatnonzero((count >= 2) | (repeated[group] < N))
-    strong = np.flatnonzero(count >= cfg.profile_min_count)
+    dt = key // F  # offset * V + token
+    feat = key - dt * F
+    group = feat * L + dt // V
+    gb, tb = bit_width(F * L), bit_width(V)
+    pb = 63 - gb - tb  # bits left for the score in a packed sort key
     feats = {}
-    for name, i in (("follow", maybe), ("follow_by_lift", strong)):
-        g, c, d, tok = group[i], count[i], dt[i] // V, dt[i] % V
-        lift = _lift(tables, c, d, tok, feat[i])
-        gb, tb = bit_width(F * L), bit_width(V)
-        pb = 63 - gb - tb  # bits left for the score in a packed sort key
-        if name == "follow" and int(c.max(initial=0)) < 1 << pb:
-            order = np.argsort((g << (pb + tb)) | (((1 << pb) - 1 - c) << tb) | tok)
-        elif name == "follow_by_lift" and pb >= 32:
-            order = np.argsort((g << (pb + tb)) | (value_key(lift) << tb) | tok)
-        else:
-            order = np.lexsort((tok, -(c if name == "follow" else lift), g))
-        rank = group_rank(g[order])
-        top = order[rank < N]
-        rank = rank[rank < N]
-        f_, d_ = g[top] // L, g[top] % L
-        t_out = np.full((F, L, N), -1, np.int32)
-        c_out = np.zeros((F, L, N), np.int64)
-        l_out = np.full((F, L, N), np.nan, np.float32)
-        t_out[f_, d_, rank], c_out[f_, d_, rank], l_out[f_, d_, rank] = tok[top], c[top], lift[top]
-        feats.update({f"{name}_token": t_out, f"{name}_count": c_out, f"{name}_lift": l_out})
+    # By count. A pair seen once cannot make a group's top N when N pairs of the group were
+    # seen twice or more: dropping those first leaves far less to sort.
+    repeated = np.bincount(group[count >= 2], minlength=F * L)
+    i = np.flatnonzero((count >= 2) | (repeated[group] < N))
+    g, c, tok = group[i], count[i], dt[i] % V
+    if int(c.max(initial=0)) < 1 << pb:  # (group, count descending, token) packed: a plain sort, decoded after
+        packed = np.sort((g << (pb + tb)) | (((1 << pb) - 1 - c) << tb) | tok)
+        g = packed >> (pb + tb)
+        c = (1 << pb) - 1 - ((packed >> tb) & ((1 << pb) - 1))
+        tok = packed & ((1 << tb) - 1)
+    else:
+        order = np.lexsort((tok, -c, g))
+        g, c, tok = g[order], c[order], tok[order]
+    rank = group_rank(g)
+    top = rank < N
+    g, c, tok, rank = g[top], c[top], tok[top], rank[top]
+    f_, d_ = g // L, g % L
+    feats.update(_profile_arrays("follow", F, L, N, f_, d_, rank, tok, c, _lift(tables, c, d_, tok, f_)))
+    # By lift, over pairs seen at least profile_min_count times.
+    i = np.flatnonzero(count >= cfg.profile_min_count)
+    g, c, tok = group[i], count[i], dt[i] % V
+    lift = _lift(tables, c, g % L, tok, g // L)
+    if pb >= 32:
+        order = np.argsort((g << (pb + tb)) | (value_key(lift) << tb) | tok)
+    else:
+        order = np.lexsort((tok, -lift, g))
+    rank = group_rank(g[order])
+    top = order[rank < N]
+    rank = rank[rank < N]
+    feats.update(_profile_arrays("follow_by_lift", F, L, N, g[top] // L, g[top] % L, rank, tok[top], c[top], lift[top]))
     kept = count >= cfg.min_pair_count
     ptr = np.searchsorted(dt[kept], np.arange(L * V + 1))
     search = {"pair_ptr": ptr.astype(np.int64), "pair_feature": feat[kept].astype(np.int32),
               "pair_count": count[kept].astype(np.int64), "token_count": tables["token_count"],
               "fires_at": tables["fires_at"], "positions_at": tables["positions_at"]}
     return feats, search
+
+
+def _profile_arrays(name: str, F: int, L: int, N: int, f, d, rank, tok, c, lift) -> dict[str, np.ndarray]:
+    """"F L N" arrays of the chosen (feature f, offset d, rank) entries; -1 / 0 / NaN elsewhere."""
+    t_out = np.full((F, L, N), -1, np.int32)
+    c_out = np.zeros((F, L, N), np.int64)
+    l_out = np.full((F, L, N), np.nan, np.float32)
+    t_out[f, d, rank], c_out[f, d, rank], l_out[f, d, rank] = tok, c, lift
+    return {f"{name}_token": t_out, f"{name}_count": c_out, f"{name}_lift": l_out}
 
 
 def _lift(tables: dict, count: np.ndarray, d: np.ndarray, tok: np.ndarray, feat: np.ndarray) -> np.ndarray:

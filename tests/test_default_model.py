@@ -3,13 +3,10 @@
 They fetch the model into the user's cache once (about 100 MB) and take about a minute.
 """
 
-import json
-
-import numpy as np
 import pytest
 import torch
 
-from sae.activations import FLAG_OUTLIER, FLAG_SPECIAL, ActivationStore, HarvestConfig, harvest
+from sae.activations import FLAG_SPECIAL, ActivationStore, HarvestConfig, harvest
 from sae.fsutil import cache_dir, sha256_file
 from sae.models import BF16_TOLERANCE, DEFAULT_MODEL, _BUILTIN, load_model
 
