@@ -46,7 +46,16 @@ def current_run() -> RunInfo | None:
     return runs[names.index(choice)]
 
 
-def no_runs_message() -> None:
+def require_run() -> RunInfo:
+    """The selected run; without any, the command that makes one, and the page stops."""
+    run = current_run()
+    if run is None:
+        _no_runs_message()
+        st.stop()
+    return run
+
+
+def _no_runs_message() -> None:
     st.warning(f"No trained SAE runs under `{checkpoints_root()}`.")
     st.markdown("Create the default one (model, activations, SAE, evaluation) with:")
     st.code("make demo        # or: saex demo", language="bash")

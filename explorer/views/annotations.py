@@ -7,10 +7,7 @@ from explorer import annotation_panel, state
 from sae.annotations import SAEKey
 
 st.title("Annotations")
-run = state.current_run()
-if run is None:
-    state.no_runs_message()
-    st.stop()
+run = state.require_run()
 sae = state.load_sae(str(run.path))
 key = SAEKey.from_sae(sae)
 st.caption(f"{key.model} · {key.hook} · SAE {key.sae_hash[:12]} (labels belong to this exact SAE)")

@@ -12,10 +12,7 @@ from sae.annotations import SAEKey
 from sae.errors import SaexError
 
 st.title("Feature")
-run = state.current_run()
-if run is None:
-    state.no_runs_message()
-    st.stop()
+run = state.require_run()
 index = state.require_index(run)
 
 n = index.d_sae

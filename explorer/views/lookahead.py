@@ -13,10 +13,7 @@ from sae.interventions import Edit
 from sae.prompt_lab import next_token, read_prompt
 
 st.title("Lookahead")
-run = state.current_run()
-if run is None:
-    state.no_runs_message()
-    st.stop()
+run = state.require_run()
 folder = run.path / "lookahead"
 if not (folder / "report.json").exists():
     st.warning("This run has no lookahead report yet.")

@@ -6,10 +6,7 @@ import streamlit as st
 from explorer import state
 
 st.title("Overview")
-run = state.current_run()
-if run is None:
-    state.no_runs_message()
-    st.stop()
+run = state.require_run()
 
 cfg, info, ev = run.cfg, run.run, run.eval
 st.subheader(str(run.path))

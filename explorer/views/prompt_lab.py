@@ -11,10 +11,7 @@ from sae.interventions import Edit
 from sae.prompt_lab import next_token, read_prompt
 
 st.title("Prompt lab")
-run = state.current_run()
-if run is None:
-    state.no_runs_message()
-    st.stop()
+run = state.require_run()
 
 text = st.text_area("prompt (it should stop where the next word, e.g. the article, would start)",
                     value="A person who studies the stars is called", key="prompt")

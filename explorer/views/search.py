@@ -10,10 +10,7 @@ from sae.annotations import SAEKey
 from sae.errors import SaexError
 
 st.title("Search")
-run = state.current_run()
-if run is None:
-    state.no_runs_message()
-    st.stop()
+run = state.require_run()
 index = state.require_index(run)
 
 MODES = {"upcoming token (fires d tokens before it)": "upcoming", "current token (fires on it)": "current",
