@@ -38,11 +38,11 @@ def main() -> None:
     from streamlit.testing.v1 import AppTest
 
     from bench.harvest import cpu_name
-    from sae.feature_index import FeatureIndex
-    from sae.interventions import Intervener
-    from sae.models import load_model
-    from sae.prompt_lab import next_token, read_prompt
-    from sae.saes import load_sae
+    from sae.data.models import load_model
+    from sae.index.reader import FeatureIndex
+    from sae.lookahead.interventions import Intervener
+    from sae.lookahead.prompt_lab import next_token, read_prompt
+    from sae.runs.load import load_sae
 
     rng = random.Random(0)
     index = FeatureIndex(args.run)

@@ -43,8 +43,9 @@ def main() -> None:
 
     from sae_lens.load_model import HookedProxyLM
 
-    from sae.corpus import open_corpus, token_windows
-    from sae.models import ResidualReader, load_model
+    from sae.data.corpus import open_corpus, token_windows
+    from sae.data.forward import ResidualReader
+    from sae.data.models import load_model
 
     torch.manual_seed(0)
     lm = load_model(args.model, device="cpu")

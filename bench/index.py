@@ -19,9 +19,9 @@ import json
 import os
 import shutil
 import statistics
-import threading
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -32,11 +32,11 @@ warnings.filterwarnings("ignore")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from sae.activations import ActivationStore  # noqa: E402
-from sae.feature_stats import FeatureStats  # noqa: E402
-from sae.features import IndexConfig, _stream, build_index  # noqa: E402
-from sae.saes import load_sae  # noqa: E402
-from sae.sparse_codes import DenseEncoder, TopKEncoder  # noqa: E402
+from sae.data.store import ActivationStore  # noqa: E402
+from sae.index.build import IndexConfig, _stream, build_index  # noqa: E402
+from sae.index.encoder import DenseEncoder, TopKEncoder  # noqa: E402
+from sae.index.stats import FeatureStats  # noqa: E402
+from sae.runs.load import load_sae  # noqa: E402
 
 
 def chunks(store: ActivationStore, tokens_per_chunk: int):

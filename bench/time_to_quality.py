@@ -3,7 +3,7 @@ reaches on held-out text, from our defaults with no tuning.
 
 Trains training/configs/default.toml (or --config) on the train store, then measures
 held-out explained variance (outliers excluded, and included), L0 and dead latents on the
-held-out store (sae.evaluate.reconstruction_metrics). Compares the wall time with the
+held-out store (sae.runs.evaluate.reconstruction_metrics). Compares the wall time with the
 peer reference: sae-lens's SAETrainer, hand-tuned, needed 3 epochs and 1,133 s on this
 machine to reach EV 0.810 with 0.28% dead (issue 3; ../shared/FACTS.md). With
 --with-saelens it reruns that reference here, in the same process (about 20 minutes).
@@ -30,9 +30,9 @@ SAELENS_REFERENCE = {"seconds": 1133, "explained_variance": 0.810, "dead_fractio
 
 
 def _train_and_measure(cfg, heldout, trainer) -> dict:
-    from sae.activations import ActivationStore
-    from sae.evaluate import reconstruction_metrics
-    from sae.saes import load_sae
+    from sae.data.store import ActivationStore
+    from sae.runs.evaluate import reconstruction_metrics
+    from sae.runs.load import load_sae
 
     t0 = time.perf_counter()
     run = trainer(cfg)

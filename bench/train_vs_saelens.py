@@ -38,7 +38,7 @@ def main() -> None:
     import torch
 
     from bench.harvest import cpu_name
-    from sae.activations import ActivationStore
+    from sae.data.store import ActivationStore
     from training.config import load_config
     from training.saelens_backend import saelens_vectors_per_second
     from training.train import train

@@ -8,7 +8,7 @@ from pathlib import Path
 
 os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal: fix it so the file is stable
 
-from training.cli import build_parser
+from saex.cli import build_parser
 
 
 def help_text(argv: list[str]) -> str:

@@ -41,12 +41,12 @@ def main() -> None:
 
     feature = args.feature
     if feature is None:
-        from sae.feature_index import FeatureIndex
+        from sae.index.reader import FeatureIndex
 
         feature = int(FeatureIndex(args.run).array("density").argmax())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    server = subprocess.Popen([sys.executable, "-m", "training.cli", "explore", args.run, "--port", str(args.port)],
+    server = subprocess.Popen([sys.executable, "-m", "saex.cli", "explore", args.run, "--port", str(args.port)],
                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(100):

@@ -9,8 +9,8 @@ import os
 
 import streamlit as st
 
-from sae.annotations import AnnotationStore, SAEKey
 from sae.errors import SaexError
+from sae.labels.store import AnnotationStore, SAEKey
 
 
 @st.cache_resource

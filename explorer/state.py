@@ -10,7 +10,7 @@ import sys
 
 import streamlit as st
 
-from sae.runs import RunInfo, checkpoints_root, find_runs, read_run
+from sae.runs.catalogue import RunInfo, checkpoints_root, find_runs, read_run
 
 
 def _cli_run() -> str | None:
@@ -65,21 +65,21 @@ def _no_runs_message() -> None:
 
 @st.cache_resource(show_spinner="loading the SAE ...")
 def load_sae(path: str):
-    from sae.saes import load_sae as _load
+    from sae.runs.load import load_sae as _load
 
     return _load(path)
 
 
 @st.cache_resource(show_spinner="loading the model ...")
 def load_model(spec: str):
-    from sae.models import load_model as _load
+    from sae.data.models import load_model as _load
 
     return _load(spec, device="cpu")
 
 
 @st.cache_resource(show_spinner="opening the feature index ...")
 def _open_index(path: str, stamp: float):
-    from sae.feature_index import FeatureIndex
+    from sae.index.reader import FeatureIndex
 
     return FeatureIndex(path)
 
@@ -96,7 +96,7 @@ def require_index(run: RunInfo):
 
 def feature_index(path: str):
     """The run's feature index, or None when it has none yet (reopened when rebuilt)."""
-    from sae.feature_index import MANIFEST_FILE, index_dir
+    from sae.index.reader import MANIFEST_FILE, index_dir
 
     manifest = index_dir(path) / MANIFEST_FILE
     if not manifest.exists():
@@ -111,9 +111,9 @@ def feature(path: str, i: int):
 
 @st.cache_resource(show_spinner="loading the model and SAE ...")
 def intervener(path: str):
-    """The model split at the SAE's hook (sae.interventions.Intervener), once per run."""
-    from sae.interventions import Intervener
-    from sae.lookahead_report import sink_threshold
+    """The model split at the SAE's hook (sae.lookahead.interventions.Intervener), once per run."""
+    from sae.lookahead.experiment import sink_threshold
+    from sae.lookahead.interventions import Intervener
 
     sae = load_sae(path)
     threshold, source = sink_threshold(sae)  # the harvest's outlier threshold, as the lookahead report uses

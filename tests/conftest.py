@@ -59,7 +59,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_lm(tiny_model_dir):
-    from sae.models import load_model
+    from sae.data.models import load_model
 
     return load_model(str(tiny_model_dir), device="cpu")
 
@@ -86,9 +86,9 @@ def _isolated_cache(request, tmp_path, monkeypatch):
 def indexed_run(tmp_path_factory, tiny_lm, tiny_model_dir, text_corpus):
     """(root, run): train and held-out stores of the tiny model, a small TopK SAE trained
     on them (evaluated) and its feature index, as `make demo` lays them out."""
-    from sae.activations import HarvestConfig, harvest
-    from sae.evaluate import evaluate, write_eval
-    from sae.features import IndexConfig, build_index
+    from sae.data.harvest import HarvestConfig, harvest
+    from sae.index.build import IndexConfig, build_index
+    from sae.runs.evaluate import evaluate, write_eval
     from training.config import TrainConfig
     from training.train import train
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from sae.activations import FLAG_OUTLIER, FLAG_SPECIAL, ActivationStore, HarvestConfig, harvest
+from sae.data.harvest import HarvestConfig, harvest
+from sae.data.store import FLAG_OUTLIER, FLAG_SPECIAL, ActivationStore
 from sae.errors import SaexError
 
 
@@ -133,7 +134,7 @@ def test_incomplete_and_corrupt_stores_are_named(tmp_path, tiny_lm, tiny_model_d
 
 def _cli(*args, env_extra=None):
     env = os.environ | (env_extra or {})
-    return [sys.executable, "-m", "training.cli", *args], env
+    return [sys.executable, "-m", "saex.cli", *args], env
 
 
 def _harvest_args(out, model_dir, corpus, *extra):
@@ -211,7 +212,7 @@ def test_cli_unknown_model_is_one_clear_error(tmp_path, text_corpus):
 
 
 def test_shard_spec_and_torchrun_environment(monkeypatch):
-    from sae.activations import parse_shard
+    from sae.data.harvest import parse_shard
 
     monkeypatch.delenv("RANK", raising=False)
     monkeypatch.delenv("WORLD_SIZE", raising=False)

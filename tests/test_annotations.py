@@ -13,10 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from sae.annotations import (
-    AnnotationStore, ImportReport, SAEKey, score_claim, validate_claim,
-)
 from sae.errors import SaexError
+from sae.labels.store import (
+    AnnotationStore,
+    ImportReport,
+    SAEKey,
+    score_claim,
+    validate_claim,
+)
 
 KEY = SAEKey("smollm2-135m", "blocks.15.hook_resid_post", "ab" * 32)
 OTHER_HASH = SAEKey("smollm2-135m", "blocks.15.hook_resid_post", "cd" * 32)

@@ -57,7 +57,7 @@ def app_server(indexed_run, tmp_path):
     root, run = indexed_run
     port = _free_port()
     env = dict(os.environ, SAEX_ANNOTATIONS=str(tmp_path / "ann.sqlite"))
-    proc = subprocess.Popen([sys.executable, "-m", "training.cli", "explore", str(run), "--root", str(root),
+    proc = subprocess.Popen([sys.executable, "-m", "saex.cli", "explore", str(run), "--root", str(root),
                              "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 60
@@ -117,8 +117,8 @@ def test_annotate_a_feature_in_a_real_browser(browser, app_server, tmp_path):
         "<b>test</b> label from the browser"
     assert not d.find_elements(By.XPATH, "//h3//b[text()='test']")  # never rendered as HTML
 
-    from sae.annotations import AnnotationStore, SAEKey
-    from sae.saes import load_sae
+    from sae.labels.store import AnnotationStore, SAEKey
+    from sae.runs.load import load_sae
 
     got = AnnotationStore(db).get(SAEKey.from_sae(load_sae(run)), 3)
     assert got.author == "browser-test" and got.version == 1

@@ -3,9 +3,9 @@
 import numpy as np
 import torch
 
-from sae.activations import ActivationStore
-from sae.claims import score_feature_claim
-from sae.saes import load_sae
+from sae.data.store import ActivationStore
+from sae.labels.claims import score_feature_claim
+from sae.runs.load import load_sae
 
 
 def test_claim_score_equals_brute_force(indexed_run):

@@ -6,7 +6,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from sae import corpus as C
+from sae.data import corpus as C
 from sae.errors import SaexError
 
 

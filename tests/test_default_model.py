@@ -6,9 +6,11 @@ They fetch the model into the user's cache once (about 100 MB) and take about a 
 import pytest
 import torch
 
-from sae.activations import FLAG_SPECIAL, ActivationStore, HarvestConfig, harvest
+from sae.data.forward import BF16_TOLERANCE
+from sae.data.harvest import HarvestConfig, harvest
+from sae.data.models import _BUILTIN, DEFAULT_MODEL, load_model
+from sae.data.store import FLAG_SPECIAL, ActivationStore
 from sae.fsutil import cache_dir, sha256_file
-from sae.models import BF16_TOLERANCE, DEFAULT_MODEL, _BUILTIN, load_model
 
 pytestmark = pytest.mark.slow
 
@@ -99,7 +101,7 @@ def test_bos_and_massive_activations_are_flagged(tmp_path, lm, corpus_file):
 
 
 def test_gguf_file_spec_loads_the_same_model(lm):
-    from sae.models import ResidualReader
+    from sae.data.forward import ResidualReader
 
     gguf = cache_dir() / "models" / DEFAULT_MODEL / "SmolLM2-135M-Instruct.Q4_1.gguf"
     direct = load_model(str(gguf), device="cpu")

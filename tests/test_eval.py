@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from sae.activations import FLAG_OUTLIER, FLAG_SPECIAL, ActivationStore, HarvestConfig, harvest
+from sae.data.harvest import HarvestConfig, harvest
+from sae.data.store import FLAG_OUTLIER, FLAG_SPECIAL, ActivationStore
 from sae.errors import SaexError
-from sae.evaluate import evaluate
-from sae.saes import load_sae
+from sae.runs.evaluate import evaluate
+from sae.runs.load import load_sae
+from saex.cli import main
 from tests.synthetic import write_store
-from training.cli import main
 
 HOOK = "blocks.1.hook_resid_post"
 D = 32  # d_model of the tiny model
@@ -41,7 +42,7 @@ def sharp_dir(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sharp_lm(sharp_dir):
-    from sae.models import load_model
+    from sae.data.models import load_model
 
     return load_model(str(sharp_dir), device="cpu")
 
@@ -289,7 +290,7 @@ def test_outliers_stay_clean_and_bos_is_spared(tmp_path, good_run, heldout, shar
 
 def test_generic_hooked_forward_gives_the_same_figures(monkeypatch, good_run, heldout, sharp_lm):
     """Models the fast path does not fit run whole, with a hook swapping the block's output."""
-    from sae.models import UpperForward
+    from sae.data.forward import UpperForward
 
     fast = evaluate(good_run, store=heldout, model=sharp_lm, n_ce_windows=8, device="cpu", progress=False)
 

@@ -50,8 +50,8 @@ def test_overview_shows_the_run(monkeypatch, run_root, tmp_path):
 
 
 def test_annotation_saved_in_the_app_lands_in_the_store_with_history(monkeypatch, run_root, tmp_path):
-    from sae.annotations import AnnotationStore, SAEKey
-    from sae.saes import load_sae
+    from sae.labels.store import AnnotationStore, SAEKey
+    from sae.runs.load import load_sae
 
     at = _app(monkeypatch, run_root, tmp_path)
     at.switch_page("views/annotations.py").run()
@@ -72,7 +72,7 @@ def test_annotation_saved_in_the_app_lands_in_the_store_with_history(monkeypatch
 
 
 def test_feature_page_navigates_and_shows_the_index(monkeypatch, indexed_run, tmp_path):
-    from sae.feature_index import FeatureIndex
+    from sae.index.reader import FeatureIndex
 
     root, run = indexed_run
     index = FeatureIndex(run)
@@ -105,8 +105,8 @@ def test_feature_page_without_index_names_the_command(monkeypatch, run_root, tmp
 
 
 def test_search_page_modes_drive_the_results(monkeypatch, indexed_run, tmp_path):
-    from sae import search
-    from sae.feature_index import FeatureIndex
+    from sae.index import search
+    from sae.index.reader import FeatureIndex
 
     root, run = indexed_run
     index = FeatureIndex(run)
@@ -139,9 +139,9 @@ def test_prompt_lab_shows_the_models_next_token_and_edits(monkeypatch, indexed_r
 
 
 def test_feature_page_scores_a_labels_claim(monkeypatch, indexed_run, tmp_path):
-    from sae.annotations import AnnotationStore, SAEKey
-    from sae.claims import score_feature_claim
-    from sae.saes import load_sae
+    from sae.labels.claims import score_feature_claim
+    from sae.labels.store import AnnotationStore, SAEKey
+    from sae.runs.load import load_sae
 
     root, run = indexed_run
     sae = load_sae(run)
@@ -163,8 +163,8 @@ def test_lookahead_page_shows_the_report_and_reruns_prompts(monkeypatch, indexed
                                                             tmp_path):
     import json
 
+    from saex.cli import main
     from tests.test_lookahead import SELECT, TEST, _jsonl
-    from training.cli import main
 
     root, run = indexed_run
     at = _app(monkeypatch, root, tmp_path)

@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-from sae.activations import FLAG_OUTLIER, FLAG_SPECIAL
+from sae.data.store import FLAG_OUTLIER, FLAG_SPECIAL
 from sae.errors import SaexError
-from sae.feature_index import FeatureIndex
-from sae.feature_stats import hist_edges, sample_priority
-from sae.features import IndexConfig, build_index
-from sae.saes import load_sae
-from sae.search import by_current_token, by_label, by_output_token, by_upcoming_token, neighbours
-from sae.sparse_codes import DenseEncoder, NonFiniteInput, TopKEncoder
+from sae.index.build import IndexConfig, build_index
+from sae.index.encoder import DenseEncoder, NonFiniteInput, TopKEncoder
+from sae.index.reader import FeatureIndex
+from sae.index.search import by_current_token, by_label, by_output_token, by_upcoming_token, neighbours
+from sae.index.stats import hist_edges, sample_priority
+from sae.runs.load import load_sae
+from saex.cli import main
 from tests.synthetic import write_store
-from training.cli import main
 
 HOOK = "blocks.0.hook_resid_post"  # the hook write_store records
 D = 32  # d_model of the tiny model
@@ -399,7 +399,7 @@ def _arrays(run):
 
 
 def test_an_interrupted_build_resumes_to_the_same_index(tmp_path, built, tiny_lm, monkeypatch):
-    from sae.feature_stats import FeatureStats
+    from sae.index.stats import FeatureStats
 
     run, store, cfg = built
     for name in ("a", "b"):
@@ -539,7 +539,7 @@ def test_kill_9_during_a_build_then_rerun_gives_the_same_index(tmp_path, tiny_mo
     root = __import__("pathlib").Path(__file__).resolve().parents[1]
 
     def cmd(run):
-        return [sys.executable, "-m", "training.cli", "index", str(run), "--store", str(store), "--model",
+        return [sys.executable, "-m", "saex.cli", "index", str(run), "--store", str(store), "--model",
                 str(tiny_model_dir), "--chunk-tokens", str(T), "--checkpoint-seconds", "0", "--top-k", "5",
                 "--reservoir", "8", "--bands", "3", "--per-band", "2", "--progress", "false", "--device", "cpu"]
 
@@ -571,7 +571,7 @@ def test_pair_counts_are_the_same_whether_runs_merge_early_or_at_the_end():
     buckets; a bucket merges when its pending runs pass the budget, and all merge at flush.
     The counts must not depend on when: both equal a count with np.unique over the same
     firings."""
-    from sae.feature_stats import FeatureStats
+    from sae.index.stats import FeatureStats
 
     rng = np.random.default_rng(5)
     n_win, F, V, per = 12, 30, 9, 3

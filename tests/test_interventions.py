@@ -6,10 +6,16 @@ import pytest
 import torch
 
 from sae.errors import SaexError
-from sae.interventions import (Edit, Intervener, density_matched_sets, encode_prompts, parse_positions,
-                               typical_activation)
-from sae.prompts import Prompt
-from sae.saes import load_sae
+from sae.lookahead.interventions import (
+    Edit,
+    Intervener,
+    density_matched_sets,
+    encode_prompts,
+    parse_positions,
+    typical_activation,
+)
+from sae.lookahead.prompts import Prompt
+from sae.runs.load import load_sae
 
 LAYER = 1
 D, D_SAE = 32, 96

@@ -7,17 +7,37 @@ import json
 import pytest
 import torch
 
-from sae.corpus import Document
+from sae.data.corpus import Document
 from sae.errors import SaexError
-from sae.interventions import Attribution, Intervener, encode_prompts
-from sae.lookahead import (aligned_activations, article_occurrences, bootstrap_gap, gap_attribution, gap_change,
-                           group_stats, onset, profile_report, separating_features)
-from sae.prompts import (Prompt, controls, explicit_prompt, load_prompt_file, noun_prompts, parse_data_noun,
-                         parse_first_senses, parse_lexnames, pronounce, riddle_candidates, sample_riddles,
-                         split_of_noun)
-from sae.saes import load_sae
+from sae.lookahead.interventions import Attribution, Intervener, encode_prompts
+from sae.lookahead.prompts import (
+    Prompt,
+    controls,
+    explicit_prompt,
+    load_prompt_file,
+    noun_prompts,
+    parse_data_noun,
+    parse_first_senses,
+    parse_lexnames,
+    pronounce,
+    riddle_candidates,
+    sample_riddles,
+    split_of_noun,
+)
+from sae.lookahead.statistics import (
+    aligned_activations,
+    article_occurrences,
+    bootstrap_gap,
+    gap_attribution,
+    gap_change,
+    group_stats,
+    onset,
+    profile_report,
+    separating_features,
+)
+from sae.runs.load import load_sae
+from saex.cli import main
 from tests.test_interventions import save_sae
-from training.cli import main
 
 # --------------------------------------------------------------------------- pronunciation
 

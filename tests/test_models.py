@@ -1,8 +1,9 @@
 import pytest
 import torch
 
+from sae.data.forward import ResidualReader
+from sae.data.models import load_model, parse_hook_point
 from sae.errors import SaexError
-from sae.models import ResidualReader, load_model, parse_hook_point
 
 
 def test_loads_local_folder(tiny_lm, tiny_model_dir):
@@ -77,7 +78,7 @@ def test_no_block_after_the_hook_runs(tiny_lm):
 
 
 def test_generic_path_matches_fast_path(tiny_lm):
-    from sae.models import _stop_at_layer_forward, _truncated_forward
+    from sae.data.forward import _stop_at_layer_forward, _truncated_forward
 
     hp = tiny_lm.hook_point(2)
     ids = _ids(tiny_lm)
@@ -119,7 +120,7 @@ def test_cuda_request_without_gpu_is_clear():
 
 
 def test_bf16_weight_copies_match_plain_autocast(tiny_lm):
-    from sae.models import _stop_at_layer_forward
+    from sae.data.forward import _stop_at_layer_forward
 
     ids = _ids(tiny_lm, n=2, t=16)
     hp = tiny_lm.hook_point(3)

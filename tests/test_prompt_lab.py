@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from sae.interventions import Edit, Intervener
-from sae.prompt_lab import next_token, read_prompt
-from sae.saes import load_sae
+from sae.lookahead.interventions import Edit, Intervener
+from sae.lookahead.prompt_lab import next_token, read_prompt
+from sae.runs.load import load_sae
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ def test_nothing_unpickles():
 
 
 def test_explorer_binds_localhost_by_default():
-    from training.cli import build_parser
+    from saex.cli import build_parser
 
     ns = build_parser().parse_args(["explore"])
     assert ns.host == "127.0.0.1"

@@ -10,8 +10,13 @@ import torch
 from sae.errors import SaexError
 from tests.synthetic import planted_data, write_store
 from training.config import TrainConfig, load_config
-from training.saelens_backend import (fit_with_saelens, matryoshka_widths, save_saelens_run, train_any,
-                                      train_with_saelens)
+from training.saelens_backend import (
+    fit_with_saelens,
+    matryoshka_widths,
+    save_saelens_run,
+    train_any,
+    train_with_saelens,
+)
 from training.train import lr_at
 
 ARCHS = ["standard", "gated", "jumprelu", "matryoshka_batchtopk", "batchtopk", "topk"]
@@ -50,8 +55,8 @@ def _reference(sae, x_scaled):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_architecture_trains_and_saves_a_raw_activation_sae(arch, planted, tmp_path):
     """Saved with the input scale folded in: loaded(x) == trained(x * scale) / scale."""
-    from safetensors.torch import load_file
     from sae_lens import SAE
+    from safetensors.torch import load_file
 
     _, big, x, _ = planted
     x = x[:400] * 40

@@ -7,8 +7,8 @@ import os
 import pytest
 from safetensors.torch import load_file
 
+from saex import cli
 from tests.synthetic import planted_data, write_store
-from training import cli
 
 FLAGS = ["--d-sae", "64", "--k", "4", "--batch-size", "256", "--epochs", "4", "--lr", "1e-2", "--lr-end", "1e-3",
          "--warmup-steps", "5", "--device", "cpu", "--progress", "false", "--shards-in-memory", "2",

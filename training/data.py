@@ -11,7 +11,7 @@ from typing import Iterator
 
 import torch
 
-from sae.activations import ActivationStore
+from sae.data.store import ActivationStore
 from sae.errors import SaexError
 
 

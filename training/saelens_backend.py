@@ -43,10 +43,10 @@ from typing import Any, Iterator
 
 import torch
 
-from sae.activations import ActivationStore
+from sae.data.models import resolve_device
+from sae.data.store import ActivationStore
 from sae.errors import SaexError
 from sae.fsutil import atomic_path, ensure_writable_dir, write_json_atomic
-from sae.models import resolve_device
 from training.config import TrainConfig
 from training.train import batches, estimate_scale, sae_metadata, write_run_files
 

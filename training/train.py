@@ -19,10 +19,10 @@ from typing import Iterator
 
 import torch
 
-from sae.activations import ActivationStore
+from sae.data.models import resolve_device
+from sae.data.store import ActivationStore
 from sae.errors import SaexError
 from sae.fsutil import atomic_path, ensure_writable_dir, write_json_atomic
-from sae.models import resolve_device
 from training import data, distributed
 from training.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from training.config import TrainConfig
@@ -199,8 +199,8 @@ def save_run(sae: FastTopKSAE, scale: float, density: torch.Tensor, store: Activ
     and activations come out in raw-activation units (TopK's choice is unchanged).
     BatchTopK is written as sae-lens writes it: a JumpReLU whose threshold (one value
     for all latents) is the running threshold learnt in training."""
-    from safetensors.torch import save_file
     from sae_lens import JumpReLUSAEConfig, TopKSAEConfig
+    from safetensors.torch import save_file
 
     common = dict(d_in=sae.d_in, d_sae=sae.d_sae, dtype="float32", device="cpu", apply_b_dec_to_input=True,
                   normalize_activations="none", metadata=sae_metadata(store))

@@ -8,8 +8,8 @@ import pandas as pd
 import streamlit as st
 
 from explorer import annotation_panel, render, state
-from sae.annotations import SAEKey
 from sae.errors import SaexError
+from sae.labels.store import SAEKey
 
 st.title("Feature")
 run = state.require_run()
@@ -104,7 +104,7 @@ if label and label.claim:
     words = ", ".join(repr(index.text(t)) for t in claim["tokens"])
     st.markdown(f"**Claim:** fires {claim['offset']} token(s) before {words}")
     if st.button("score the claim on held-out text", key="score-claim"):
-        from sae.claims import score_feature_claim
+        from sae.labels.claims import score_feature_claim
 
         try:
             with st.spinner("encoding the held-out store ..."):

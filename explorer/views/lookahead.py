@@ -9,8 +9,8 @@ import streamlit as st
 
 from explorer import state
 from sae.errors import SaexError
-from sae.interventions import Edit
-from sae.prompt_lab import next_token, read_prompt
+from sae.lookahead.interventions import Edit
+from sae.lookahead.prompt_lab import next_token, read_prompt
 
 st.title("Lookahead")
 run = state.require_run()

@@ -5,9 +5,9 @@ import pandas as pd
 import streamlit as st
 
 from explorer import annotation_panel, state
-from sae import search
-from sae.annotations import SAEKey
 from sae.errors import SaexError
+from sae.index import search
+from sae.labels.store import SAEKey
 
 st.title("Search")
 run = state.require_run()

@@ -171,7 +171,7 @@ class SAEKey:
 
     @classmethod
     def from_sae(cls, sae) -> "SAEKey":
-        """The key of a `sae.saes.LoadedSAE`."""
+        """The key of a `sae.runs.load.LoadedSAE`."""
         _need(bool(sae.model_spec and sae.hook_name),
               f"the SAE in {sae.path} does not record its model or hook point",
               "build the key yourself: SAEKey(model=..., hook=..., sae_hash=sae.content_hash)")

@@ -31,14 +31,42 @@ import torch
 
 from sae.errors import SaexError
 from sae.fsutil import ensure_writable_dir, write_json_atomic
-from sae.interventions import (Edit, Intervener, Outcome, Prepared, decoder_directions, density_matched_sets,
-                               encode_prompts, parse_positions, typical_activation)
-from sae.lookahead import (TARGET_FRACTION, aligned_activations, article_occurrences, behaviour_summary,
-                           bootstrap_gap, gap_attribution, gap_change, logit_effects, profile_report, rank_for_noun,
-                           separating_features, unembedding)
-from sae.lookahead_plots import plot_report
-from sae.prompts import (COUNT_NOUN_LEXNAMES, Prompt, controls, load_prompt_file, noun_prompts, riddle_set,
-                         wordnet_nouns, write_prompt_file)
+from sae.lookahead.interventions import (
+    Edit,
+    Intervener,
+    Outcome,
+    Prepared,
+    decoder_directions,
+    density_matched_sets,
+    encode_prompts,
+    parse_positions,
+    typical_activation,
+)
+from sae.lookahead.plots import plot_report
+from sae.lookahead.prompts import (
+    COUNT_NOUN_LEXNAMES,
+    Prompt,
+    controls,
+    load_prompt_file,
+    noun_prompts,
+    riddle_set,
+    wordnet_nouns,
+    write_prompt_file,
+)
+from sae.lookahead.statistics import (
+    TARGET_FRACTION,
+    aligned_activations,
+    article_occurrences,
+    behaviour_summary,
+    bootstrap_gap,
+    gap_attribution,
+    gap_change,
+    logit_effects,
+    profile_report,
+    rank_for_noun,
+    separating_features,
+    unembedding,
+)
 
 REPORT_FILE = "report.json"
 REPORT_FORMAT = 1
@@ -128,8 +156,8 @@ class LookaheadConfig:
 
 
 def _load(cfg: LookaheadConfig):
-    from sae.models import load_model, resolve_device
-    from sae.saes import load_sae
+    from sae.data.models import load_model, resolve_device
+    from sae.runs.load import load_sae
 
     dev = resolve_device(cfg.device)
     sae = load_sae(cfg.run, device=dev)
@@ -450,7 +478,7 @@ def _corpus_nouns() -> frozenset[str]:
 
 
 def _corpus_docs(spec: str):
-    from sae.corpus import open_corpus
+    from sae.data.corpus import open_corpus
 
     return open_corpus(spec).documents("heldout")
 

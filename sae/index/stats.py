@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sae.sparse_codes import bit_width, value_key
+from sae.index.encoder import bit_width, value_key
 
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 _G, _F, _S = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xD1B54A32D192ED03), np.uint64(0x8CB92BA72F3D8DD7)

@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 
 from sae.errors import SaexError
-from training.dataclass_args import add_dataclass_flags, dataclass_from_args
+from saex.flags import add_dataclass_flags, dataclass_from_args
 
 
 def _cmd_fetch(ns: argparse.Namespace) -> None:
-    from sae.corpus import BUILTIN_SOURCE_NAMES, builtin_documents
-    from sae.models import DEFAULT_MODEL, fetch_builtin_model
+    from sae.data.corpus import BUILTIN_SOURCE_NAMES, builtin_documents
+    from sae.data.models import DEFAULT_MODEL, fetch_builtin_model
 
     t = time.perf_counter()
     path = fetch_builtin_model(DEFAULT_MODEL)
@@ -31,7 +31,8 @@ def _cmd_fetch(ns: argparse.Namespace) -> None:
 
 
 def _cmd_harvest(ns: argparse.Namespace) -> None:
-    from sae.activations import HarvestConfig, harvest, store_summary
+    from sae.data.harvest import HarvestConfig, harvest
+    from sae.data.store import store_summary
 
     cfg = dataclass_from_args(HarvestConfig, ns)
     out = harvest(cfg)
@@ -57,7 +58,7 @@ def _cmd_train(ns: argparse.Namespace) -> None:
 
 
 def _cmd_eval(ns: argparse.Namespace) -> None:
-    from sae.evaluate import EVAL_FILE, EvalConfig, format_table, run_eval
+    from sae.runs.evaluate import EVAL_FILE, EvalConfig, format_table, run_eval
 
     cfg = dataclass_from_args(EvalConfig, ns)
     result = run_eval(cfg)
@@ -66,8 +67,8 @@ def _cmd_eval(ns: argparse.Namespace) -> None:
 
 
 def _cmd_index(ns: argparse.Namespace) -> None:
-    from sae.feature_index import FeatureIndex
-    from sae.features import IndexConfig, build_index
+    from sae.index.build import IndexConfig, build_index
+    from sae.index.reader import FeatureIndex
 
     index = FeatureIndex(build_index(dataclass_from_args(IndexConfig, ns)))
     m, out = index.manifest, index.path
@@ -80,7 +81,7 @@ def _cmd_explore(ns: argparse.Namespace) -> None:
     import os
 
     import explorer
-    from sae.runs import read_run
+    from sae.runs.catalogue import read_run
 
     if ns.run:
         read_run(ns.run)  # a clear error now rather than a blank page later
@@ -99,7 +100,7 @@ def _cmd_explore(ns: argparse.Namespace) -> None:
 
 
 def _cmd_lookahead(ns: argparse.Namespace) -> None:
-    from sae.lookahead_report import LookaheadConfig, format_summary, run_lookahead
+    from sae.lookahead.experiment import LookaheadConfig, format_summary, run_lookahead
 
     cfg = dataclass_from_args(LookaheadConfig, ns)
     report = run_lookahead(cfg)
@@ -109,7 +110,7 @@ def _cmd_lookahead(ns: argparse.Namespace) -> None:
 
 
 def _cmd_store(ns: argparse.Namespace) -> None:
-    from sae.activations import ActivationStore, store_summary
+    from sae.data.store import ActivationStore, store_summary
 
     store = ActivationStore(ns.store)
     if ns.verify:
@@ -119,8 +120,9 @@ def _cmd_store(ns: argparse.Namespace) -> None:
 
 
 def _cmd_demo(ns: argparse.Namespace) -> None:
-    from sae.activations import HarvestConfig, harvest, store_summary
-    from sae.models import load_model
+    from sae.data.harvest import HarvestConfig, harvest
+    from sae.data.models import load_model
+    from sae.data.store import store_summary
     from training.config import load_config
     from training.train import train
 
@@ -143,7 +145,7 @@ def _cmd_demo(ns: argparse.Namespace) -> None:
     print(f"[4/7] SAE in {run}: {stats['vectors']:,} vectors at {stats['vectors_per_s']:,.0f} vectors/s "
           f"({time.perf_counter() - t:.0f} s)", flush=True)
     t = time.perf_counter()
-    from sae.evaluate import EVAL_FILE, evaluate, write_eval
+    from sae.runs.evaluate import EVAL_FILE, evaluate, write_eval
 
     if (run / EVAL_FILE).exists():
         result = json.loads((run / EVAL_FILE).read_text())
@@ -156,8 +158,8 @@ def _cmd_demo(ns: argparse.Namespace) -> None:
           f"{result['explained_variance_with_outliers']:.3f}), L0 {result['l0']:.1f}, dead {result['dead_fraction']:.2%}"
           f"{ce} ({time.perf_counter() - t:.0f} s)", flush=True)
     t = time.perf_counter()
-    from sae.feature_index import FeatureIndex
-    from sae.features import IndexConfig, build_index
+    from sae.index.build import IndexConfig, build_index
+    from sae.index.reader import FeatureIndex
 
     build_index(IndexConfig(run=str(run), store=str(root / "acts-heldout"), device=ns.device), lm=lm)
     index = FeatureIndex(run)
@@ -165,7 +167,7 @@ def _cmd_demo(ns: argparse.Namespace) -> None:
           f"({time.perf_counter() - t:.0f} s)", flush=True)
     t = time.perf_counter()
     if ns.lookahead:
-        from sae.lookahead_report import LookaheadConfig, run_lookahead
+        from sae.lookahead.experiment import LookaheadConfig, run_lookahead
 
         report_path = run / "lookahead" / "report.json"
         report = json.loads(report_path.read_text()) if report_path.exists() else \
@@ -177,11 +179,11 @@ def _cmd_demo(ns: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sae.activations import HarvestConfig
-    from sae.corpus import DEFAULT_CORPUS
+    from sae.data.corpus import DEFAULT_CORPUS
+    from sae.data.harvest import HarvestConfig
+    from sae.data.models import DEFAULT_MODEL
+    from sae.runs.evaluate import EvalConfig
     from training.config import TrainConfig
-    from sae.models import DEFAULT_MODEL
-    from sae.evaluate import EvalConfig
 
     p = argparse.ArgumentParser(prog="saex", description="Sparse-autoencoder feature explorer: "
                                 "harvest activations, train and explore SAEs.")
@@ -232,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_flags(e, EvalConfig, positional=("run",))
     e.set_defaults(func=_cmd_eval)
 
-    from sae.features import IndexConfig
+    from sae.index.build import IndexConfig
 
     i = sub.add_parser("index", help="build the feature index of an SAE run (top examples, histograms, output "
                        "effects, next-token profiles, neighbours) into RUN/index/",
@@ -251,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--port", type=int, default=8501, help="port (default: 8501)")
     x.set_defaults(func=_cmd_explore)
 
-    from sae.lookahead_report import LookaheadConfig
+    from sae.lookahead.experiment import LookaheadConfig
 
     la = sub.add_parser("lookahead", help="which SAE features carry the a/an choice, when they turn on relative to "
                         "the article, and whether ablating them moves the choice more than random features; "

@@ -22,9 +22,9 @@ from typing import Iterable, Sequence
 
 import torch
 
-from sae.interventions import Attribution, Prepared
-from sae.models import LoadedModel
-from sae.prompts import Prompt, pronounce
+from sae.data.models import LoadedModel
+from sae.lookahead.interventions import Attribution, Prepared
+from sae.lookahead.prompts import Prompt, pronounce
 
 Z95 = NormalDist().inv_cdf(0.975)
 # The bar the issue sets for the chosen features: remove at least half of the an-vs-a gap.

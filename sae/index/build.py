@@ -3,9 +3,9 @@
 One streaming pass over a held-out activation store (shard by shard, in chunks of whole
 windows, so memory does not grow with the store) encodes every ordinary token (special
 tokens and norm outliers are never encoded, so they never appear as examples) and feeds
-`sae.feature_stats.FeatureStats`. Then, from the weights alone: output-token effects
-(`sae.output_effects`) and decoder-cosine neighbours. The result is laid out for lazy
-reading by `sae.feature_index.FeatureIndex` (see docs/formats.md).
+`sae.index.stats.FeatureStats`. Then, from the weights alone: output-token effects
+(`sae.index.output_effects`) and decoder-cosine neighbours. The result is laid out for lazy
+reading by `sae.index.reader.FeatureIndex` (see docs/formats.md).
 
 Resume and atomicity: after a shard, when `checkpoint_seconds` have passed since the last
 save, the running statistics are saved atomically to RUN/index/partial/; a rerun of the
@@ -30,14 +30,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sae.activations import ActivationStore
+from sae.data.store import ActivationStore
 from sae.errors import SaexError
-from sae.feature_index import (FEATURES_FILE, INDEX_FORMAT, MANIFEST_FILE, SEARCH_FILE, VOCAB_FILE,
-                               index_dir)
-from sae.feature_stats import FeatureStats, group_rank, hist_edges
 from sae.fsutil import atomic_path, ensure_writable_dir, remove_stale_temps, sha256_file, write_json_atomic
-from sae.saes import LoadedSAE, load_sae
-from sae.sparse_codes import NonFiniteInput, bit_width, sparse_encoder, value_key
+from sae.index.encoder import NonFiniteInput, bit_width, sparse_encoder, value_key
+from sae.index.reader import FEATURES_FILE, INDEX_FORMAT, MANIFEST_FILE, SEARCH_FILE, VOCAB_FILE, index_dir
+from sae.index.stats import FeatureStats, group_rank, hist_edges
+from sae.runs.load import LoadedSAE, load_sae
 
 PARTIAL_DIR = "partial"
 STATE_FILE = "state.safetensors"
@@ -118,7 +117,7 @@ class IndexConfig:
 
 
 def _store_for(cfg: IndexConfig, sae: LoadedSAE) -> ActivationStore:
-    from sae.evaluate import check_store, default_heldout_store
+    from sae.runs.evaluate import check_store, default_heldout_store
 
     store = ActivationStore(cfg.store or default_heldout_store(sae))
     for w in check_store(sae, store):
@@ -127,7 +126,7 @@ def _store_for(cfg: IndexConfig, sae: LoadedSAE) -> ActivationStore:
 
 
 def _model_for(cfg: IndexConfig, store: ActivationStore):
-    from sae.models import load_model
+    from sae.data.models import load_model
 
     return load_model(cfg.model or store.manifest["model"]["spec"], device="cpu")
 
@@ -457,7 +456,7 @@ def _vocab(lm, V: int) -> list[str]:
 
 
 def _finish(cfg: IndexConfig, sae: LoadedSAE, store: ActivationStore, lm, stats: FeatureStats) -> tuple[dict, dict]:
-    from sae.output_effects import decoder_neighbours, output_effects, unembedding_directions
+    from sae.index.output_effects import decoder_neighbours, output_effects, unembedding_directions
 
     s = stats.state
     tokens = np.load(store.path / "tokens.npy", mmap_mode="r")
@@ -501,7 +500,7 @@ def _write(out: Path, feats: dict, search: dict, vocab: list[str], manifest: dic
 
 def build_index(cfg: IndexConfig, sae: LoadedSAE | None = None, lm=None) -> Path:
     """Build (or finish, or reuse) RUN/index; return its path."""
-    from sae.models import resolve_device
+    from sae.data.models import resolve_device
 
     t0 = time.perf_counter()
     dev = resolve_device(cfg.device)

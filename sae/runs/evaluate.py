@@ -30,11 +30,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from sae.activations import FLAG_OUTLIER, FLAG_SPECIAL, ActivationStore
+from sae.data.forward import ResidualReader, UpperForward
+from sae.data.models import LoadedModel, load_model, resolve_device
+from sae.data.store import FLAG_OUTLIER, FLAG_SPECIAL, ActivationStore
 from sae.errors import SaexError
 from sae.fsutil import write_json_atomic
-from sae.models import LoadedModel, ResidualReader, UpperForward, load_model, resolve_device
-from sae.saes import LoadedSAE, load_sae
+from sae.runs.load import LoadedSAE, load_sae
 
 EVAL_FILE = "eval.json"
 EVAL_FORMAT = 1
@@ -112,7 +113,7 @@ def default_heldout_store(sae: LoadedSAE) -> Path:
 def _same_hook(name: str, store: ActivationStore) -> bool:
     """`blocks.L.hook_resid_post`, `model.layers.L` (sae-lens's HookedProxyLM names) ...
     all name the store's hook when they parse to its layer."""
-    from sae.models import parse_hook_point
+    from sae.data.models import parse_hook_point
 
     hook = store.manifest["hook"]
     if name in (hook["name"], hook["module_path"]):
@@ -282,8 +283,8 @@ def reconstruction_metrics(sae: LoadedSAE, store: ActivationStore, progress: boo
 class Splicer:
     """Logits of the model when the residual stream after block `layer` is `h`.
 
-    The blocks up to the hook run once per batch (`residual`, sae.models.ResidualReader);
-    the rest once per variant (clean, spliced, zero-ablated; sae.models.UpperForward,
+    The blocks up to the hook run once per batch (`residual`, sae.data.forward.ResidualReader);
+    the rest once per variant (clean, spliced, zero-ablated; sae.data.forward.UpperForward,
     checked against a plain forward on the first windows)."""
 
     def __init__(self, lm: LoadedModel, layer: int, probe_ids: torch.Tensor):

@@ -1,6 +1,6 @@
 """Scoring a label's testable claim ("fires d tokens before token(s) X") on held-out text:
 the feature's activation at every ordinary position of the held-out store, then
-sae.annotations.score_claim's precision and recall. One streaming pass with the fast
+sae.labels.store.score_claim's precision and recall. One streaming pass with the fast
 exact encoder, a few seconds for the demo SAE."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sae.activations import ActivationStore
-from sae.annotations import ClaimScore, score_claim, validate_claim
-from sae.evaluate import default_heldout_store
-from sae.saes import LoadedSAE
-from sae.sparse_codes import sparse_encoder
+from sae.data.store import ActivationStore
+from sae.index.encoder import sparse_encoder
+from sae.labels.store import ClaimScore, score_claim, validate_claim
+from sae.runs.evaluate import default_heldout_store
+from sae.runs.load import LoadedSAE
 
 
 def feature_activations(sae: LoadedSAE, feature: int, store: ActivationStore) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

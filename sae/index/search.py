@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from sae.errors import SaexError
-from sae.feature_index import FeatureIndex
+from sae.index.reader import FeatureIndex
 
 RANKS = ("precision", "recall", "lift", "count", "f1")
 
@@ -99,7 +99,7 @@ def by_current_token(index: FeatureIndex, token: int | str, top: int = 20, min_c
 
 def by_output_token(index: FeatureIndex, token: int | str, top: int = 20) -> list[Hit]:
     """Features whose decoder direction, through the final norm and unembedding, raises
-    `token`'s logit most (relative to the vocabulary mean; see sae.output_effects)."""
+    `token`'s logit most (relative to the vocabulary mean; see sae.index.output_effects)."""
     ids = index.token_ids(token)
     rows = [index.output_features(t) for t in ids]
     feats = np.concatenate([r[0] for r in rows]).astype(np.int64)

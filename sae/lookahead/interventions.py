@@ -23,10 +23,11 @@ from typing import Sequence
 
 import torch
 
+from sae.data.forward import ResidualReader, UpperForward
+from sae.data.models import LoadedModel
 from sae.errors import SaexError
-from sae.models import LoadedModel, ResidualReader, UpperForward  # noqa: F401 (UpperForward: re-exported)
-from sae.prompts import Prompt
-from sae.saes import LoadedSAE
+from sae.lookahead.prompts import Prompt
+from sae.runs.load import LoadedSAE
 
 OPS = ("ablate", "clamp", "steer", "scale")
 NAMED_POSITIONS = ("prompt", "last", "before", "article", "all", "sinks")

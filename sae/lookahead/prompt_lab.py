@@ -1,7 +1,7 @@
 """One prompt under the microscope, for the explorer's Prompt lab: which features fire on
 which token, how selected features line up around an anchor token, and what ablating or
 steering them does to the next token (logit(" an") − logit(" a"), P(an), P(a), the top
-next tokens). Built on sae.interventions, so edits keep the SAE's error term: with no edit
+next tokens). Built on sae.lookahead.interventions, so edits keep the SAE's error term: with no edit
 the model's output is its clean output."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import torch
 
 from sae.errors import SaexError
-from sae.interventions import Edit, Intervener, Prepared, edit_residual, encode_prompts, position_mask
-from sae.prompts import Prompt
+from sae.lookahead.interventions import Edit, Intervener, Prepared, edit_residual, encode_prompts, position_mask
+from sae.lookahead.prompts import Prompt
 
 
 @dataclass

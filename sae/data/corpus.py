@@ -26,8 +26,8 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from sae.data.fetch import pip_download
 from sae.errors import SaexError
-from sae.fetch import pip_download
 from sae.fsutil import atomic_path, cache_dir, iter_jsonl
 
 DEFAULT_CORPUS = "builtin"

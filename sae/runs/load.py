@@ -148,7 +148,7 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu") -> LoadedSAE:
     """Load any SAELens-format SAE folder (see ARCHITECTURES) in fp32 on `device`."""
     from sae_lens import SAE
 
-    from sae.models import resolve_device
+    from sae.data.models import resolve_device
 
     path = Path(path).expanduser()
     cfg, _ = _check_folder(path)

@@ -1,0 +1,5 @@
+import sys
+
+from saex.cli import main
+
+sys.exit(main())
