@@ -33,9 +33,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from sae.data.store import ActivationStore  # noqa: E402
-from sae.index.build import IndexConfig, _stream, build_index  # noqa: E402
+from sae.index.build import IndexConfig, build_index  # noqa: E402
 from sae.index.encoder import DenseEncoder, TopKEncoder  # noqa: E402
 from sae.index.stats import FeatureStats  # noqa: E402
+from sae.index.stream import stream  # noqa: E402
 from sae.runs.load import load_sae  # noqa: E402
 
 
@@ -112,7 +113,8 @@ def bench_stream(sae, store, run: str, chunk_tokens: int, repeats: int) -> None:
         stats.add = timed("statistics", stats.add)
         enc.encode_block = timed("encoding", enc.encode_block)
         t = time.perf_counter()
-        _stream(cfg, store, stats, enc, 0, lambda k: None)
+        stream(store, stats, enc, 0, lambda k: None, chunk_tokens=cfg.chunk_tokens,
+               checkpoint_seconds=cfg.checkpoint_seconds, progress=cfg.progress)
         wall = time.perf_counter() - t
         t = time.perf_counter()
         stats.flush()

@@ -5,7 +5,7 @@ Trains training/configs/default.toml (or --config) on the train store, then meas
 held-out explained variance (outliers excluded, and included), L0 and dead latents on the
 held-out store (sae.runs.evaluate.reconstruction_metrics). Compares the wall time with the
 peer reference: sae-lens's SAETrainer, hand-tuned, needed 3 epochs and 1,133 s on this
-machine to reach EV 0.810 with 0.28% dead (issue 3; ../shared/FACTS.md). With
+machine type to reach EV 0.810 with 0.28% dead (docs/benchmarks.md). With
 --with-saelens it reruns that reference here, in the same process (about 20 minutes).
 
     python bench/time_to_quality.py [--train checkpoints/demo/acts-train]
@@ -65,7 +65,7 @@ def main() -> None:
         cfg = load_config(args.config, store=args.train, out=args.out or str(Path(tmp) / "ours"), progress=False,
                           device="cpu", epochs=args.epochs)
         ours = _train_and_measure(cfg, args.heldout, train)
-        ref = dict(SAELENS_REFERENCE, source="issue 3 / FACTS.md, measured on this machine type")
+        ref = dict(SAELENS_REFERENCE, source="sae-lens SAETrainer, hand-tuned, measured on this machine type (docs/benchmarks.md)")
         if args.with_saelens:
             sl = dataclasses.replace(cfg, out=str(Path(tmp) / "saelens"), backend="saelens", epochs=3.0)
             got = _train_and_measure(sl, args.heldout, train_with_saelens)

@@ -10,7 +10,8 @@ import os
 import streamlit as st
 
 from sae.errors import SaexError
-from sae.labels.store import AnnotationStore, SAEKey
+from sae.labels.records import SAEKey
+from sae.labels.store import AnnotationStore
 
 
 @st.cache_resource

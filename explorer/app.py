@@ -17,6 +17,5 @@ st.set_page_config(page_title="sae-explorer", layout="wide")
 pages = [st.Page(str(PAGES / "overview.py"), title="Overview", default=True)]
 for name, title in (("feature", "Feature"), ("search", "Search"), ("prompt_lab", "Prompt lab"),
                     ("lookahead", "Lookahead"), ("annotations", "Annotations")):
-    if (PAGES / f"{name}.py").exists():
-        pages.append(st.Page(str(PAGES / f"{name}.py"), title=title, url_path=name))
+    pages.append(st.Page(str(PAGES / f"{name}.py"), title=title, url_path=name))
 st.navigation(pages).run()

@@ -22,7 +22,3 @@ def tokens_html(texts: list[str], acts: list[float], scale: float, center: int |
     return ('<div style="font-family:monospace;font-size:0.9em;line-height:1.8;white-space:nowrap;'
             'overflow-x:auto;">' + "".join(spans) + "</div>")
 
-
-def token_chip(text: str) -> str:
-    """A token's text as inline code-like HTML (escaped)."""
-    return f"<code>{_visible(text)}</code>"

@@ -112,8 +112,7 @@ def feature(path: str, i: int):
 @st.cache_resource(show_spinner="loading the model and SAE ...")
 def intervener(path: str):
     """The model split at the SAE's hook (sae.lookahead.interventions.Intervener), once per run."""
-    from sae.lookahead.experiment import sink_threshold
-    from sae.lookahead.interventions import Intervener
+    from sae.lookahead.interventions import Intervener, sink_threshold
 
     sae = load_sae(path)
     threshold, source = sink_threshold(sae)  # the harvest's outlier threshold, as the lookahead report uses

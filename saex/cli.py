@@ -46,6 +46,7 @@ def _cmd_harvest(ns: argparse.Namespace) -> None:
 
 
 def _cmd_train(ns: argparse.Namespace) -> None:
+    from sae.runs.files import RUN_FILE
     from training.config import TrainConfig, load_config
     from training.train import train
 
@@ -53,7 +54,7 @@ def _cmd_train(ns: argparse.Namespace) -> None:
     overrides = {k: getattr(ns, k) for k in names if getattr(ns, k, None) is not None}
     cfg = load_config(ns.config, **overrides) if ns.config else TrainConfig(**overrides)
     out = train(cfg)
-    run = json.loads((out / "run.json").read_text())
+    run = json.loads((out / RUN_FILE).read_text())
     print(f"SAE written to {out} ({run['vectors']:,} vectors, {run['vectors_per_s']:,.0f} vectors/s)")
 
 
@@ -100,11 +101,13 @@ def _cmd_explore(ns: argparse.Namespace) -> None:
 
 
 def _cmd_lookahead(ns: argparse.Namespace) -> None:
-    from sae.lookahead.experiment import LookaheadConfig, format_summary, run_lookahead
+    from sae.lookahead.answer import format_summary
+    from sae.lookahead.experiment import LookaheadConfig, run_lookahead
+    from sae.runs.files import LOOKAHEAD_DIR
 
     cfg = dataclass_from_args(LookaheadConfig, ns)
     report = run_lookahead(cfg)
-    out = Path(cfg.out) if cfg.out else Path(cfg.run) / "lookahead"
+    out = Path(cfg.out) if cfg.out else Path(cfg.run) / LOOKAHEAD_DIR
     print(format_summary(report, out))
     print(f"done in {report['seconds']['total']:.0f} s")
 
@@ -120,91 +123,34 @@ def _cmd_store(ns: argparse.Namespace) -> None:
 
 
 def _cmd_demo(ns: argparse.Namespace) -> None:
-    from sae.data.harvest import HarvestConfig, harvest
-    from sae.data.models import load_model
-    from sae.data.store import store_summary
-    from training.config import load_config
-    from training.train import train
+    from saex.demo import DemoConfig, run_demo
 
-    root = Path(ns.out_dir)
-    t0 = time.perf_counter()
-    lm = load_model(ns.model, device=ns.device)
-    print(f"[1/7] model {lm.spec}: {lm.n_layers} blocks, d_model {lm.d_model}, "
-          f"hook {lm.hook_point(ns.layer).name} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    for step, (split, tokens) in enumerate((("train", ns.tokens), ("heldout", ns.heldout_tokens)), start=2):
-        t = time.perf_counter()
-        cfg = HarvestConfig(out=str(root / f"acts-{split}"), model=ns.model, layer=ns.layer, corpus=ns.corpus,
-                            split=split, tokens=tokens, device=ns.device)
-        out = harvest(cfg, lm=lm)
-        print(f"[{step}/7] {split} activations: {store_summary(out)} ({time.perf_counter() - t:.0f} s)", flush=True)
-    t = time.perf_counter()
-    run = root / "sae"
-    if not (run / "cfg.json").exists():
-        train(load_config(ns.train_config, store=str(root / "acts-train"), out=str(run), device=ns.device))
-    stats = json.loads((run / "run.json").read_text())
-    print(f"[4/7] SAE in {run}: {stats['vectors']:,} vectors at {stats['vectors_per_s']:,.0f} vectors/s "
-          f"({time.perf_counter() - t:.0f} s)", flush=True)
-    t = time.perf_counter()
-    from sae.runs.evaluate import EVAL_FILE, evaluate, write_eval
+    run_demo(dataclass_from_args(DemoConfig, ns))
 
-    if (run / EVAL_FILE).exists():
-        result = json.loads((run / EVAL_FILE).read_text())
-    else:
-        result = evaluate(run, store=root / "acts-heldout", model=lm, n_ce_windows=ns.ce_windows, device=ns.device)
-        write_eval(run, result)
-    ce = (f", CE-loss score {result['ce_loss_score']:.3f}, KL score {result['kl_score']:.3f}"
-          if result.get("ce_loss_score") is not None else "")
-    print(f"[5/7] held-out: EV {result['explained_variance']:.3f} (with outliers "
-          f"{result['explained_variance_with_outliers']:.3f}), L0 {result['l0']:.1f}, dead {result['dead_fraction']:.2%}"
-          f"{ce} ({time.perf_counter() - t:.0f} s)", flush=True)
-    t = time.perf_counter()
-    from sae.index.build import IndexConfig, build_index
-    from sae.index.reader import FeatureIndex
 
-    build_index(IndexConfig(run=str(run), store=str(root / "acts-heldout"), device=ns.device), lm=lm)
-    index = FeatureIndex(run)
-    print(f"[6/7] feature index of {index.d_sae:,} features over {index.tokens_indexed:,} held-out tokens "
-          f"({time.perf_counter() - t:.0f} s)", flush=True)
-    t = time.perf_counter()
-    if ns.lookahead:
-        from sae.lookahead.experiment import LookaheadConfig, run_lookahead
+class _Parser(argparse.ArgumentParser):
+    """Bad flags get the same two lines as every other bad input: the problem, then the fix."""
 
-        report_path = run / "lookahead" / "report.json"
-        report = json.loads(report_path.read_text()) if report_path.exists() else \
-            run_lookahead(LookaheadConfig(run=str(run), device=ns.device))
-        print(f"[7/7] lookahead: {report['answer']['lines'][-1]} ({time.perf_counter() - t:.0f} s)", flush=True)
-    else:
-        print("[7/7] lookahead: skipped (--lookahead false)", flush=True)
-    print(f"done in {time.perf_counter() - t0:.0f} s. Explore it: saex explore {run}")
+    def error(self, message: str):
+        print(f"error: {self.prog}: {message}", file=sys.stderr)
+        print(f"  fix: see `{self.prog} --help` for the accepted flags and values", file=sys.stderr)
+        sys.exit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sae.data.corpus import DEFAULT_CORPUS
     from sae.data.harvest import HarvestConfig
-    from sae.data.models import DEFAULT_MODEL
     from sae.runs.evaluate import EvalConfig
+    from saex.demo import DemoConfig
     from training.config import TrainConfig
 
-    p = argparse.ArgumentParser(prog="saex", description="Sparse-autoencoder feature explorer: "
+    p = _Parser(prog="saex", description="Sparse-autoencoder feature explorer: "
                                 "harvest activations, train and explore SAEs.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     d = sub.add_parser("demo", help="the main job end to end on the default model and corpus "
                        "(fetch, harvest train and held-out activations, train a TopK SAE, evaluate it, index its features, "
                        "run the a/an lookahead analysis); then open it with saex explore")
-    d.add_argument("--out-dir", default="checkpoints/demo", help="where the run goes (default: checkpoints/demo)")
-    d.add_argument("--model", default=DEFAULT_MODEL, help=f"model spec (default: {DEFAULT_MODEL})")
-    d.add_argument("--layer", default=None, help="block whose output is read (default: the middle one)")
-    d.add_argument("--corpus", default=DEFAULT_CORPUS, help=f"corpus spec (default: {DEFAULT_CORPUS})")
-    d.add_argument("--tokens", type=int, default=2_000_000, help="training tokens (default: 2000000)")
-    d.add_argument("--heldout-tokens", type=int, default=131_072, help="held-out tokens (default: 131072)")
-    d.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
-    d.add_argument("--train-config", default=str(Path(__file__).with_name("configs") / "default.toml"),
-                   help="TOML training config (default: training/configs/default.toml)")
-    d.add_argument("--ce-windows", type=int, default=256,
-                   help="held-out windows for the CE/KL evaluation, 0 = skip it (default: 256)")
-    d.add_argument("--lookahead", type=lambda v: v.lower() in ("1", "true", "yes"), default=True,
-                   help="run the a/an lookahead analysis (default: true)")
+    add_dataclass_flags(d, DemoConfig)
     d.set_defaults(func=_cmd_demo)
 
     f = sub.add_parser("fetch", help="download the default model and corpus into the cache")

@@ -55,10 +55,15 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, .
         if f.name in skip:
             continue
         hint = hints[f.name]
+        choices = typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else None
+        if choices:
+            hint = str
         args = typing.get_args(hint)
         base = next((a for a in args if a is not type(None)), hint) if args else hint
         optional = type(None) in args
-        if typing.get_origin(hint) is list:
+        if choices:
+            conv = str  # argparse checks the value against `choices`
+        elif typing.get_origin(hint) is list:
             conv = _comma_list(args[0] if args else str)  # e.g. --matryoshka-widths 576,1152,4608
         elif str in args:
             conv = str  # e.g. a layer given as a number or a hook name
@@ -73,11 +78,11 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, .
         default = f.default if f.default is not dataclasses.MISSING else None
         help_text = docs.get(f.name, "") + (f" (default: {default})" if default not in (None, "") else "")
         if f.name in positional:
-            parser.add_argument(f.name, type=conv, help=help_text)
+            parser.add_argument(f.name, type=conv, help=help_text, choices=choices)
         else:
-            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=conv,
-                                default=None if defaults_to_none else default, help=help_text,
-                                metavar=f.name.upper() if base is not bool else "yes|no")
+            metavar = "|".join(c for c in choices if c) if choices else "yes|no" if base is bool else f.name.upper()
+            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=conv, choices=choices,
+                                default=None if defaults_to_none else default, help=help_text, metavar=metavar)
 
 
 def dataclass_from_args(cls, ns: argparse.Namespace, **overrides):

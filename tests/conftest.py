@@ -1,5 +1,6 @@
-"""Shared fixtures: a tiny randomly initialised Llama with a real BPE tokenizer, and
-small text corpora, all built offline inside the tests."""
+"""Shared fixtures: a tiny randomly initialised Llama with a real BPE tokenizer, small
+text corpora, stores and SAEs, all built offline inside the tests. Shared plain builders
+live in tests/helpers.py."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import random
 from pathlib import Path
 
 import pytest
+
+pytest.register_assert_rewrite("tests.helpers")  # its asserts explain themselves too
 
 # Nothing in the tests may reach a model or dataset hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -76,10 +79,28 @@ def text_corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(request, tmp_path, monkeypatch):
-    """Fast tests never touch the user's cache; slow tests share the real one, so the
+    """Tests never touch the user's cache, except those of a module that sets
+    USES_USER_CACHE = True (the real default model's): they share the real one, so the
     default model and corpus are downloaded once per machine."""
-    if request.node.get_closest_marker("slow") is None:
+    if not getattr(request.module, "USES_USER_CACHE", False):
         monkeypatch.setenv("SAEX_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def planted_store(tmp_path):
+    """(store, x, feats): 64 windows of planted vectors (tests/helpers.py write_planted_store)."""
+    from tests.helpers import write_planted_store
+
+    return write_planted_store(tmp_path / "store")
+
+
+@pytest.fixture(scope="module")
+def sae(tiny_lm, tmp_path_factory):
+    """A random standard SAE (96 latents) at blocks.1 of the tiny model, loaded."""
+    from sae.runs.load import load_sae
+    from tests.helpers import save_sae
+
+    return load_sae(save_sae(tmp_path_factory.mktemp("sae") / "run", tiny_lm))
 
 
 @pytest.fixture(scope="session")

@@ -143,6 +143,7 @@ def _harvest_args(out, model_dir, corpus, *extra):
             "--device", "cpu", "--progress", "no", "--compile", "no", *extra]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_kill9_then_rerun_gives_identical_store(tmp_path, tiny_model_dir, text_corpus, seed):
     import random
@@ -172,6 +173,7 @@ def test_kill9_then_rerun_gives_identical_store(tmp_path, tiny_model_dir, text_c
     assert _snapshot(victim) == _snapshot(ref)
 
 
+@pytest.mark.integration
 def test_two_processes_fill_one_store(tmp_path, tiny_model_dir, text_corpus):
     ref, split = tmp_path / "ref", tmp_path / "split"
     cmd, env = _cli(*_harvest_args(ref, tiny_model_dir, text_corpus))
@@ -183,11 +185,12 @@ def test_two_processes_fill_one_store(tmp_path, tiny_model_dir, text_corpus):
     assert _snapshot(split) == _snapshot(ref)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("extra,needle", [
     (["--layer", "9"], "layer 9 is out of range: the model has 4 blocks"),
     (["--corpus", "/nonexistent/corpus.txt"], "corpus /nonexistent/corpus.txt does not exist"),
     (["--shard", "2/2"], "bad shard spec"),
-    (["--storage-dtype", "int8"], "unknown storage dtype"),
+    (["--storage-dtype", "int8"], "invalid choice: 'int8'"),
 ])
 def test_cli_bad_input_is_one_clear_error(tmp_path, tiny_model_dir, text_corpus, extra, needle):
     args = _harvest_args(tmp_path / "s", tiny_model_dir, text_corpus)
@@ -203,6 +206,7 @@ def test_cli_bad_input_is_one_clear_error(tmp_path, tiny_model_dir, text_corpus,
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.integration
 def test_cli_unknown_model_is_one_clear_error(tmp_path, text_corpus):
     cmd, env = _cli("harvest", "--out", str(tmp_path / "s"), "--model", "nobody/nothing-here",
                     "--corpus", str(text_corpus), "--device", "cpu")

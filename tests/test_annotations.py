@@ -14,13 +14,9 @@ import pytest
 import torch
 
 from sae.errors import SaexError
-from sae.labels.store import (
-    AnnotationStore,
-    ImportReport,
-    SAEKey,
-    score_claim,
-    validate_claim,
-)
+from sae.labels.claims import score_claim
+from sae.labels.records import ImportReport, SAEKey, validate_claim
+from sae.labels.store import AnnotationStore
 
 KEY = SAEKey("smollm2-135m", "blocks.15.hook_resid_post", "ab" * 32)
 OTHER_HASH = SAEKey("smollm2-135m", "blocks.15.hook_resid_post", "cd" * 32)
@@ -348,6 +344,7 @@ def _writer(path: str, name: str, n: int, start) -> None:
         time.sleep(random.random() * 0.002)  # a pause, as between a person's edits, lets the other in
 
 
+@pytest.mark.integration
 def test_two_writer_processes_lose_nothing(tmp_path):
     path, n = str(tmp_path / "shared.sqlite"), 200
     ctx = multiprocessing.get_context("spawn")

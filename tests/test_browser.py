@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.integration  # a real browser on the explorer served by a subprocess
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -117,7 +119,8 @@ def test_annotate_a_feature_in_a_real_browser(browser, app_server, tmp_path):
         "<b>test</b> label from the browser"
     assert not d.find_elements(By.XPATH, "//h3//b[text()='test']")  # never rendered as HTML
 
-    from sae.labels.store import AnnotationStore, SAEKey
+    from sae.labels.records import SAEKey
+    from sae.labels.store import AnnotationStore
     from sae.runs.load import load_sae
 
     got = AnnotationStore(db).get(SAEKey.from_sae(load_sae(run)), 3)

@@ -12,7 +12,8 @@ from sae.data.models import _BUILTIN, DEFAULT_MODEL, load_model
 from sae.data.store import FLAG_SPECIAL, ActivationStore
 from sae.fsutil import cache_dir, sha256_file
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
+USES_USER_CACHE = True  # conftest.py: the model is fetched into the user's cache once per machine
 
 TEXT = ("An astronomer is a person who studies the stars. A pilot is a person who flies airplanes.\n\n"
         "An hour passed before an honest man spoke of a unicorn at a university in Europe. ") * 40

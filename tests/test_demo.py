@@ -2,6 +2,10 @@ import json
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.integration  # `saex demo` end to end, in a subprocess
+
 
 def test_demo_runs_end_to_end_and_skips_done_work(tmp_path, tiny_model_dir, text_corpus):
     cfg = tmp_path / "train.toml"

@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -13,6 +15,7 @@ def test_cli_reference_is_current():
     assert (ROOT / "docs" / "cli.md").read_text() == mod.render(), "run: python docs/make_cli_reference.py"
 
 
+@pytest.mark.integration
 def test_console_script_lists_subcommands():
     out = subprocess.run([sys.executable, "-m", "saex.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0

@@ -15,7 +15,7 @@ from sae.errors import SaexError
 from sae.runs.evaluate import evaluate
 from sae.runs.load import load_sae
 from saex.cli import main
-from tests.synthetic import write_store
+from tests.helpers import write_store
 
 HOOK = "blocks.1.hook_resid_post"
 D = 32  # d_model of the tiny model

@@ -15,10 +15,9 @@ from sae.lookahead.interventions import (
     typical_activation,
 )
 from sae.lookahead.prompts import Prompt
-from sae.runs.load import load_sae
 
 LAYER = 1
-D, D_SAE = 32, 96
+D_SAE = 96  # latents of conftest.py's `sae` fixture
 
 # Words of the tiny model's vocabulary (tests/conftest.py WORDS).
 PROMPTS = [
@@ -28,33 +27,6 @@ PROMPTS = [
     Prompt("her dog and his cat were by the", "house", "a"),
     Prompt("in the dark the bird", "king", "a"),
 ]
-
-
-def save_sae(path, lm, seed=0, arch="standard", d_sae=D_SAE):
-    """A random sae-lens SAE at blocks.1 of the tiny model, with encoder biases that make
-    a fair share of latents fire."""
-    import sae_lens
-    from sae_lens.saes.sae import SAEMetadata
-
-    cls, extra = {"standard": ("StandardSAE", {}), "topk": ("TopKSAE", {"k": 8})}[arch]
-    cfg = getattr(sae_lens, cls + "Config")(
-        d_in=D, d_sae=d_sae, **extra,
-        metadata=SAEMetadata(hook_name=f"blocks.{LAYER}.hook_resid_post", hf_hook_name=f"model.layers.{LAYER}",
-                             model_name=lm.spec, model_weights_sha256=lm.weights_sha256))
-    sae = getattr(sae_lens, cls)(cfg)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.randn(D, d_sae, generator=g) / D ** 0.5)
-        sae.W_dec.copy_(torch.randn(d_sae, D, generator=g) / D ** 0.5)
-        sae.b_enc.copy_(0.1 * torch.randn(d_sae, generator=g))
-        sae.b_dec.copy_(0.1 * torch.randn(D, generator=g))
-    sae.save_model(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def sae(tiny_lm, tmp_path_factory):
-    return load_sae(save_sae(tmp_path_factory.mktemp("sae") / "run", tiny_lm))
 
 
 @pytest.fixture(scope="module")
@@ -244,7 +216,7 @@ def test_attribution_equals_autograd_on_the_plain_model(iv, prepared, plain, sae
             assert torch.allclose(got, want, atol=1e-5, rtol=1e-4)
         assert torch.allclose(attr.sink_attr[i], by_hand[0], atol=1e-5, rtol=1e-4)
         assert abs(float(attr.ld[i]) - float((logits[an_id] - logits[a_id]).detach())) <= 1e-4
-        grads.append((g[0, 1:e.article_pos] @ sae.sae.W_dec.detach().T))
+        grads.append(g[0, 1:e.article_pos] @ sae.sae.W_dec.detach().T)
     want_mean = torch.cat(grads).mean(0)
     assert torch.allclose(attr.grad_mean(), want_mean, atol=1e-5, rtol=1e-4)
     at_last = torch.stack([gr[-1] for gr in grads]).mean(0)  # offset -1 only

@@ -35,9 +35,8 @@ from sae.lookahead.statistics import (
     profile_report,
     separating_features,
 )
-from sae.runs.load import load_sae
 from saex.cli import main
-from tests.test_interventions import save_sae
+from tests.helpers import SELECT_PROMPTS, TEST_PROMPTS, save_sae, write_prompts
 
 # --------------------------------------------------------------------------- pronunciation
 
@@ -205,11 +204,6 @@ def test_bad_prompt_files(tmp_path, text, match):
 # --------------------------------------------------------------------------- aligned profiles
 
 
-@pytest.fixture(scope="module")
-def sae(tiny_lm, tmp_path_factory):
-    return load_sae(save_sae(tmp_path_factory.mktemp("sae") / "run", tiny_lm))
-
-
 def test_aligned_profile_offsets_counted_by_hand(tiny_lm, sae):
     tok = tiny_lm.tokenizer
     texts = [Prompt("the stars and", "astronomer", "an"), Prompt("in the dark the bird", "king", "a")]
@@ -342,24 +336,6 @@ def test_article_occurrences():
 # --------------------------------------------------------------------------- the command
 
 
-def _jsonl(path, rows):
-    path.write_text("".join(json.dumps(dict(zip(("prompt", "noun", "article"), r))) + "\n" for r in rows))
-    return path
-
-
-SELECT = [("the person studies the stars and it is called", "astronomer", "an"),
-          ("the king saw the light of the river and", "owl", "an"),
-          ("the queen of the night was", "umbrella", "an"),
-          ("her word for the fire is", "egg", "an"),
-          ("her dog and his cat were by the", "house", "a"),
-          ("in the dark the bird", "king", "a"),
-          ("the water of the river was", "book", "a"),
-          ("from the mountain to the tree was", "dog", "a")]
-TEST = [("the day of the song was", "hour", "an"), ("his book of music was", "apple", "an"),
-        ("it was the light of", "island", "an"), ("the earth and the night were", "cat", "a"),
-        ("their letter was", "sword", "a"), ("on the water the", "tree", "a")]
-
-
 @pytest.fixture(scope="module")
 def run_dir(tiny_lm, tmp_path_factory):
     from safetensors.torch import save_file
@@ -373,7 +349,7 @@ def run_dir(tiny_lm, tmp_path_factory):
 def test_lookahead_command_end_to_end(run_dir, tiny_model_dir, text_corpus, tmp_path, capsys):
     from safetensors.torch import load_file
 
-    sel, test = _jsonl(tmp_path / "s.jsonl", SELECT), _jsonl(tmp_path / "t.jsonl", TEST)
+    sel, test = write_prompts(tmp_path / "s.jsonl", SELECT_PROMPTS), write_prompts(tmp_path / "t.jsonl", TEST_PROMPTS)
     out = tmp_path / "report"
     args = ["lookahead", str(run_dir), "--model", str(tiny_model_dir), "--select-prompts", str(sel),
             "--test-prompts", str(test), "--corpus", str(text_corpus), "--corpus-occurrences", "4",
@@ -386,7 +362,7 @@ def test_lookahead_command_end_to_end(run_dir, tiny_model_dir, text_corpus, tmp_
     for key in ("behaviour", "selection", "causal", "dose_response", "features", "profiles", "target", "answer"):
         assert key in r
     assert set(r["behaviour"]) == {"select", "test", "explicit"}
-    assert r["prompt_sets"]["test"]["n"] == len(TEST)
+    assert r["prompt_sets"]["test"]["n"] == len(TEST_PROMPTS)
     sel_feats = r["selection"]["selected"]
     assert 1 <= len(sel_feats) <= 3
     # selection never saw the test prompts: its candidates come from the selection set
@@ -415,8 +391,8 @@ def test_lookahead_command_end_to_end(run_dir, tiny_model_dir, text_corpus, tmp_
 
 
 def test_lookahead_bad_input(run_dir, tiny_model_dir, tmp_path, capsys):
-    only_an = _jsonl(tmp_path / "an.jsonl", [r for r in SELECT if r[2] == "an"])
-    test = _jsonl(tmp_path / "t.jsonl", TEST)
+    only_an = write_prompts(tmp_path / "an.jsonl", [r for r in SELECT_PROMPTS if r[2] == "an"])
+    test = write_prompts(tmp_path / "t.jsonl", TEST_PROMPTS)
     base = ["lookahead", str(run_dir), "--model", str(tiny_model_dir), "--test-prompts", str(test),
             "--corpus", "none", "--target-noun", "none", "--progress", "no", "--out", str(tmp_path / "o")]
     assert main(base + ["--select-prompts", str(only_an)]) == 2

@@ -8,16 +8,16 @@ import pytest
 import torch
 
 from sae.errors import SaexError
-from tests.synthetic import planted_data, write_store
+from tests.helpers import train_cfg, write_planted_store, write_store
 from training.config import TrainConfig, load_config
 from training.saelens_backend import (
     fit_with_saelens,
     matryoshka_widths,
     save_saelens_run,
-    train_any,
     train_with_saelens,
 )
-from training.train import lr_at
+from training.topk_loop import lr_at
+from training.train import train
 
 ARCHS = ["standard", "gated", "jumprelu", "matryoshka_batchtopk", "batchtopk", "topk"]
 RUN_FILES = ("cfg.json", "sae_weights.safetensors", "sparsity.safetensors", "train_config.json", "run.json", "metrics.jsonl")
@@ -27,18 +27,13 @@ RUN_FILES = ("cfg.json", "sae_weights.safetensors", "sparsity.safetensors", "tra
 def planted(tmp_path_factory):
     """Planted data, stored raw and times 40 (so that the input scale is far from 1)."""
     tmp = tmp_path_factory.mktemp("stores")
-    x, feats = planted_data(64 * 128, d_in=16, n_features=32, k=3)
-    store = write_store(tmp / "store", x.reshape(64, 128, 16), shard_windows=8)
+    store, x, feats = write_planted_store(tmp / "store")
     big = write_store(tmp / "big", (x * 40).reshape(64, 128, 16), shard_windows=8)
     return store, big, x, feats
 
 
 def _cfg(store, out, **kw):
-    base = dict(store=str(store), out=str(out), backend="saelens", d_sae=64, k=4, batch_size=256, epochs=8, lr=1e-2,
-                lr_end=1e-3, warmup_steps=10, dead_after=2000, device="cpu", progress=False, shards_in_memory=8,
-                l1_coefficient=1.0, log_every=10)
-    base.update(kw)
-    return TrainConfig(**base)
+    return train_cfg(store, out, **{"backend": "saelens", "l1_coefficient": 1.0, "log_every": 10, **kw})
 
 
 def _reference(sae, x_scaled):
@@ -166,9 +161,9 @@ def test_config_fields_from_toml_and_command_line(tmp_path):
     assert TrainConfig(architecture="jumprelu").trainer() == "saelens"
 
 
-def test_train_any_dispatches_to_sae_lens(planted, tmp_path):
+def test_train_dispatches_to_sae_lens(planted, tmp_path):
     store, _, _, _ = planted
-    run = train_any(_cfg(store, tmp_path / "run", architecture="gated", backend="auto", epochs=0.1))
+    run = train(_cfg(store, tmp_path / "run", architecture="gated", backend="auto", epochs=0.1))
     assert json.loads((run / "run.json").read_text())["backend"] == "sae-lens"
 
 

@@ -4,29 +4,16 @@ import pytest
 import torch
 
 from sae.errors import SaexError
-from tests.synthetic import planted_data, write_store
-from training.config import TrainConfig, load_config
-from training.train import load_sae, train
-
-
-@pytest.fixture
-def planted_store(tmp_path):
-    x, feats = planted_data(64 * 128, d_in=16, n_features=32, k=3)
-    store = write_store(tmp_path / "store", x.reshape(64, 128, 16), shard_windows=8)
-    return store, x, feats
-
-
-def _cfg(store, out, **kw):
-    base = dict(store=str(store), out=str(out), d_sae=64, k=4, batch_size=256, epochs=8, lr=1e-2, lr_end=1e-3,
-                warmup_steps=10, dead_after=2000, device="cpu", progress=False, shards_in_memory=8)
-    base.update(kw)
-    return TrainConfig(**base)
+from tests.helpers import train_cfg, write_store
+from training.config import load_config
+from training.topk import load_fast_topk
+from training.train import train
 
 
 def test_topk_recovers_planted_features(planted_store, tmp_path):
     store, x, feats = planted_store
-    run = train(_cfg(store, tmp_path / "run"))
-    sae = load_sae(run)
+    run = train(train_cfg(store, tmp_path / "run"))
+    sae = load_fast_topk(run)
     with torch.no_grad():
         recon, _ = sae(x)
     ev = 1 - (recon - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
@@ -41,8 +28,8 @@ def test_saved_run_loads_in_sae_lens_with_identical_outputs(planted_store, tmp_p
     from sae_lens import SAE
 
     store, x, _ = planted_store
-    run = train(_cfg(store, tmp_path / "run", epochs=1))
-    ours = load_sae(run)
+    run = train(train_cfg(store, tmp_path / "run", epochs=1))
+    ours = load_fast_topk(run)
     theirs = SAE.load_from_disk(str(run), device="cpu")
     assert theirs.cfg.metadata.hook_name == "blocks.0.hook_resid_post"
     with torch.no_grad():
@@ -58,9 +45,9 @@ def test_saved_run_loads_in_sae_lens_with_identical_outputs(planted_store, tmp_p
 def test_input_scale_is_folded_into_the_saved_weights(planted_store, tmp_path):
     store, x, _ = planted_store
     scaled = write_store(tmp_path / "scaled", (x * 40).reshape(64, 128, 16), shard_windows=8)
-    run_a = train(_cfg(store, tmp_path / "a", epochs=1))
-    run_b = train(_cfg(scaled, tmp_path / "b", epochs=1))
-    a, b = load_sae(run_a), load_sae(run_b)
+    run_a = train(train_cfg(store, tmp_path / "a", epochs=1))
+    run_b = train(train_cfg(scaled, tmp_path / "b", epochs=1))
+    a, b = load_fast_topk(run_a), load_fast_topk(run_b)
     with torch.no_grad():
         # same data up to a factor 40: same latents chosen, activations and output scale by 40
         ra, _ = a(x[:200])
@@ -84,8 +71,8 @@ def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
 
 def test_existing_run_is_not_overwritten(planted_store, tmp_path):
     store, _, _ = planted_store
-    run = train(_cfg(store, tmp_path / "run", epochs=1))
+    run = train(train_cfg(store, tmp_path / "run", epochs=1))
     before = (run / "sae_weights.safetensors").read_bytes()
     with pytest.raises(SaexError, match="already holds a trained SAE"):
-        train(_cfg(store, run, epochs=1))
+        train(train_cfg(store, run, epochs=1))
     assert (run / "sae_weights.safetensors").read_bytes() == before

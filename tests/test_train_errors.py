@@ -8,7 +8,7 @@ import pytest
 from safetensors.torch import load_file
 
 from saex import cli
-from tests.synthetic import planted_data, write_store
+from tests.helpers import planted_data, write_planted_store, write_store
 
 FLAGS = ["--d-sae", "64", "--k", "4", "--batch-size", "256", "--epochs", "4", "--lr", "1e-2", "--lr-end", "1e-3",
          "--warmup-steps", "5", "--device", "cpu", "--progress", "false", "--shards-in-memory", "2",
@@ -17,8 +17,7 @@ FLAGS = ["--d-sae", "64", "--k", "4", "--batch-size", "256", "--epochs", "4", "-
 
 @pytest.fixture
 def store(tmp_path):
-    x, _ = planted_data(32 * 128, d_in=16, n_features=32, k=3)
-    return write_store(tmp_path / "store", x.reshape(32, 128, 16), shard_windows=8)
+    return write_planted_store(tmp_path / "store", n_windows=32)[0]
 
 
 def _train(store, out, *extra):

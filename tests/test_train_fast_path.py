@@ -13,8 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.synthetic import planted_data, write_store
-from training.config import TrainConfig
+from tests.helpers import train_cfg
 from training.topk import FastTopKSAE, auxk_loss
 from training.train import train
 
@@ -74,24 +73,11 @@ def test_batch_topk_entries_equal_a_full_topk():
             assert torch.equal(torch.stack([rows, cols]), torch.stack(full.view_as(pre).nonzero(as_tuple=True))), hint
 
 
-@pytest.fixture
-def planted_store(tmp_path):
-    x, feats = planted_data(64 * 128, d_in=16, n_features=32, k=3)
-    return write_store(tmp_path / "store", x.reshape(64, 128, 16), shard_windows=8), x
-
-
-def _cfg(store, out, **kw):
-    base = dict(store=str(store), out=str(out), d_sae=64, k=4, batch_size=256, epochs=4, lr=1e-2, lr_end=1e-3,
-                warmup_steps=10, dead_after=2000, device="cpu", progress=False, shards_in_memory=4)
-    base.update(kw)
-    return TrainConfig(**base)
-
-
 def test_batchtopk_trains_and_sae_lens_loads_it_as_jumprelu(planted_store, tmp_path):
     from sae_lens import SAE
 
-    store, x = planted_store
-    run = train(_cfg(store, tmp_path / "run", architecture="batchtopk"))
+    store, x, _ = planted_store
+    run = train(train_cfg(store, tmp_path / "run", architecture="batchtopk", epochs=4, shards_in_memory=4))
     theirs = SAE.load_from_disk(str(run), device="cpu")
     assert theirs.cfg.architecture() == "jumprelu"
     w = load_file(str(run / "sae_weights.safetensors"))
@@ -121,11 +107,12 @@ FLAGS = dict(d_sae=512, k=8, batch_size=512, epochs=40, lr=3e-3, lr_end=3e-4, wa
              device="cpu", progress="false", shards_in_memory=4, checkpoint_every=10)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("seed", [0, 1])
 def test_kill_9_then_rerun_equals_uninterrupted_run(planted_store, tmp_path, seed):
     """A run killed at a random point after some checkpoint and rerun ends with exactly the
     weights of a run that was never interrupted (same seed, same data order)."""
-    store, _ = planted_store
+    store, _, _ = planted_store
     flags = dict(FLAGS, seed=seed)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     subprocess.run(_train_cmd(store, tmp_path / "whole", **flags), check=True, cwd=ROOT, env=env, capture_output=True)
@@ -151,10 +138,11 @@ def test_kill_9_then_rerun_equals_uninterrupted_run(planted_store, tmp_path, see
     assert steps == sorted(set(steps))  # no step logged twice after the resume
 
 
+@pytest.mark.integration
 def test_torchrun_two_processes_match_one(planted_store, tmp_path):
     """Data-parallel training over 2 gloo processes, each reading half of every batch, ends
     within float round-off of single-process training on the same batches."""
-    store, _ = planted_store
+    store, _, _ = planted_store
     flags = dict(FLAGS, epochs=4, checkpoint_every=0)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     subprocess.run(_train_cmd(store, tmp_path / "one", **flags), check=True, cwd=ROOT, env=env, capture_output=True)

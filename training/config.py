@@ -10,7 +10,7 @@ from pathlib import Path
 from sae.errors import SaexError
 
 ARCHITECTURES = ("topk", "batchtopk", "standard", "gated", "jumprelu", "matryoshka_batchtopk")
-# Architectures our own fast loop (training/train.py) trains; sae-lens's SAETrainer trains them all.
+# Architectures our own fast loop (training/topk_loop.py) trains; sae-lens's SAETrainer trains them all.
 FAST_ARCHITECTURES = ("topk", "batchtopk")
 BACKENDS = ("auto", "ours", "saelens")
 
@@ -136,7 +136,7 @@ class TrainConfig:
         self.matryoshka_widths = widths
 
     def trainer(self) -> str:
-        """Which loop trains this config: "ours" (training/train.py) or "saelens" (training/saelens_backend.py)."""
+        """Which loop trains this config: "ours" (training/topk_loop.py) or "saelens" (training/saelens_backend.py)."""
         if self.backend == "ours" or (self.backend == "auto" and self.architecture in FAST_ARCHITECTURES):
             return "ours"
         return "saelens"

@@ -1,4 +1,5 @@
-"""The training data stream: shuffled batches of usable vectors from an activation store.
+"""The training data stream: shuffled batches of usable vectors from an activation store,
+and the input scale that gives them mean norm sqrt(d_in).
 
 The order is a pure function of (store, seed, batch size, shards_in_memory), so a resumed
 run can start at any step without reading the batches before it, and data-parallel ranks
@@ -7,7 +8,8 @@ agree on every global batch while each reads only its own slice of it from disk.
 
 from __future__ import annotations
 
-from typing import Iterator
+import math
+from collections.abc import Iterator
 
 import torch
 
@@ -50,6 +52,26 @@ def batches(store: ActivationStore, batch_size: int, epochs: float, shards_in_me
             step += n_batches
             if step >= total:
                 return
+
+
+def estimate_scale(store: ActivationStore, n: int = 100_000) -> tuple[float, torch.Tensor]:
+    """(scale, mean): the factor that gives inputs mean norm sqrt(d_in), and the mean
+    of the scaled inputs (the initial b_dec), from the first shards."""
+    parts, have = [], 0
+    for k in range(store.n_shards):
+        u = store.usable(k)
+        if not torch.isfinite(u).all():
+            raise SaexError(f"NaN/inf activations in shard {k} of {store.path} (found while estimating the "
+                            "input scale, before training)", "harvest that store again (with --precision fp32 if it persists)")
+        parts.append(u)
+        have += len(u)
+        if have >= n:
+            break
+    x = torch.cat(parts)[:n]
+    if not len(x):
+        raise SaexError(f"{store.path} has no usable vectors", "harvest more tokens (or check the outlier threshold)")
+    scale = math.sqrt(store.d_model) / float(x.norm(dim=-1).mean())
+    return scale, (x * scale).mean(0)
 
 
 def _read_group(store: ActivationStore, group: list[int], sizes: torch.Tensor, usable: list[torch.Tensor],

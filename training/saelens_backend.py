@@ -1,14 +1,15 @@
-"""Train any sae-lens 6 architecture from our activation store with sae-lens's own SAETrainer.
+"""The sae-lens trainer: `train_with_saelens(cfg)` trains any sae-lens 6 architecture from our
+activation store with sae-lens's own SAETrainer and writes the run folder.
 
-Our fast loop (training/train.py) trains topk and batchtopk; this file trains the rest
+Our fast loop (training/topk_loop.py) trains topk and batchtopk; this file trains the rest
 (standard, gated, jumprelu, matryoshka_batchtopk) and, for comparison, topk and batchtopk
 too. It keeps our conventions where sae-lens allows them:
 
-- data: the same shuffled batches of usable vectors (`training.train.batches`), scaled by
-  `estimate_scale` to mean norm sqrt(d_in); b_dec starts at the mean of the scaled data;
+- data: the same shuffled batches of usable vectors (`training.data.batches`), scaled by
+  `training.data.estimate_scale` to mean norm sqrt(d_in); b_dec starts at the mean of the scaled data;
 - schedule: Adam, linear warm-up over `warmup_steps`, cosine decay to `lr_end` (sae-lens's
-  "cosineannealing" gives exactly our `lr_at` curve); bf16 autocast per `cfg.autocast`;
-- output: the run folder of `training.train.save_run`. Weights and cfg.json come from
+  "cosineannealing" gives exactly the curve of `training.topk_loop.lr_at`); bf16 autocast per `cfg.autocast`;
+- output: the run folder of `training.run_files`. Weights and cfg.json come from
   sae-lens's `save_inference_model`, after `fold_activation_norm_scaling_factor(scale)`
   (the saved SAE reads raw activations) and `fold_W_dec_norm()` (decoder rows of unit
   norm, as ours). batchtopk and matryoshka_batchtopk are saved as jumprelu SAEs with a
@@ -37,9 +38,10 @@ import math
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -47,8 +49,9 @@ from sae.data.models import resolve_device
 from sae.data.store import ActivationStore
 from sae.errors import SaexError
 from sae.fsutil import atomic_path, ensure_writable_dir, write_json_atomic
+from training import data
 from training.config import TrainConfig
-from training.train import batches, estimate_scale, sae_metadata, write_run_files
+from training.run_files import sae_metadata, write_plot, write_run_files
 
 # sae-lens's name for each of our architectures (the same names).
 SAELENS_ARCHITECTURES = ("standard", "gated", "jumprelu", "matryoshka_batchtopk", "batchtopk", "topk")
@@ -91,7 +94,7 @@ def saelens_sae(cfg: TrainConfig, d_in: int, device: torch.device, metadata=None
             **common)
         return sl.JumpReLUTrainingSAE(sae_cfg)
     # The TopK family. use_sparse_activations stays off: with rescale_acts_by_decoder_norm
-    # (on, the default) it crashes in backward on CPU (FACTS.md).
+    # (on, the default) it crashes in backward on CPU in sae-lens 6.
     topk = dict(k=cfg.k, aux_loss_coefficient=cfg.aux_loss_coefficient, use_sparse_activations=False,
                 rescale_acts_by_decoder_norm=True, **common)
     if arch == "topk":
@@ -164,7 +167,7 @@ class SaeLensFit:
 
 
 def _data(store: ActivationStore, cfg: TrainConfig, scale: float, device: torch.device) -> Iterator[torch.Tensor]:
-    for x in batches(store, cfg.batch_size, cfg.epochs, cfg.shards_in_memory, cfg.seed):
+    for _, x in data.batches(store, cfg.batch_size, cfg.epochs, cfg.shards_in_memory, cfg.seed):
         yield x.to(device, non_blocking=True) * scale
 
 
@@ -183,7 +186,7 @@ def fit_with_saelens(cfg: TrainConfig, max_steps: int | None = None, metrics_pat
     store = ActivationStore(cfg.store)
     device = resolve_device(cfg.device)
     d_in = store.d_model
-    total_steps = int(store.manifest["n_usable"] * cfg.epochs) // cfg.batch_size
+    total_steps = data.total_steps(store, cfg.batch_size, cfg.epochs)
     if total_steps < 1:
         raise SaexError(f"the store has {store.manifest['n_usable']:,} usable vectors, fewer than one batch of {cfg.batch_size}",
                         "lower batch_size or harvest more tokens")
@@ -191,7 +194,7 @@ def fit_with_saelens(cfg: TrainConfig, max_steps: int | None = None, metrics_pat
         if max_steps < 1:
             raise SaexError(f"max_steps must be at least 1, got {max_steps}", "give a positive number of steps")
         total_steps = min(total_steps, max_steps)
-    scale, mean = estimate_scale(store)
+    scale, mean = data.estimate_scale(store)
     if cfg.normalize == "none":
         scale, mean = 1.0, mean / scale
 
@@ -267,12 +270,7 @@ def save_saelens_run(fit: SaeLensFit, cfg: TrainConfig, out: Path) -> Path:
                     {**fit.stats, "backend": "sae-lens", "sae_lens_version": sae_lens.__version__,
                      "training_architecture": cfg.architecture, "saved_architecture": cfg_json["architecture"]})
     if (out / "metrics.jsonl").exists():
-        try:
-            from training.plot import plot_metrics
-
-            plot_metrics(out / "metrics.jsonl", out / "training.png")
-        except Exception as e:  # a missing plot must not cost the trained SAE
-            print(f"warning: no training plot ({type(e).__name__}: {e})", file=sys.stderr)
+        write_plot(out)
     write_json_atomic(out / "cfg.json", cfg_json)  # last: its presence marks a finished run
     return out
 
@@ -295,12 +293,3 @@ def saelens_vectors_per_second(cfg: TrainConfig, n_steps: int) -> float:
     """Training throughput of sae-lens's SAETrainer on this config for `n_steps` steps
     (nothing is written; fit() time only, setup excluded), for bench/train_vs_saelens.py."""
     return fit_with_saelens(cfg, max_steps=n_steps, quiet=True).stats["vectors_per_s"]
-
-
-def train_any(cfg: TrainConfig) -> Path:
-    """Train with the loop cfg.trainer() names: ours (training.train.train) or sae-lens's."""
-    if cfg.trainer() == "ours":
-        from training.train import train
-
-        return train(cfg)
-    return train_with_saelens(cfg)

@@ -1,4 +1,5 @@
-"""TopK and BatchTopK sparse autoencoders as trained here: dense forward, sparse everything else.
+"""TopK and BatchTopK sparse autoencoders as trained here (dense forward, sparse everything else),
+and `load_fast_topk`, which reads a TopK run folder back into one.
 
 A TopK encoder's output depends on only k of its d_sae pre-activations per vector, so its
 gradient is zero everywhere else. Autograd does not know that: it runs the backward of the
@@ -12,12 +13,16 @@ master copy.
 
 from __future__ import annotations
 
+import json
 import warnings
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from sae.errors import SaexError
 
 # CSR tensors are "beta" in torch; the one product used here is tested against dense autograd.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
@@ -223,3 +228,30 @@ def auxk_loss(sae: FastTopKSAE, xc: torch.Tensor, pre: torch.Tensor, residual: t
         recon = F.embedding_bag(cols, sae.W_dec, offsets, per_sample_weights=vals, mode="sum")
     denom = (residual - residual.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-8)
     return (recon - residual).pow(2).sum(-1).mean() / denom
+
+
+def load_fast_topk(path: str | Path) -> FastTopKSAE:
+    """A FastTopKSAE from a SAELens-format TopK run folder (raw-activation space).
+    For any architecture, and for inference, use sae.runs.load.load_sae."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    try:
+        cfg = json.loads((path / "cfg.json").read_text())
+        w = load_file(str(path / "sae_weights.safetensors"))
+    except FileNotFoundError:
+        raise SaexError(f"{path} holds no trained SAE (cfg.json + sae_weights.safetensors)",
+                        "give a run folder made by `saex train`") from None
+    except Exception as e:
+        raise SaexError(f"the SAE in {path} is unreadable ({type(e).__name__}: {e})",
+                        "the files are truncated or not SAELens format: train it again") from None
+    if cfg.get("architecture") != "topk":
+        raise SaexError(f"{path} holds a {cfg.get('architecture')} SAE", "this loader reads TopK SAEs")
+    sae = FastTopKSAE(cfg["d_in"], cfg["d_sae"], cfg["k"])
+    with torch.no_grad():
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            if tuple(w[name].shape) != tuple(getattr(sae, name).shape):
+                raise SaexError(f"{path}: {name} has shape {tuple(w[name].shape)}, cfg.json implies "
+                                f"{tuple(getattr(sae, name).shape)}", "the checkpoint is corrupt: train it again")
+            getattr(sae, name).copy_(w[name])
+    return sae

@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from explorer import annotation_panel, state
-from sae.labels.store import SAEKey
+from sae.labels.records import SAEKey
 
 st.title("Annotations")
 run = state.require_run()

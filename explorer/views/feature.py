@@ -9,7 +9,7 @@ import streamlit as st
 
 from explorer import annotation_panel, render, state
 from sae.errors import SaexError
-from sae.labels.store import SAEKey
+from sae.labels.records import SAEKey
 
 st.title("Feature")
 run = state.require_run()

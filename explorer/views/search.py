@@ -7,7 +7,7 @@ import streamlit as st
 from explorer import annotation_panel, state
 from sae.errors import SaexError
 from sae.index import search
-from sae.labels.store import SAEKey
+from sae.labels.records import SAEKey
 
 st.title("Search")
 run = state.require_run()

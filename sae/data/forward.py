@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Callable
 from contextlib import nullcontext
-from typing import Callable
 
 import torch
 

@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -56,7 +57,7 @@ class HarvestConfig:
     """(plan) Corpus spec: builtin[:sources], a .txt file/folder, a .jsonl file, hf:NAME."""
     text_field: str = "text"
     """(plan) The text field of JSONL records and HF datasets."""
-    split: str = "train"
+    split: Literal["train", "heldout"] = "train"
     """(plan) train or heldout: held-out documents never reach a train store."""
     tokens: int = 2_000_000
     """(plan) Tokens to harvest (rounded up to whole windows; BOS included)."""
@@ -64,9 +65,9 @@ class HarvestConfig:
     """(plan) Tokens per window, BOS included."""
     prepend_bos: bool = True
     """(plan) Start every window with the tokenizer's BOS token (when it has one)."""
-    storage_dtype: str = "bf16"
+    storage_dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
     """(plan) bf16, fp16 or fp32 on disk."""
-    precision: str = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
     """(plan) Forward precision: auto (bf16 autocast if within tolerance of fp32), bf16 or fp32."""
     outlier_factor: float = 6.0
     """(plan) Positions with norm above this many times the median norm are outliers."""
@@ -76,7 +77,7 @@ class HarvestConfig:
     """(plan) Windows per shard (the unit of resume and of work split)."""
     batch_size: int = 32
     """Windows per forward pass."""
-    compile: str = "auto"
+    compile: Literal["auto", "yes", "no"] = "auto"
     """torch.compile the forward: auto (when harvesting >= 1M tokens), yes or no."""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""

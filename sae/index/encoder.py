@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -38,7 +38,6 @@ from sae.runs.load import LoadedSAE
 # CSR tensors are "beta" in torch; the one product used here is tested against sae-lens.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
-_BF16_UNIT = 2.0 ** -8  # bf16 keeps 8 significant bits: relative rounding error <= 2^-8
 _FP32_UNIT = 2.0 ** -24
 
 

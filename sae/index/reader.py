@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from sae.errors import SaexError
+from sae.runs.files import INDEX_DIR
 
-INDEX_DIR = "index"
 INDEX_FORMAT = 1
 MANIFEST_FILE = "manifest.json"
 FEATURES_FILE = "features.safetensors"

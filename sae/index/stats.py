@@ -169,8 +169,7 @@ class FeatureStats:
         # The (offset, token, feature) counts live in key-range buckets between flushes: each
         # chunk's sorted run is split among them, and a bucket merges its pending runs once
         # they pass `bucket_budget` entries, so merging is spread over the pass in pieces that
-        # fit in cache, instead of whole-state sorts that stall the pass (7-12 s each on 2M
-        # tokens, when the state was one array).
+        # fit in cache; a sort of the whole state at once would stall the pass for seconds.
         self.n_buckets, self.bucket_budget = pair_buckets, bucket_budget
         keyspace = len(self.offsets) * (vocab_size + 1) * d_sae
         self._edges = np.arange(self.n_buckets + 1, dtype=np.int64) * -(-keyspace // self.n_buckets)

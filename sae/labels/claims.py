@@ -1,20 +1,69 @@
-"""Scoring a label's testable claim ("fires d tokens before token(s) X") on held-out text:
-the feature's activation at every ordinary position of the held-out store, then
-sae.labels.store.score_claim's precision and recall. One streaming pass with the fast
+"""Scoring a label's testable claim ("fires d tokens before token(s) X") on text:
+`score_claim` gives precision and recall from one feature's activations and the tokens;
+`score_feature_claim` computes those activations at every ordinary position of the
+held-out store. One streaming pass with the fast
 exact encoder, a few seconds for the demo SAE."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from sae.data.store import ActivationStore
 from sae.index.encoder import sparse_encoder
-from sae.labels.store import ClaimScore, score_claim, validate_claim
-from sae.runs.evaluate import default_heldout_store
+from sae.labels.records import require, validate_claim
 from sae.runs.load import LoadedSAE
+from sae.runs.stores import default_heldout_store
+
+
+@dataclass(frozen=True)
+class ClaimScore:
+    precision: float | None  # hits / fired; None when the feature never fired
+    recall: float | None  # hits / targets; None when no target token occurred
+    hits: int  # positions that fired and have a claimed token at +offset
+    fired: int  # positions that fired (and have a token at +offset to check)
+    targets: int  # positions with a claimed token at +offset
+
+
+def _numpy(x: Any) -> np.ndarray | None:
+    if hasattr(x, "detach"):  # a torch tensor, possibly on the GPU
+        x = x.detach().cpu().numpy()
+    return np.asarray(x) if x is not None else None
+
+
+def score_claim(claim: dict, acts: Any, token_ids: Any, *, threshold: float = 0.0, mask: Any = None) -> ClaimScore:
+    """Precision and recall of a "fires_before" claim on held-out text.
+
+    `acts` ("batch pos" or "pos") is one feature's activation per position, `token_ids`
+    the tokens at those positions (numpy or torch). The feature fires at p when
+    acts[p] > threshold. Position p counts only when p + offset is inside its window
+    (windows never run into each other) and, with `mask` (bool, same shape), when
+    mask[p] is True (e.g. to leave out BOS)."""
+    claim = validate_claim(claim)
+    require(claim is not None, "there is no claim to score", "pass the label's claim")
+    acts, tokens, mask = _numpy(acts), _numpy(token_ids), _numpy(mask)
+    require(acts.shape == tokens.shape and acts.ndim in (1, 2) and (mask is None or mask.shape == acts.shape),
+          f"acts {acts.shape}, token_ids {tokens.shape} and mask {None if mask is None else mask.shape} "
+          "must have one shape, (pos) or (batch, pos)", "pass one feature's activations and the matching tokens")
+    require(np.issubdtype(tokens.dtype, np.integer), f"token_ids must be integers, got {tokens.dtype}", "pass token ids")
+    require(bool(np.isfinite(acts).all()), "acts contain NaN or inf", "recompute the activations")
+    require(isinstance(threshold, (int, float)) and math.isfinite(threshold), f"bad threshold {threshold!r}",
+          "pass a finite number")
+    acts, tokens = np.atleast_2d(acts), np.atleast_2d(tokens)
+    keep = np.ones(acts.shape, bool) if mask is None else np.atleast_2d(mask).astype(bool)
+    width = acts.shape[1] - claim["offset"]  # positions p with p + offset inside the window
+    if width <= 0:
+        return ClaimScore(None, None, 0, 0, 0)
+    fired = (acts[:, :width] > threshold) & keep[:, :width]
+    target = np.isin(tokens[:, claim["offset"]:], claim["tokens"]) & keep[:, :width]
+    hits, n_fired, n_target = int((fired & target).sum()), int(fired.sum()), int(target.sum())
+    return ClaimScore(hits / n_fired if n_fired else None, hits / n_target if n_target else None,
+                      hits, n_fired, n_target)
 
 
 def feature_activations(sae: LoadedSAE, feature: int, store: ActivationStore) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -20,8 +20,6 @@ The steps, each reported with numbers and intervals:
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -31,6 +29,7 @@ import torch
 
 from sae.errors import SaexError
 from sae.fsutil import ensure_writable_dir, write_json_atomic
+from sae.lookahead.answer import answer
 from sae.lookahead.interventions import (
     Edit,
     Intervener,
@@ -40,6 +39,7 @@ from sae.lookahead.interventions import (
     density_matched_sets,
     encode_prompts,
     parse_positions,
+    sink_threshold,
     typical_activation,
 )
 from sae.lookahead.plots import plot_report
@@ -54,7 +54,6 @@ from sae.lookahead.prompts import (
     write_prompt_file,
 )
 from sae.lookahead.statistics import (
-    TARGET_FRACTION,
     aligned_activations,
     article_occurrences,
     behaviour_summary,
@@ -67,8 +66,8 @@ from sae.lookahead.statistics import (
     separating_features,
     unembedding,
 )
+from sae.runs.files import LOOKAHEAD_DIR, REPORT_FILE, SPARSITY_FILE
 
-REPORT_FILE = "report.json"
 REPORT_FORMAT = 1
 DEFAULT_DOSES = (-1.0, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0)  # multipliers of the chosen features' activations
 
@@ -171,26 +170,12 @@ def _load(cfg: LookaheadConfig):
     return lm, sae
 
 
-def sink_threshold(sae) -> tuple[float | None, str]:
-    """The outlier threshold of the store the SAE was trained on (the same rule that flagged
-    massive activations at harvest time), when it can be read."""
-    store = (sae.run or {}).get("store")
-    if store:
-        try:
-            manifest = json.loads((Path(store) / "manifest.json").read_text())
-            if manifest.get("outlier_threshold"):
-                return float(manifest["outlier_threshold"]), f"outlier_threshold of {store}"
-        except (OSError, json.JSONDecodeError):
-            pass
-    return None, ""
-
-
 def log_densities(sae, prepared: Prepared) -> tuple[torch.Tensor, str]:
     """log10 firing density per latent: the run's sparsity.safetensors (training), else the
     firing rate on the given prompts."""
     from safetensors.torch import load_file
 
-    path = Path(sae.path) / "sparsity.safetensors"
+    path = Path(sae.path) / SPARSITY_FILE
     if path.exists():
         try:
             d = load_file(str(path))
@@ -265,7 +250,7 @@ class _Clock:
 def run_lookahead(cfg: LookaheadConfig) -> dict:
     """Everything above; writes the report and plots, returns the report."""
     clock = _Clock()
-    out_dir = Path(cfg.out) if cfg.out else Path(cfg.run) / "lookahead"
+    out_dir = Path(cfg.out) if cfg.out else Path(cfg.run) / LOOKAHEAD_DIR
     if cfg.corpus != "none":
         _corpus_docs(cfg.corpus)  # a missing corpus is an error now, not after the long steps
     lm, sae = _load(cfg)
@@ -518,106 +503,3 @@ def _prompts_of(p: Prepared) -> list[Prompt]:
 
 
 # --------------------------------------------------------------------------- the answer in words
-
-
-def _pct(x) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.0f}%"
-
-
-def _num(x, fmt=".2f") -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
-
-
-def answer(r: dict) -> dict:
-    """The report's findings as sentences, with the numbers they rest on; null results
-    stated as such."""
-    lines = []
-    b = r["behaviour"]["test"]["gap"]
-    gap_real = b["value"] is not None and b["ci"][0] is not None and b["ci"][0] > 0
-    lines.append(f"Behaviour (test set, {b['n_an']} an-noun and {b['n_a']} a-noun prompts): logit(an) - logit(a) is "
-                 f"{_num(b['value'])} higher for an-nouns (95% CI {_num(b['ci'][0])} to {_num(b['ci'][1])}); the right "
-                 f"article is preferred on {_pct(r['behaviour']['test']['right_article_preferred'])} of prompts."
-                 + ("" if gap_real else " The gap is not reliably above zero: there is little or no lookahead "
-                    "signal in behaviour to explain."))
-    for name in ("explicit", "in_context"):
-        if name in r["behaviour"]:
-            g = r["behaviour"][name]["gap"]
-            lines.append(f"Control {name}: gap {_num(g['value'])} (95% CI {_num(g['ci'][0])} to {_num(g['ci'][1])}).")
-    for src in ("riddles", "corpus"):
-        sep = r["profiles"]["sources"].get(src, {}).get("separating_at_minus1")
-        if sep:
-            best = sep["top"][0]
-            lines.append(f"Lookahead in activations ({src}): at the token before the article, "
-                         f"{sep['n_beyond_bound']} of {sep['n_latents']} latents differ between an- and a-noun "
-                         f"texts beyond a Bonferroni bound (|z| > {sep['bonferroni_z']:.1f}); the strongest, "
-                         f"{best['feature']}, has z = {best['z']:.1f} "
-                         f"(mean {best['mean_an']:.2f} vs {best['mean_a']:.2f}).")
-    sel = r["selection"]["selected"]
-    if not sel:
-        lines.append("No feature removed any of the gap on the selection set: null result.")
-        return {"lines": lines, "gap_reliable": gap_real, "target_met": False, "beats_random": False,
-                "removal_reliable": False}
-    c = r["causal"]
-    abl, rnd = c["ablation"], c["random"]
-    frac, lo, hi = abl["fraction_removed"], abl["fraction_ci"][0], abl["fraction_ci"][1]
-    lines.append(f"Features chosen on the selection set: {', '.join(map(str, sel))}.")
-    tot = r["profiles"]["sources"].get("riddles", {}).get("selected_total_at_minus1")
-    if tot and tot["value"] is not None:
-        lines.append(f"At the token before the article (-1) their summed activation is {_num(tot['mean_an'])} "
-                     f"on an-noun and {_num(tot['mean_a'])} on a-noun test riddles (difference "
-                     f"{_num(tot['value'])}, 95% CI {_num(tot['ci'][0])} to {_num(tot['ci'][1])}).")
-    for src in ("riddles", "corpus"):
-        prof = r["profiles"]["sources"].get(src, {}).get("features", {})
-        got = [prof[str(f)] for f in sel if str(f) in prof]
-        if got:
-            ons = [e["onset_an_over_a"] if e["onset_an_over_a"] is not None else e["onset_a_over_an"] for e in got]
-            early = sum(1 for on in ons if on is not None and on <= -1)
-            at0 = sum(1 for on in ons if on == 0)
-            late = sum(1 for on in ons if on is not None and on >= 1)
-            lines.append(f"Timing ({src}, an- vs a-noun texts): {early} of {len(got)} features differ between the two "
-                         f"before the article (onset <= -1), {at0} from the article token on, {late} only after it, "
-                         f"{len(got) - early - at0 - late} never reliably.")
-    lines.append(f"Ablating them at {c['positions']} positions on the test set removes {_num(abl['removed'])} of the "
-                 f"{_num(abl['gap_clean'])} gap ({_pct(frac)}, 95% CI {_pct(lo)} to {_pct(hi)}); it moves "
-                 f"logit(an) - logit(a) by {_num(abl['delta_ld_an'])} on an-noun and {_num(abl['delta_ld_a'])} on "
-                 f"a-noun prompts. {rnd['n_sets']} density-matched random sets remove {_num(rnd['removed_mean'])} +- "
-                 f"{_num(rnd['removed_std'])} (z = {_num(rnd['z'], '.1f')}, permutation p = "
-                 f"{_num(rnd['p_permutation'], '.3f')}, the smallest possible being {1 / (1 + rnd['n_sets']):.3f}).")
-    d = r.get("dose_response") or {}
-    if d.get("selected"):
-        pairs = ", ".join(f"x{m:g}: {g:.2f}" for m, g in zip(d["doses"], d["selected"]["gap"]))
-        rpairs = "; ".join(", ".join(f"x{m:g}: {g:.2f}" for m, g in zip(d["doses"], rc["gap"])) for rc in d["random"])
-        lines.append(f"Dose-response (activations multiplied): gap {pairs}" + (f" (random sets: {rpairs})." if rpairs
-                                                                                  else "."))
-    pos = c["by_position"]
-    lines.append(f"By position: at -1 alone {_pct(pos['last']['fraction_removed'])}, at earlier prompt tokens alone "
-                 f"{_pct(pos['before']['fraction_removed'])} of the gap.")
-    lines.append(f"P(noun | article) changes by {_num(abl['delta_p_noun'], '.4f')} on average "
-                 f"(log-prob {_num(abl['delta_logp_noun'], '.3f')}); ablating the same features at BOS/sink "
-                 f"positions only moves the gap by {_num(c['sinks_only']['removed'])} "
-                 f"({c['sinks_only']['positions_found']} sink positions besides BOS).")
-    target_met = bool(gap_real and frac is not None and frac >= TARGET_FRACTION)
-    beats = bool(rnd["p_permutation"] <= 0.05 and (abl["removed"] or 0) > 0)
-    reliable = lo is not None and lo > 0
-    if not gap_real:
-        lines.append("Verdict: no reliable behavioural gap on the test set, so there is nothing for features to carry: "
-                     "null result.")
-    elif not beats:
-        lines.append("Verdict: the chosen features do not move the choice more than density-matched random features "
-                     "on the test set: null result.")
-    elif target_met:
-        lines.append(f"Verdict: out of sample the chosen features remove {_pct(frac)} of the gap (the target is "
-                     f"{_pct(TARGET_FRACTION)}), far beyond random features"
-                     + ("." if reliable and lo >= TARGET_FRACTION else
-                        f"; but the interval ({_pct(lo)} to {_pct(hi)}) "
-                        + ("does not exclude less than half." if reliable else "includes zero: with this many test "
-                           "prompts the size of the effect is not pinned down.")))
-    else:
-        lines.append(f"Verdict: the chosen features move the choice more than random features but remove only "
-                     f"{_pct(frac)} of the gap: the {_pct(TARGET_FRACTION)} target is not met.")
-    return {"lines": lines, "gap_reliable": gap_real, "target_met": target_met, "beats_random": beats,
-            "removal_reliable": reliable}
-
-
-def format_summary(r: dict, out_dir: Path) -> str:
-    return "\n".join(r["answer"]["lines"] + [f"report: {out_dir / REPORT_FILE}; plots: {', '.join(r['plots'])}"])

@@ -17,9 +17,11 @@ separately.
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
+from pathlib import Path
 
 import torch
 
@@ -460,3 +462,16 @@ def typical_activation(prepared: Prepared, features: Sequence[int]) -> torch.Ten
     fallback = all_sum / all_n if all_n else 1.0
     return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, fallback)).float()
 
+
+def sink_threshold(sae) -> tuple[float | None, str]:
+    """The outlier threshold of the store the SAE was trained on (the same rule that flagged
+    massive activations at harvest time), when it can be read."""
+    store = (sae.run or {}).get("store")
+    if store:
+        try:
+            manifest = json.loads((Path(store) / "manifest.json").read_text())
+            if manifest.get("outlier_threshold"):
+                return float(manifest["outlier_threshold"]), f"outlier_threshold of {store}"
+        except (OSError, json.JSONDecodeError):
+            pass
+    return None, ""

@@ -26,16 +26,15 @@ import hashlib
 import json
 import re
 import tarfile
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 from sae.errors import SaexError
 from sae.fsutil import iter_jsonl
 
 ARTICLES = ("a", "an")
-CONDITIONS = ("riddle", "explicit", "in_context", "classic", "user")
 
 # --------------------------------------------------------------------------- pronunciation
 

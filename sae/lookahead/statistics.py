@@ -17,8 +17,8 @@ Offsets count tokens: -1 is the token before the article (whose output chooses i
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from statistics import NormalDist
-from typing import Iterable, Sequence
 
 import torch
 
@@ -27,7 +27,7 @@ from sae.lookahead.interventions import Attribution, Prepared
 from sae.lookahead.prompts import Prompt, pronounce
 
 Z95 = NormalDist().inv_cdf(0.975)
-# The bar the issue sets for the chosen features: remove at least half of the an-vs-a gap.
+# The effect size the report checks the chosen features against: half of the an-vs-a gap removed.
 TARGET_FRACTION = 0.5
 
 # --------------------------------------------------------------------------- behaviour statistics
@@ -37,15 +37,15 @@ def bootstrap_gap(ld: torch.Tensor, is_an: torch.Tensor, n_boot: int = 2000, see
     """mean(ld | an-noun) - mean(ld | a-noun), with a 95% percentile bootstrap interval
     (each group resampled on its own)."""
     an, a = ld[is_an].double(), ld[~is_an].double()
-    out = {"n_an": len(an), "n_a": len(a), "mean_an": _f(an.mean()) if len(an) else None,
-           "mean_a": _f(a.mean()) if len(a) else None, "value": None, "ci": [None, None]}
+    out = {"n_an": len(an), "n_a": len(a), "mean_an": _float(an.mean()) if len(an) else None,
+           "mean_a": _float(a.mean()) if len(a) else None, "value": None, "ci": [None, None]}
     if len(an) == 0 or len(a) == 0:
         return out
     g = torch.Generator().manual_seed(seed)
     boot = (an[torch.randint(len(an), (n_boot, len(an)), generator=g)].mean(1)
             - a[torch.randint(len(a), (n_boot, len(a)), generator=g)].mean(1))
-    out["value"] = _f(an.mean() - a.mean())
-    out["ci"] = [_f(boot.quantile(0.025)), _f(boot.quantile(0.975))]
+    out["value"] = _float(an.mean() - a.mean())
+    out["ci"] = [_float(boot.quantile(0.025)), _float(boot.quantile(0.975))]
     return out
 
 
@@ -58,8 +58,8 @@ def gap_change(clean: torch.Tensor, edited: torch.Tensor, is_an: torch.Tensor, n
     an, a = is_an.nonzero().squeeze(-1), (~is_an).nonzero().squeeze(-1)
     out = {"gap_clean": None, "gap_edited": None, "removed": None, "removed_ci": [None, None],
            "fraction_removed": None, "fraction_ci": [None, None],
-           "delta_ld_an": _f((edited - clean)[an].mean()) if len(an) else None,
-           "delta_ld_a": _f((edited - clean)[a].mean()) if len(a) else None}
+           "delta_ld_an": _float((edited - clean)[an].mean()) if len(an) else None,
+           "delta_ld_a": _float((edited - clean)[a].mean()) if len(a) else None}
     if len(an) == 0 or len(a) == 0:
         return out
 
@@ -72,14 +72,14 @@ def gap_change(clean: torch.Tensor, edited: torch.Tensor, is_an: torch.Tensor, n
     g_clean, g_edit = gaps(clean, an, a), gaps(edited, an, a)
     b_clean, b_edit = gaps(clean, ia, ib), gaps(edited, ia, ib)
     removed = b_clean - b_edit
-    out |= {"gap_clean": _f(g_clean), "gap_edited": _f(g_edit), "removed": _f(g_clean - g_edit),
-            "removed_ci": [_f(removed.quantile(0.025)), _f(removed.quantile(0.975))]}
+    out |= {"gap_clean": _float(g_clean), "gap_edited": _float(g_edit), "removed": _float(g_clean - g_edit),
+            "removed_ci": [_float(removed.quantile(0.025)), _float(removed.quantile(0.975))]}
     if g_clean > 0:
         frac = removed / b_clean.where(b_clean > 0, torch.full_like(b_clean, float("nan")))
         frac = frac[torch.isfinite(frac)]
-        out["fraction_removed"] = _f((g_clean - g_edit) / g_clean)
+        out["fraction_removed"] = _float((g_clean - g_edit) / g_clean)
         if len(frac):
-            out["fraction_ci"] = [_f(frac.quantile(0.025)), _f(frac.quantile(0.975))]
+            out["fraction_ci"] = [_float(frac.quantile(0.025)), _float(frac.quantile(0.975))]
     return out
 
 
@@ -89,14 +89,14 @@ def behaviour_summary(ld: torch.Tensor, logp_a: torch.Tensor, logp_an: torch.Ten
     right = torch.where(is_an, ld > 0, ld < 0)
     p_article = torch.where(is_an, logp_an, logp_a).exp()
     return {"gap": bootstrap_gap(ld, is_an, n_boot, seed),
-            "right_article_preferred": _f(right.double().mean()),
-            "an_preferred_an_nouns": _f((ld[is_an] > 0).double().mean()) if bool(is_an.any()) else None,
-            "an_preferred_a_nouns": _f((ld[~is_an] > 0).double().mean()) if bool((~is_an).any()) else None,
-            "mean_p_right_article": _f(p_article.mean()),
-            "mean_p_a": _f(logp_a.exp().mean()), "mean_p_an": _f(logp_an.exp().mean())}
+            "right_article_preferred": _float(right.double().mean()),
+            "an_preferred_an_nouns": _float((ld[is_an] > 0).double().mean()) if bool(is_an.any()) else None,
+            "an_preferred_a_nouns": _float((ld[~is_an] > 0).double().mean()) if bool((~is_an).any()) else None,
+            "mean_p_right_article": _float(p_article.mean()),
+            "mean_p_a": _float(logp_a.exp().mean()), "mean_p_an": _float(logp_an.exp().mean())}
 
 
-def _f(x) -> float:
+def _float(x) -> float:
     return float(x)
 
 
@@ -189,8 +189,8 @@ def separating_features(acts: torch.Tensor, is_an: torch.Tensor, offsets: Sequen
     on_an, on_a = onset(sa, sb, offsets), onset(sb, sa, offsets)
     return {"offset": at, "bonferroni_z": bound, "n_latents": acts.shape[-1],
             "n_beyond_bound": int((z.abs() > bound).sum()),
-            "top": [{"feature": int(f), "mean_an": _f(sa["mean"][j, f]), "mean_a": _f(sb["mean"][j, f]),
-                     "z": _f(z[f]), "onset_an_over_a": on_an[f], "onset_a_over_an": on_a[f]} for f in order]}
+            "top": [{"feature": int(f), "mean_an": _float(sa["mean"][j, f]), "mean_a": _float(sb["mean"][j, f]),
+                     "z": _float(z[f]), "onset_an_over_a": on_an[f], "onset_a_over_an": on_a[f]} for f in order]}
 
 
 def _clean(xs: list[float]) -> list[float | None]:
@@ -252,10 +252,10 @@ def rank_for_noun(noun_prep: Prepared, noun_attr: Attribution, rest_prep: Prepar
     order = toward.argsort(descending=True)[:top]
 
     def row(f: int) -> dict:
-        return {"feature": f, "attribution": _f(attr[f]), "attribution_at_sinks": _f(sink_attr[f]),
-                "act_at": _f(at_n[f]), "act_at_rest": _f(at_r[f]), "act_before": _f(bf_n[f]),
-                "act_before_rest": _f(bf_r[f]), "dla_noun": _f(effects[f, 0]),
-                "dla_an_minus_a": _f(effects[f, 1] - effects[f, 2])}
+        return {"feature": f, "attribution": _float(attr[f]), "attribution_at_sinks": _float(sink_attr[f]),
+                "act_at": _float(at_n[f]), "act_at_rest": _float(at_r[f]), "act_before": _float(bf_n[f]),
+                "act_before_rest": _float(bf_r[f]), "dla_noun": _float(effects[f, 0]),
+                "dla_an_minus_a": _float(effects[f, 1] - effects[f, 2])}
 
     by_act = (at_n - at_r).argsort(descending=True)[:top]
     return {"by_attribution": [row(int(f)) for f in order], "by_activation_at": [row(int(f)) for f in by_act]}

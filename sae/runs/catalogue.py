@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sae.errors import SaexError
+from sae.runs.files import CFG_FILE, EVAL_FILE, INDEX_DIR, METRICS_FILE, RUN_FILE, is_finished
 
 DEFAULT_ROOT = "checkpoints"
 
@@ -43,11 +44,11 @@ class RunInfo:
 
     @property
     def has_index(self) -> bool:
-        return (self.path / "index" / "manifest.json").exists()
+        return (self.path / INDEX_DIR / "manifest.json").exists()
 
     def metrics(self) -> list[dict]:
         """The training log (metrics.jsonl), [] when absent."""
-        p = self.path / "metrics.jsonl"
+        p = self.path / METRICS_FILE
         if not p.exists():
             return []
         return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
@@ -62,12 +63,12 @@ def _read_json(p: Path) -> dict | None:
 
 def read_run(path: str | Path) -> RunInfo:
     path = Path(path)
-    cfg = _read_json(path / "cfg.json")
-    if cfg is None or not (path / "sae_weights.safetensors").exists():
+    cfg = _read_json(path / CFG_FILE)
+    if cfg is None or not is_finished(path):
         raise SaexError(f"{path} holds no finished SAE run (cfg.json + sae_weights.safetensors)",
                         "train one with `saex train` (or `make demo`), or give another folder")
-    return RunInfo(path=path, cfg=cfg, run=_read_json(path / "run.json") or {},
-                   eval=_read_json(path / "eval.json"))
+    return RunInfo(path=path, cfg=cfg, run=_read_json(path / RUN_FILE) or {},
+                   eval=_read_json(path / EVAL_FILE))
 
 
 def find_runs(root: str | Path | None = None) -> list[RunInfo]:
@@ -75,5 +76,5 @@ def find_runs(root: str | Path | None = None) -> list[RunInfo]:
     root = Path(root) if root is not None else checkpoints_root()
     if not root.exists():
         return []
-    return [read_run(p.parent) for p in sorted(root.rglob("cfg.json"))
-            if (p.parent / "sae_weights.safetensors").exists() and not p.parent.name.startswith(".")]
+    return [read_run(p.parent) for p in sorted(root.rglob(CFG_FILE))
+            if is_finished(p.parent) and not p.parent.name.startswith(".")]

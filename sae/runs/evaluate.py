@@ -35,9 +35,10 @@ from sae.data.models import LoadedModel, load_model, resolve_device
 from sae.data.store import FLAG_OUTLIER, FLAG_SPECIAL, ActivationStore
 from sae.errors import SaexError
 from sae.fsutil import write_json_atomic
+from sae.runs.files import EVAL_FILE
 from sae.runs.load import LoadedSAE, load_sae
+from sae.runs.stores import check_model, check_store, default_heldout_store
 
-EVAL_FILE = "eval.json"
 EVAL_FORMAT = 1
 DENSE_THRESHOLD = 0.1  # a latent firing on more than this fraction of tokens counts as dense
 SPLICE_KEYS = ("ce_clean", "ce_spliced", "ce_zero_ablated", "ce_delta", "ce_loss_score", "kl_spliced",
@@ -89,80 +90,6 @@ def parse_ce_windows(value: int | str | None) -> int | None:
     return n
 
 
-# --------------------------------------------------------------------------- which store, which model
-
-
-def default_heldout_store(sae: LoadedSAE) -> Path:
-    """The run's training store with `-train` in its name replaced by `-heldout`."""
-    trained_on = (sae.run or {}).get("store")
-    if not trained_on:
-        raise SaexError(f"{sae.path} has no run.json naming the store it was trained on",
-                        "pass --store with a held-out activation store of the same model and hook")
-    train = Path(trained_on)
-    if "-train" not in train.name:
-        raise SaexError(f"cannot guess the held-out store of {train}: its name holds no '-train'",
-                        "pass --store with a held-out activation store of the same model and hook")
-    held = train.with_name("-heldout".join(train.name.rsplit("-train", 1)))
-    if not (held / "manifest.json").exists():
-        raise SaexError(f"the held-out store {held} (next to the training store) does not exist or is unfinished",
-                        f"harvest it (saex harvest --split heldout --out {held} with the training store's "
-                        "model, layer and corpus), or pass --store")
-    return held
-
-
-def _same_hook(name: str, store: ActivationStore) -> bool:
-    """`blocks.L.hook_resid_post`, `model.layers.L` (sae-lens's HookedProxyLM names) ...
-    all name the store's hook when they parse to its layer."""
-    from sae.data.models import parse_hook_point
-
-    hook = store.manifest["hook"]
-    if name in (hook["name"], hook["module_path"]):
-        return True
-    try:
-        layers_path = hook["module_path"].rsplit(".", 1)[0]
-        return parse_hook_point(name, int(store.manifest["model"]["n_layers"]), layers_path).layer == hook["layer"]
-    except (SaexError, KeyError, ValueError):
-        return False
-
-
-def check_store(sae: LoadedSAE, store: ActivationStore) -> list[str]:
-    """Refuse a store the SAE cannot be evaluated on; return warnings for what cannot be checked."""
-    m = store.manifest
-    if store.d_model != sae.d_in:
-        raise SaexError(f"the store {store.path} holds {store.d_model}-dimensional activations, "
-                        f"the SAE reads {sae.d_in}", "use a store of the model and hook the SAE was trained on")
-    if sae.hook_name is not None and not _same_hook(sae.hook_name, store):
-        raise SaexError(f"the SAE was trained at {sae.hook_name}, the store {store.path} is at {store.hook_name}",
-                        "use a store harvested at the SAE's hook point")
-    store_sha = m["model"].get("weights_sha256")
-    if sae.model_weights_sha256 and store_sha and sae.model_weights_sha256 != store_sha:
-        raise SaexError(f"the SAE was trained on model weights {sae.model_weights_sha256[:12]}... "
-                        f"({sae.model_spec}), the store {store.path} on {store_sha[:12]}... ({m['model']['spec']})",
-                        "use a store harvested from the SAE's model")
-    warnings = []
-    if sae.hook_name is None:
-        warnings.append("the SAE records no hook point: the store's was assumed")
-    if not sae.model_weights_sha256:
-        warnings.append("the SAE records no model weights hash: the store's model was assumed")
-    if m["corpus"].get("split") != "heldout":
-        warnings.append(f"the store holds {m['corpus'].get('split')!r} text, not held-out text")
-    trained_on = (sae.run or {}).get("store")
-    if trained_on and Path(trained_on).resolve() == store.path.resolve():
-        warnings.append("the store is the one the SAE was trained on: these are training figures")
-    return warnings
-
-
-def check_model(lm: LoadedModel, store: ActivationStore) -> None:
-    m = store.manifest
-    if lm.weights_sha256 != m["model"]["weights_sha256"]:
-        raise SaexError(f"the model {lm.spec} (weights {lm.weights_sha256[:12]}...) is not the one the store "
-                        f"{store.path} was harvested from ({m['model']['spec']}, {m['model']['weights_sha256'][:12]}...)",
-                        "pass --model with the store's model, or leave --model out")
-    if lm.d_model != store.d_model:
-        raise SaexError(f"the model {lm.spec} has d_model {lm.d_model}, the store {store.d_model}",
-                        "pass --model with the store's model")
-
-
 # --------------------------------------------------------------------------- pass 1: stored activations
 
 
@@ -204,7 +131,7 @@ class _Reconstruction:
         self.l0 += float(active.sum())
         self.fired += active.sum(0)
 
-    def merged(self, other: "_Reconstruction") -> "_Reconstruction":
+    def merged(self, other: _Reconstruction) -> _Reconstruction:
         """The accumulator of both sets of vectors."""
         out = copy.copy(self)
         out._absorb(other.n, other.mean, other.sst)
@@ -461,7 +388,7 @@ def write_eval(run_path: str | Path, result: dict) -> Path:
     return path
 
 
-def _f(x, fmt: str = ".4f") -> str:
+def _fmt(x, fmt: str = ".4f") -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
 
 
@@ -473,20 +400,20 @@ def format_table(r: dict) -> str:
         ("store", f"{r['store']['path']} ({r['store']['split']}, {r['store']['hook']})"),
         ("tokens", f"{t['evaluated']:,} evaluated; excluded: {t['special_excluded']:,} special, "
                    f"{t['outliers']:,} outliers"),
-        ("explained variance", f"{_f(r['explained_variance'])}  (with outliers: {_f(r['explained_variance_with_outliers'])})"),
-        ("MSE", f"{_f(r['mse'], '.4g')}  (with outliers: {_f(r['mse_with_outliers'], '.4g')})"),
-        ("L0", _f(r["l0"], ".1f")),
+        ("explained variance", f"{_fmt(r['explained_variance'])}  (with outliers: {_fmt(r['explained_variance_with_outliers'])})"),
+        ("MSE", f"{_fmt(r['mse'], '.4g')}  (with outliers: {_fmt(r['mse_with_outliers'], '.4g')})"),
+        ("L0", _fmt(r["l0"], ".1f")),
         ("dead latents", f"{r['dead_fraction']:.2%} ({r['dead_latents']:,} of {s['d_sae']:,} never fired)"),
         ("dense latents", f"{r['dense_fraction']:.2%} (density > {r['dense_threshold']:.0%})"),
     ]
     sp = r.get("splice")
     if sp:
         rows += [
-            ("CE clean / spliced / zero", f"{_f(r['ce_clean'])} / {_f(r['ce_spliced'])} / {_f(r['ce_zero_ablated'])}"
+            ("CE clean / spliced / zero", f"{_fmt(r['ce_clean'])} / {_fmt(r['ce_spliced'])} / {_fmt(r['ce_zero_ablated'])}"
                                           f"  ({sp['windows']:,} windows, {sp['ce_tokens']:,} tokens)"),
-            ("CE-loss score", _f(r["ce_loss_score"])),
-            ("KL spliced / zero", f"{_f(r['kl_spliced'])} / {_f(r['kl_zero_ablated'])}"),
-            ("KL score", _f(r["kl_score"])),
+            ("CE-loss score", _fmt(r["ce_loss_score"])),
+            ("KL spliced / zero", f"{_fmt(r['kl_spliced'])} / {_fmt(r['kl_zero_ablated'])}"),
+            ("KL score", _fmt(r["kl_score"])),
             ("splice", f"{sp['positions_spliced']:,} positions; outliers {sp['outliers']}; "
                        f"zero-ablation at {sp['zero_ablation'].split(' (')[0]}"),
         ]

@@ -18,10 +18,7 @@ import torch
 
 from sae.errors import SaexError
 from sae.fsutil import sha256_file
-
-CFG_FILE = "cfg.json"
-WEIGHTS_FILE = "sae_weights.safetensors"
-RUN_FILE = "run.json"
+from sae.runs.files import CFG_FILE, RUN_FILE, WEIGHTS_FILE
 
 # Architectures whose encode/decode map "batch d_in" to "batch d_sae" and back, so
 # that decode(encode(x)) reconstructs x (BatchTopK and Matryoshka are saved for
@@ -53,7 +50,7 @@ class LoadedSAE:
     def device(self) -> torch.device:
         return self.sae.W_dec.device
 
-    def to(self, device: str | torch.device) -> "LoadedSAE":
+    def to(self, device: str | torch.device) -> LoadedSAE:
         self.sae.to(device)
         return self
 

@@ -1,0 +1,78 @@
+"""The settings of a feature-index build (`saex index` flags, TOML keys and docs in one place)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sae.errors import SaexError
+
+
+@dataclass
+class IndexConfig:
+    """Build the feature index of an SAE run from a held-out activation store."""
+
+    run: str = ""
+    """Run folder of the SAE; the index goes to RUN/index/."""
+    store: str | None = None
+    """Held-out activation store; default: the run's training store with -train in its name replaced by -heldout."""
+    model: str | None = None
+    """Model for token strings and output effects; default: the model the store was harvested from."""
+    top_k: int = 20
+    """Top activating examples kept per feature (one per window, at the window's peak)."""
+    context_before: int = 10
+    """Tokens of context kept before an example's peak token."""
+    context_after: int = 5
+    """Tokens of context kept after an example's peak token."""
+    bands: int = 5
+    """Activation-quantile bands of the sampled examples (5 = quintiles)."""
+    per_band: int = 4
+    """Examples shown per quantile band."""
+    reservoir: int = 40
+    """Firings sampled per feature (uniformly, seeded) from which the bands are formed."""
+    lookahead: int = 3
+    """Next-token profiles at offsets 1..lookahead (offset 0, the current token, is always kept)."""
+    top_tokens: int = 20
+    """Tokens listed per feature and offset (next-token profiles), and boosted/suppressed tokens."""
+    profile_min_count: int = 3
+    """A token needs this many co-occurrences to enter a feature's lift-ranked profile."""
+    token_features: int = 32
+    """Features kept per vocabulary token for search by output token."""
+    neighbours: int = 10
+    """Decoder-cosine nearest neighbours kept per feature."""
+    min_pair_count: int = 2
+    """(feature, token, offset) pairs seen fewer times are left out of the search table."""
+    chunk_tokens: int = 32768
+    """Tokens encoded at once (whole windows); bounds memory."""
+    seed: int = 0
+    """Seed of the example sampling."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N (the exact TopK fast path runs on CPU; other cases encode densely)."""
+    checkpoint_seconds: float = 60.0
+    """Save the running statistics after a shard when this long has passed since the last save."""
+    force: bool = False
+    """Rebuild even if a complete index with the same settings exists."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    # Settings that change the index's content (a complete index with others is rebuilt).
+    CONTENT_FIELDS = ("top_k", "context_before", "context_after", "bands", "per_band", "reservoir", "lookahead",
+                      "top_tokens", "profile_min_count", "token_features", "neighbours", "min_pair_count", "seed")
+
+    def __post_init__(self):
+        if not self.run:
+            raise SaexError("no run folder given", "pass the folder of a trained SAE: saex index RUN")
+        for name in ("top_k", "bands", "per_band", "reservoir", "top_tokens", "token_features", "neighbours",
+                     "min_pair_count", "chunk_tokens", "profile_min_count"):
+            if int(getattr(self, name)) < 1:
+                raise SaexError(f"{name} must be at least 1, got {getattr(self, name)}",
+                                f"pass a positive --{name.replace('_', '-')}")
+        for name in ("context_before", "context_after", "lookahead"):
+            if int(getattr(self, name)) < 0:
+                raise SaexError(f"{name} must be >= 0, got {getattr(self, name)}",
+                                f"pass --{name.replace('_', '-')} 0 or more")
+        if self.reservoir < self.bands * self.per_band:
+            raise SaexError(f"reservoir ({self.reservoir}) is smaller than bands x per_band "
+                            f"({self.bands} x {self.per_band})", "raise --reservoir or lower --bands / --per-band")
+
+    def content(self) -> dict:
+        return {k: getattr(self, k) for k in self.CONTENT_FIELDS}

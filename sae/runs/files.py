@@ -1,0 +1,45 @@
+"""What lives in an SAE run folder, by name, and when a run counts as finished.
+
+A run folder is SAELens's inference format (`cfg.json` + `sae_weights.safetensors`, readable
+by `sae_lens.SAE.load_from_disk`) plus our records beside it. Trainers write `cfg.json`
+last, so its presence next to the weights is what "finished" means everywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CFG_FILE = "cfg.json"
+"""SAELens config: architecture, d_in, d_sae, metadata (model, hook)."""
+WEIGHTS_FILE = "sae_weights.safetensors"
+"""W_enc, W_dec, b_enc, b_dec (and threshold for JumpReLU)."""
+SPARSITY_FILE = "sparsity.safetensors"
+"""log10 firing density per latent over the training vectors (as the SAELens runner writes it)."""
+RUN_FILE = "run.json"
+"""Where the run came from: store, model, hook, input scale, timings."""
+TRAIN_CONFIG_FILE = "train_config.json"
+"""The TrainConfig the run was trained with."""
+METRICS_FILE = "metrics.jsonl"
+"""The training log, one JSON record per logged step."""
+CURVES_FILE = "training.png"
+"""Training curves drawn from the log."""
+CHECKPOINT_FILE = "checkpoint.safetensors"
+"""Resumable training state while a run is in progress (deleted when it finishes)."""
+EVAL_FILE = "eval.json"
+"""Held-out evaluation (`saex eval`)."""
+INDEX_DIR = "index"
+"""The feature index (`saex index`)."""
+LOOKAHEAD_DIR = "lookahead"
+"""The a/an lookahead report and plots (`saex lookahead`)."""
+REPORT_FILE = "report.json"
+"""The lookahead report, inside LOOKAHEAD_DIR."""
+
+
+def is_finished(run: str | Path) -> bool:
+    """True when `run` holds a complete SAE: the config (written last) beside the weights."""
+    run = Path(run)
+    return (run / CFG_FILE).is_file() and (run / WEIGHTS_FILE).is_file()
+
+
+def lookahead_report(run: str | Path) -> Path:
+    return Path(run) / LOOKAHEAD_DIR / REPORT_FILE
