@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test test-fast bench clean-venv
+.PHONY: demo test test-fast lint bench clean-venv
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,11 @@ demo: $(BIN)/.installed
 	$(BIN)/saex demo $(ARGS)
 	$(BIN)/saex explore checkpoints/demo/sae
 
-test: $(BIN)/.installed
+test: $(BIN)/.installed lint
 	$(BIN)/python -m pytest -q $(ARGS)
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
 
 # about 90 s on 2 cores (the whole suite: about 6 min)
 test-fast: $(BIN)/.installed

@@ -120,7 +120,8 @@ def bench_stream(sae, store, run: str, chunk_tokens: int, repeats: int) -> None:
         stats.flush()
         merge = time.perf_counter() - t
         rates.append(n / wall)
-        print(f"  streaming pass: {wall:.2f} s, {n / wall:,.0f} tokens/s (thread-seconds encoding {busy['encoding']:.2f}, "
+        print(f"  streaming pass: {wall:.2f} s, {n / wall:,.0f} tokens/s "
+              f"(thread-seconds encoding {busy['encoding']:.2f}, "
               f"folding in statistics {busy['statistics']:.2f}); then the final pair merge {merge:.2f} s, which "
               "`saex index` overlaps with the output effects")
     print(f"streaming pass over {n:,} tokens (chunks up to {chunk_tokens:,}), median of {repeats}: "

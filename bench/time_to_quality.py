@@ -65,7 +65,8 @@ def main() -> None:
         cfg = load_config(args.config, store=args.train, out=args.out or str(Path(tmp) / "ours"), progress=False,
                           device="cpu", epochs=args.epochs)
         ours = _train_and_measure(cfg, args.heldout, train)
-        ref = dict(SAELENS_REFERENCE, source="sae-lens SAETrainer, hand-tuned, measured on this machine type (docs/benchmarks.md)")
+        ref = dict(SAELENS_REFERENCE,
+                   source="sae-lens SAETrainer, hand-tuned, measured on this machine type (docs/benchmarks.md)")
         if args.with_saelens:
             sl = dataclasses.replace(cfg, out=str(Path(tmp) / "saelens"), backend="saelens", epochs=3.0)
             got = _train_and_measure(sl, args.heldout, train_with_saelens)
@@ -73,7 +74,8 @@ def main() -> None:
     ours["meets_target"] = bool(ours["explained_variance"] >= 0.80 and ours["dead_fraction"] < 0.01)
     ours["fraction_of_saelens_time"] = ours["wall_seconds"] / ref["seconds"]
     print(f"on {cpu_name()} ({torch.get_num_threads()} threads)")
-    print("| trainer | epochs | wall time | held-out EV | EV (with outliers) | L0 | dead |\n| --- | --- | --- | --- | --- | --- | --- |")
+    print("| trainer | epochs | wall time | held-out EV | EV (with outliers) | L0 | dead |\n"
+          "| --- | --- | --- | --- | --- | --- | --- |")
     print(f"| sae-lens SAETrainer, tuned ({ref['source']}) | {ref['epochs']:g} | {ref['seconds']:,.0f} s | "
           f"{ref['explained_variance']:.3f} | {ref.get('explained_variance_with_outliers', float('nan')):.3f} | "
           f"{ref.get('l0', 32):.1f} | {ref['dead_fraction']:.2%} |")

@@ -46,7 +46,7 @@ def main() -> None:
         feature = int(FeatureIndex(args.run).array("density").argmax())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    server = subprocess.Popen([sys.executable, "-m", "saex.cli", "explore", args.run, "--port", str(args.port)],
+    server = subprocess.Popen([sys.executable, "-m", "saex", "explore", args.run, "--port", str(args.port)],
                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(100):

@@ -1,5 +1,5 @@
 """The annotation editor shown on the Feature and Annotations pages; all storage and
-validation is sae/annotations.py's."""
+validation is sae/labels/'s."""
 
 from __future__ import annotations
 
@@ -55,8 +55,9 @@ def show(key: SAEKey, feature: int, tokenizer=None, widget_key: str = "ann") -> 
         claim_offset, claim_tokens = 1, ""
         if tokenizer is not None:
             st.caption("testable claim (optional): fires d tokens before any of these tokens")
-            claim_offset = st.number_input("d", min_value=0, max_value=16, value=int((live.claim or {}).get("offset", 1))
-                                           if live and live.claim else 1, key=f"{widget_key}-d-{feature}")
+            claim_offset = st.number_input("d", min_value=0, max_value=16,
+                                           value=int((live.claim or {}).get("offset", 1)) if live and live.claim else 1,
+                                           key=f"{widget_key}-d-{feature}")
             existing = "\n".join(tokenizer.decode([t]) for t in (live.claim or {}).get("tokens", [])) if live else ""
             claim_tokens = st.text_area("tokens, one per line (e.g. ' astronomer')", value=existing,
                                         key=f"{widget_key}-toks-{feature}")

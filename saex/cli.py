@@ -148,8 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     d = sub.add_parser("demo", help="the main job end to end on the default model and corpus "
-                       "(fetch, harvest train and held-out activations, train a TopK SAE, evaluate it, index its features, "
-                       "run the a/an lookahead analysis); then open it with saex explore")
+                       "(fetch, harvest train and held-out activations, train a TopK SAE, evaluate it, "
+                       "index its features, run the a/an lookahead analysis); then open it with saex explore")
     add_dataclass_flags(d, DemoConfig)
     d.set_defaults(func=_cmd_demo)
 

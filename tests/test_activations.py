@@ -134,7 +134,7 @@ def test_incomplete_and_corrupt_stores_are_named(tmp_path, tiny_lm, tiny_model_d
 
 def _cli(*args, env_extra=None):
     env = os.environ | (env_extra or {})
-    return [sys.executable, "-m", "saex.cli", *args], env
+    return [sys.executable, "-m", "saex", *args], env
 
 
 def _harvest_args(out, model_dir, corpus, *extra):

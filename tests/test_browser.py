@@ -1,6 +1,7 @@
 """The explorer in a real browser (Debian's headless Chromium through Selenium): open a
 feature page, save an annotation, reload, see it; it saves a screenshot (the README's
-come from docs/make_screenshots.py, the same browser on the demo run). Runs in CI, where .ci/run installs chromium and sets SAEX_REQUIRE_BROWSER=1."""
+come from docs/make_screenshots.py, the same browser on the demo run). Runs in CI, where
+.ci/run installs chromium and sets SAEX_REQUIRE_BROWSER=1."""
 
 import os
 import shutil
@@ -59,7 +60,7 @@ def app_server(indexed_run, tmp_path):
     root, run = indexed_run
     port = _free_port()
     env = dict(os.environ, SAEX_ANNOTATIONS=str(tmp_path / "ann.sqlite"))
-    proc = subprocess.Popen([sys.executable, "-m", "saex.cli", "explore", str(run), "--root", str(root),
+    proc = subprocess.Popen([sys.executable, "-m", "saex", "explore", str(run), "--root", str(root),
                              "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 60

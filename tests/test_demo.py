@@ -10,9 +10,9 @@ pytestmark = pytest.mark.integration  # `saex demo` end to end, in a subprocess
 def test_demo_runs_end_to_end_and_skips_done_work(tmp_path, tiny_model_dir, text_corpus):
     cfg = tmp_path / "train.toml"
     cfg.write_text("d_sae = 64\nk = 4\nbatch_size = 128\nepochs = 1.0\nwarmup_steps = 2\nprogress = false\n")
-    cmd = [sys.executable, "-m", "saex.cli", "demo", "--out-dir", str(tmp_path / "run"), "--model",
+    cmd = [sys.executable, "-m", "saex", "demo", "--out-dir", str(tmp_path / "run"), "--model",
            str(tiny_model_dir), "--corpus", str(text_corpus), "--tokens", "4096", "--heldout-tokens", "512",
-           "--device", "cpu", "--train-config", str(cfg), "--lookahead", "false"]
+           "--device", "cpu", "--train-config", str(cfg), "--lookahead", "no"]
     first = subprocess.run(cmd, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
     for step in ("[1/7]", "[2/7]", "[3/7]", "[4/7]", "[5/7]", "[6/7]", "[7/7]"):

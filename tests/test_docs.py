@@ -17,7 +17,7 @@ def test_cli_reference_is_current():
 
 @pytest.mark.integration
 def test_console_script_lists_subcommands():
-    out = subprocess.run([sys.executable, "-m", "saex.cli", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "saex", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
     for cmd in ("demo", "fetch", "harvest", "store"):
         assert cmd in out.stdout

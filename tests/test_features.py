@@ -1,4 +1,4 @@
-"""The feature index (sae/features.py and friends) against brute-force computations on
+"""The feature index (sae/index/) against brute-force computations on
 small stores: every statistic is recomputed here from sae-lens's dense encode with plain
 loops, and the search API must find a feature planted to fire before a given token."""
 
@@ -174,7 +174,8 @@ def test_density_mean_and_histograms_equal_brute_force(built, brute, data):
             counts[min(max(bisect.bisect_right(edges, abs(float(v))) - 1, 0), len(edges) - 2)] += 1
         page = index.feature(f)
         assert np.array_equal(page.hist_counts, counts), f
-        assert page.max_activation == pytest.approx(vals.max(), rel=1e-6) if len(vals) else np.isnan(page.max_activation)
+        assert (page.max_activation == pytest.approx(vals.max(), rel=1e-6) if len(vals)
+                else np.isnan(page.max_activation))
 
 
 def test_top_examples_equal_brute_force_and_skip_special_and_outlier_tokens(built, brute, data):
@@ -541,7 +542,7 @@ def test_kill_9_during_a_build_then_rerun_gives_the_same_index(tmp_path, tiny_mo
     root = __import__("pathlib").Path(__file__).resolve().parents[1]
 
     def cmd(run):
-        return [sys.executable, "-m", "saex.cli", "index", str(run), "--store", str(store), "--model",
+        return [sys.executable, "-m", "saex", "index", str(run), "--store", str(store), "--model",
                 str(tiny_model_dir), "--chunk-tokens", str(T), "--checkpoint-seconds", "0", "--top-k", "5",
                 "--reservoir", "8", "--bands", "3", "--per-band", "2", "--progress", "false", "--device", "cpu"]
 

@@ -73,7 +73,8 @@ def test_unknown_word_uses_the_rules_and_ambiguous_words_are_flagged():
 LEXNAMES = "03\tnoun.Tops\t1\n18\tnoun.person\t1\n07\tnoun.attribute\t1\n05\tnoun.animal\t1\n"
 DATA_NOUN = """  1 This software and database is being provided to you, the LICENSEE, by
 09818343 18 n 03 astronomer 0 uranologist 0 stargazer 0 001 @ 10428004 n 0000 | a physicist who studies astronomy  
-09819291 18 n 01 astrophysicist 0 001 @ 09818343 n 0000 | an astronomer who studies the physical properties of celestial bodies  
+09819291 18 n 01 astrophysicist 0 001 @ 09818343 n 0000 | an astronomer who studies the physical properties \
+of celestial bodies  
 10000001 18 n 01 pilot 0 000 | someone who is licensed to operate an aircraft in flight  
 10000002 18 n 01 baker 0 000 | someone who bakes bread or cake for a living  
 10000003 18 n 01 baker 1 000 | a person who owns a bakery and sells bread  

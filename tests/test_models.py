@@ -50,7 +50,8 @@ def test_fp32_equals_output_hidden_states(tiny_lm, layer):
         # transformers applies the final norm to the last entry of hidden_states:
         # compare with the last block's raw output instead
         box = {}
-        h = tiny_lm.layers[layer].register_forward_hook(lambda m, i, o: box.setdefault("h", o[0] if isinstance(o, tuple) else o))
+        h = tiny_lm.layers[layer].register_forward_hook(
+            lambda m, i, o: box.setdefault("h", o[0] if isinstance(o, tuple) else o))
         with torch.no_grad():
             tiny_lm.model(input_ids=ids)
         h.remove()

@@ -1,4 +1,4 @@
-"""sae/prompt_lab.py (the Prompt lab's numbers) against plain transformers and by hand."""
+"""sae/lookahead/prompt_lab.py (the Prompt lab's numbers) against plain transformers and by hand."""
 
 import pytest
 import torch

@@ -20,7 +20,8 @@ from training.topk_loop import lr_at
 from training.train import train
 
 ARCHS = ["standard", "gated", "jumprelu", "matryoshka_batchtopk", "batchtopk", "topk"]
-RUN_FILES = ("cfg.json", "sae_weights.safetensors", "sparsity.safetensors", "train_config.json", "run.json", "metrics.jsonl")
+RUN_FILES = ("cfg.json", "sae_weights.safetensors", "sparsity.safetensors", "train_config.json", "run.json",
+             "metrics.jsonl")
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +84,8 @@ def test_architecture_trains_and_saves_a_raw_activation_sae(arch, planted, tmp_p
     sparsity = load_file(str(run / "sparsity.safetensors"))["sparsity"]
     assert sparsity.shape == (64,) and float(sparsity.max()) <= 0
     info = json.loads((run / "run.json").read_text())
-    for key in ("store", "model", "hook", "corpus", "input_scale", "train_seconds", "vectors", "vectors_per_s", "steps"):
+    for key in ("store", "model", "hook", "corpus", "input_scale", "train_seconds", "vectors", "vectors_per_s",
+                "steps"):
         assert key in info
     assert info["input_scale"] == fit.scale and info["backend"] == "sae-lens"
     log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -97,7 +97,7 @@ def _weights(run):
 
 
 def _train_cmd(store, out, **flags):
-    cmd = [sys.executable, "-m", "saex.cli", "train", "--store", str(store), "--out", str(out)]
+    cmd = [sys.executable, "-m", "saex", "train", "--store", str(store), "--out", str(out)]
     for k, v in flags.items():
         cmd += [f"--{k.replace('_', '-')}", str(v)]
     return cmd

@@ -1,2 +1,3 @@
-"""Scripts and the `saex` command line that drive the `sae` library: fetching, harvesting
-(and, as the project grows, training and evaluating SAEs)."""
+"""The trainers: `train.train(cfg)` dispatches to our fast TopK/BatchTopK loop
+(`topk_loop`) or to sae-lens's SAETrainer (`saelens_backend`); both write the same
+run folder (`run_files`)."""

@@ -45,7 +45,8 @@ def batches(store: ActivationStore, batch_size: int, epochs: float, shards_in_me
             n_batches = min(len(perm) // batch_size, total - step)
             first = min(max(0, start_step - step), n_batches)
             if first < n_batches:
-                mine = perm[:n_batches * batch_size].view(n_batches, batch_size)[first:, rank * per_rank:(rank + 1) * per_rank]
+                mine = (perm[:n_batches * batch_size].view(n_batches, batch_size)
+                        [first:, rank * per_rank:(rank + 1) * per_rank])
                 data = _read_group(store, group, sizes, usable, mine.reshape(-1), step + first)
                 for j in range(n_batches - first):
                     yield step + first + j, data[j * per_rank:(j + 1) * per_rank]
@@ -62,7 +63,8 @@ def estimate_scale(store: ActivationStore, n: int = 100_000) -> tuple[float, tor
         u = store.usable(k)
         if not torch.isfinite(u).all():
             raise SaexError(f"NaN/inf activations in shard {k} of {store.path} (found while estimating the "
-                            "input scale, before training)", "harvest that store again (with --precision fp32 if it persists)")
+                            "input scale, before training)",
+                            "harvest that store again (with --precision fp32 if it persists)")
         parts.append(u)
         have += len(u)
         if have >= n:

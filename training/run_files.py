@@ -42,8 +42,8 @@ def write_run_files(out: Path, cfg: TrainConfig, store: ActivationStore, scale: 
     with atomic_path(out / "sparsity.safetensors") as tmp:
         save_file({"sparsity": torch.log10(density.float().cpu() + 1e-10).contiguous()}, str(tmp))
     write_json_atomic(out / "train_config.json", cfg.to_dict())
-    write_json_atomic(out / "run.json", {"store": str(Path(cfg.store).resolve()), "model": m["model"], "hook": m["hook"],
-                                         "corpus": m["corpus"], "input_scale": scale, **stats})
+    write_json_atomic(out / "run.json", {"store": str(Path(cfg.store).resolve()), "model": m["model"],
+                                         "hook": m["hook"], "corpus": m["corpus"], "input_scale": scale, **stats})
 
 
 def write_plot(out: Path) -> None:

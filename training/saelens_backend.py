@@ -8,7 +8,7 @@ too. It keeps our conventions where sae-lens allows them:
 - data: the same shuffled batches of usable vectors (`training.data.batches`), scaled by
   `training.data.estimate_scale` to mean norm sqrt(d_in); b_dec starts at the mean of the scaled data;
 - schedule: Adam, linear warm-up over `warmup_steps`, cosine decay to `lr_end` (sae-lens's
-  "cosineannealing" gives exactly the curve of `training.topk_loop.lr_at`); bf16 autocast per `cfg.autocast`;
+  "cosineannealing" gives exactly the curve of `training.topk_loop.lr_at`); bf16 autocast per `cfg.bf16(device)`;
 - output: the run folder of `training.run_files`. Weights and cfg.json come from
   sae-lens's `save_inference_model`, after `fold_activation_norm_scaling_factor(scale)`
   (the saved SAE reads raw activations) and `fold_W_dec_norm()` (decoder rows of unit
@@ -100,12 +100,14 @@ def saelens_sae(cfg: TrainConfig, d_in: int, device: torch.device, metadata=None
     if arch == "topk":
         return sl.TopKTrainingSAE(sl.TopKTrainingSAEConfig(**topk))
     if arch == "batchtopk":
-        return sl.BatchTopKTrainingSAE(sl.BatchTopKTrainingSAEConfig(topk_threshold_lr=cfg.batchtopk_threshold_lr, **topk))
+        return sl.BatchTopKTrainingSAE(sl.BatchTopKTrainingSAEConfig(topk_threshold_lr=cfg.batchtopk_threshold_lr,
+                                                                     **topk))
     if arch == "matryoshka_batchtopk":
         sae_cfg = sl.MatryoshkaBatchTopKTrainingSAEConfig(matryoshka_widths=matryoshka_widths(cfg),
                                                           topk_threshold_lr=cfg.batchtopk_threshold_lr, **topk)
         return sl.MatryoshkaBatchTopKTrainingSAE(sae_cfg)
-    raise SaexError(f"sae-lens backend: unknown architecture {arch!r}", f"use one of {', '.join(SAELENS_ARCHITECTURES)}")
+    raise SaexError(f"sae-lens backend: unknown architecture {arch!r}",
+                    f"use one of {', '.join(SAELENS_ARCHITECTURES)}")
 
 
 def _metadata(store: ActivationStore):
@@ -188,7 +190,8 @@ def fit_with_saelens(cfg: TrainConfig, max_steps: int | None = None, metrics_pat
     d_in = store.d_model
     total_steps = data.total_steps(store, cfg.batch_size, cfg.epochs)
     if total_steps < 1:
-        raise SaexError(f"the store has {store.manifest['n_usable']:,} usable vectors, fewer than one batch of {cfg.batch_size}",
+        raise SaexError(f"the store has {store.manifest['n_usable']:,} usable vectors, "
+                        f"fewer than one batch of {cfg.batch_size}",
                         "lower batch_size or harvest more tokens")
     if max_steps is not None:
         if max_steps < 1:
@@ -198,6 +201,7 @@ def fit_with_saelens(cfg: TrainConfig, max_steps: int | None = None, metrics_pat
     if cfg.normalize == "none":
         scale, mean = 1.0, mean / scale
 
+    bf16, precision_reason = cfg.bf16(device)
     torch.manual_seed(cfg.seed)  # sae-lens initialises from the global RNG
     sae = saelens_sae(cfg, d_in, device, _metadata(store))
     with torch.no_grad():
@@ -208,7 +212,7 @@ def fit_with_saelens(cfg: TrainConfig, max_steps: int | None = None, metrics_pat
         lr=cfg.lr, lr_end=cfg.lr_end, lr_scheduler_name="cosineannealing",
         # sae-lens's cosine needs at least one step after the warm-up
         lr_warm_up_steps=min(cfg.warmup_steps, total_steps - 1), lr_decay_steps=0,
-        adam_beta1=0.9, adam_beta2=0.999, device=str(device), autocast=cfg.autocast,
+        adam_beta1=0.9, adam_beta2=0.999, device=str(device), autocast=bf16,
         dead_feature_window=dead_feature_window(cfg),
         # longer than the run: the density counters are never reset, so they cover the whole run
         feature_sampling_window=total_steps + 1,
@@ -238,7 +242,8 @@ def fit_with_saelens(cfg: TrainConfig, max_steps: int | None = None, metrics_pat
     seen = trainer.n_training_samples
     return SaeLensFit(sae=sae, trainer=trainer, scale=scale, store=store,
                       stats={"train_seconds": elapsed, "vectors": seen, "vectors_per_s": seen / elapsed,
-                             "steps": trainer.n_training_steps})
+                             "steps": trainer.n_training_steps, "bf16_encoder": bf16,
+                             "precision_reason": precision_reason})
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ from sae.errors import SaexError
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
 
-class Codes(NamedTuple):
+class TopKCodes(NamedTuple):
     """Sparse activations of a batch, row-major: vector `rows[i]` has latent `cols[i]` at `vals[i]`.
     `offsets[b]` is where vector b's entries start (the layout `embedding_bag` takes)."""
 
@@ -118,7 +118,8 @@ def batch_topk_entries(pre: torch.Tensor, k: int, hint: float = 0.0) -> tuple[to
             o_rows = others.nonzero().squeeze(1)
             vals = torch.cat([cand_v[o_rows].flatten(), pos[full].flatten()])
             all_rows = torch.cat([o_rows.repeat_interleave(m), full.repeat_interleave(pre.shape[1])])
-            all_cols = torch.cat([cand_i[o_rows].flatten(), torch.arange(pre.shape[1], device=pre.device).repeat(len(full))])
+            all_cols = torch.cat([cand_i[o_rows].flatten(),
+                                  torch.arange(pre.shape[1], device=pre.device).repeat(len(full))])
             top = vals.topk(n, sorted=False).indices
             rows, cols = all_rows[top], all_cols[top]
     order = (rows * pre.shape[1] + cols).argsort()
@@ -154,7 +155,7 @@ class FastTopKSAE(nn.Module):
         """ "batch d_in" -> "batch d_sae" (before the sparsity rule)."""
         return (x - self.b_dec) @ self.W_enc + self.b_enc
 
-    def encode(self, x: torch.Tensor, bf16: bool = False) -> tuple[Codes, torch.Tensor, torch.Tensor]:
+    def encode(self, x: torch.Tensor, bf16: bool = False) -> tuple[TopKCodes, torch.Tensor, torch.Tensor]:
         """(codes, pre, xc): sparse activations (differentiable w.r.t. the parameters),
         the dense pre-activations (no grad; AuxK picks dead latents from them) and x - b_dec."""
         xc = x - self.b_dec
@@ -173,7 +174,7 @@ class FastTopKSAE(nn.Module):
             v, idx = pre.topk(self.k, dim=-1, sorted=False)
             values, cols, rows, offsets = _fixed_k_codes(v.to(x.dtype), idx)
         vals = _ChosenPreActs.apply(xc, self.W_enc, self.b_enc, values, rows, cols, offsets).relu()
-        return Codes(vals, cols, rows, offsets), pre, xc
+        return TopKCodes(vals, cols, rows, offsets), pre, xc
 
     @torch.no_grad()
     def update_threshold(self, smallest_kept: torch.Tensor) -> None:
@@ -183,14 +184,14 @@ class FastTopKSAE(nn.Module):
             lr = self.threshold_lr
             self.threshold.mul_(1 - lr).add_(lr * smallest_kept.double())
 
-    def decode(self, codes: Codes) -> torch.Tensor:
+    def decode(self, codes: TopKCodes) -> torch.Tensor:
         """Sparse codes -> "batch d_in" reconstruction."""
         with torch.autocast(codes.vals.device.type, enabled=False):
-            out = F.embedding_bag(codes.cols, self.W_dec, codes.offsets, per_sample_weights=codes.vals.to(self.W_dec.dtype),
-                                  mode="sum")
+            out = F.embedding_bag(codes.cols, self.W_dec, codes.offsets,
+                                  per_sample_weights=codes.vals.to(self.W_dec.dtype), mode="sum")
         return out + self.b_dec
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Codes]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, TopKCodes]:
         codes, _, _ = self.encode(x)
         return self.decode(codes), codes
 

@@ -20,7 +20,7 @@ from training import data, distributed
 from training.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from training.config import TrainConfig
 from training.run_files import save_run, store_identity
-from training.topk import Codes, FastTopKSAE, auxk_loss
+from training.topk import FastTopKSAE, TopKCodes, auxk_loss
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -41,10 +41,12 @@ def train_topk(cfg: TrainConfig) -> Path:
     if rank == 0:
         ensure_writable_dir(out, "run")
     sae, opt, scale = _new_sae(cfg, store, device)
+    bf16, precision_reason = cfg.bf16(device)
     aux_k = cfg.aux_k or store.d_model // 2
     n_steps = data.total_steps(store, cfg.batch_size, cfg.epochs)
     if n_steps < 1:
-        raise SaexError(f"the store has {store.manifest['n_usable']:,} usable vectors, fewer than one batch of {cfg.batch_size}",
+        raise SaexError(f"the store has {store.manifest['n_usable']:,} usable vectors, "
+                        f"fewer than one batch of {cfg.batch_size}",
                         "lower batch_size or harvest more tokens")
     counters = {"since_fired": torch.zeros(cfg.d_sae, dtype=torch.long, device=device),
                 "fired": torch.zeros(cfg.d_sae, dtype=torch.long, device=device)}
@@ -65,7 +67,7 @@ def train_topk(cfg: TrainConfig) -> Path:
         x = x.to(device) * scale
         for group in opt.param_groups:
             group["lr"] = lr_at(step, n_steps, cfg)
-        codes, residual, loss, mse, aux = _step(sae, opt, x, counters, cfg, aux_k, world)
+        codes, residual, loss, mse, aux = _step(sae, opt, x, counters, cfg, aux_k, world, bf16)
         seen += cfg.batch_size
         done = step + 1
         if step % cfg.log_every == 0 or done == n_steps:
@@ -88,7 +90,8 @@ def train_topk(cfg: TrainConfig) -> Path:
         density = counters["fired"].float() / max(seen, 1)
         save_run(sae, scale, density, store, cfg, out, {"train_seconds": elapsed, "vectors": seen,
                                                         "vectors_per_s": seen / elapsed, "steps": step + 1,
-                                                        "world_size": world, "resumed_at_step": first or None})
+                                                        "world_size": world, "resumed_at_step": first or None,
+                                                        "bf16_encoder": bf16, "precision_reason": precision_reason})
         (out / CHECKPOINT).unlink(missing_ok=True)
         print(f"trained on {seen:,} vectors in {elapsed:.0f} s ({seen / elapsed:,.0f} vectors/s)", file=sys.stderr)
     distributed.barrier(world)
@@ -114,9 +117,10 @@ def _new_sae(cfg: TrainConfig, store: ActivationStore,
 
 
 def _step(sae: FastTopKSAE, opt: torch.optim.Optimizer, x: torch.Tensor, counters: dict[str, torch.Tensor],
-          cfg: TrainConfig, aux_k: int, world: int) -> tuple[Codes, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+          cfg: TrainConfig, aux_k: int, world: int,
+          bf16: bool) -> tuple[TopKCodes, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One optimizer step on the scaled batch x; returns (codes, residual, loss, mse, aux) for the metrics."""
-    codes, pre, xc = sae.encode(x, bf16=cfg.autocast)
+    codes, pre, xc = sae.encode(x, bf16=bf16)
     residual = x - sae.decode(codes)
     mse = residual.pow(2).sum(-1).mean()
     dead = counters["since_fired"] > cfg.dead_after

@@ -1,6 +1,6 @@
 """Lookahead: the a/an report of `saex lookahead` (riddle set, aligned profiles, causal
 effects with random controls), and any test prompt re-run live with the chosen features
-ablated. Every figure is the report's (sae/lookahead_report.py) or sae/prompt_lab.py's."""
+ablated. Every figure is the report's (sae/lookahead/experiment.py) or sae/lookahead/prompt_lab.py's."""
 
 import json
 
@@ -45,8 +45,9 @@ m[0].metric("gap removed", f"{abl['fraction_removed']:.0%}",
 m[1].metric("random sets remove", f"{rnd['fraction_removed_mean']:.1%}", help=f"{rnd['n_sets']} density-matched sets")
 m[2].metric("z vs random", f"{rnd['z']:.1f}", help=f"permutation p = {rnd['p_permutation']:.3f}")
 m[3].metric("ΔP(noun | article)", f"{abl['delta_p_noun']:+.4f}")
-single = pd.DataFrame([{"feature": int(f), "gap removed alone": v["fraction_removed"], "Δ ld (an-nouns)": v["delta_ld_an"],
-                        "Δ ld (a-nouns)": v["delta_ld_a"], "page": f"/feature?run={run.path}&feature={f}"}
+single = pd.DataFrame([{"feature": int(f), "gap removed alone": v["fraction_removed"],
+                        "Δ ld (an-nouns)": v["delta_ld_an"], "Δ ld (a-nouns)": v["delta_ld_a"],
+                        "page": f"/feature?run={run.path}&feature={f}"}
                        for f, v in causal["single_features"].items()])
 st.dataframe(single, hide_index=True, column_config={"page": st.column_config.LinkColumn("page", display_text="open")})
 

@@ -1,6 +1,6 @@
 """Prompt lab: type a prompt, see which features fire on which token, line selected
 features up around an anchor token, and ablate or steer them to watch the next token
-(logit(an) − logit(a), P(an), P(a), top tokens before and after). Numbers: sae/prompt_lab.py."""
+(logit(an) − logit(a), P(an), P(a), top tokens before and after). Numbers: sae/lookahead/prompt_lab.py."""
 
 import pandas as pd
 import streamlit as st

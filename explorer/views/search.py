@@ -1,5 +1,5 @@
 """Search: features by the token they fire on, the token they boost, an upcoming token at
-an offset, label text, or decoder neighbours. All ranking is sae/search.py's."""
+an offset, label text, or decoder neighbours. All ranking is sae/index/search.py's."""
 
 import pandas as pd
 import streamlit as st

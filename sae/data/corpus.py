@@ -288,11 +288,14 @@ def open_corpus(spec: str = DEFAULT_CORPUS, text_field: str = "text") -> Corpus:
 
 
 def token_windows(docs: Iterable[Document], tokenizer, context_size: int, n_windows: int,
-                  prepend_bos: bool = True, batch_docs: int = 256) -> np.ndarray:
+                  prepend_bos: bool = True, batch_docs: int = 256, progress: bool = False) -> np.ndarray:
     """Cut the documents' tokens into `n_windows` windows of `context_size` tokens,
     each starting with BOS when `prepend_bos`. Documents are joined by a blank line
     (no special tokens inside a window); a document's tail carries on into the next
-    window. Returns "window pos" int32; fewer rows if the corpus runs out."""
+    window. Returns "window pos" int32; fewer rows if the corpus runs out. With `progress`,
+    a bar counts the tokens cut so far (tokenising millions of tokens takes a while)."""
+    from tqdm.auto import tqdm
+
     bos = getattr(tokenizer, "bos_token_id", None)
     if prepend_bos and bos is None:
         prepend_bos = False
@@ -320,8 +323,10 @@ def token_windows(docs: Iterable[Document], tokenizer, context_size: int, n_wind
             out[filled] = ([bos] + row) if prepend_bos else row
             filled += 1
             start += body
+        bar.update(filled * context_size - bar.n)
         buf = buf[start:]
 
+    bar = tqdm(total=n_windows * context_size, unit="tok", unit_scale=True, desc="tokenise", disable=not progress)
     for d in docs:
         if filled >= n_windows:
             break
@@ -329,4 +334,5 @@ def token_windows(docs: Iterable[Document], tokenizer, context_size: int, n_wind
         if len(pending) >= batch_docs:
             flush()
     flush()
+    bar.close()
     return out[:filled]

@@ -16,6 +16,7 @@ import torch
 
 from sae.data.models import HookPoint, LoadedModel
 from sae.errors import SaexError
+from sae.precision import speed
 
 # Median relative L2 error per token vector that bf16 autocast may add before we
 # fall back to fp32 (measured on SmolLM2 layer 15: 0.66%).
@@ -91,8 +92,9 @@ class ResidualReader:
     """Reads the residual stream after block `hook.layer` for batches of token ids.
 
     precision: "fp32", "bf16" (autocast: matmuls in bf16, norms and residual adds in
-    fp32), or "auto": bf16 when a check on `calibration_ids` stays within
-    BF16_TOLERANCE (median relative error) of fp32.
+    fp32), or "auto": bf16 when bf16 is fast on the device (`sae.precision`) and a check
+    on `calibration_ids` stays within BF16_TOLERANCE (median relative error) of fp32;
+    `precision_reason` says why.
     compile: run the forward through torch.compile (about 1.3-1.5x faster on CPU after
     10-40 s of compilation; worth it for large harvests).
     """
@@ -121,11 +123,19 @@ class ResidualReader:
                 if ok:
                     self._forward, self.path = fast, "truncated"
         self.bf16_error: float | None = None
+        self.precision_reason = f"{precision} asked for"
+        if precision == "auto":
+            decision = speed(lm.device)
+            self.precision_reason = decision.reason
+            if not decision.fast_bf16:
+                precision = "fp32"  # bf16 is emulated here: never faster, so its accuracy is moot
         if precision in ("auto", "bf16"):
             self.bf16_error = self._relative_error(probe, reference)
             if precision == "auto":
                 precision = "bf16" if self.bf16_error <= BF16_TOLERANCE else "fp32"
+                self.precision_reason += f"; bf16 changes activations by {self.bf16_error:.2%}"
                 if precision == "fp32":
+                    self.precision_reason += f", above {BF16_TOLERANCE:.0%}"
                     warnings.warn(f"bf16 autocast changes activations by {self.bf16_error:.2%} (median "
                                   f"relative error) on this model, above {BF16_TOLERANCE:.0%}: using fp32")
         self.precision = precision

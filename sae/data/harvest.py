@@ -101,7 +101,8 @@ class HarvestConfig:
             raise SaexError(f"unknown compile setting {self.compile!r}", "use auto, yes or no")
         for name in ("tokens", "context_size", "shard_windows", "batch_size"):
             if int(getattr(self, name)) < 1:
-                raise SaexError(f"{name} must be at least 1, got {getattr(self, name)}", f"pass a positive --{name.replace('_', '-')}")
+                raise SaexError(f"{name} must be at least 1, got {getattr(self, name)}",
+                                f"pass a positive --{name.replace('_', '-')}")
         if self.context_size < 2:
             raise SaexError("context_size must be at least 2", "pass --context-size 128 (the default) or similar")
         if self.outlier_factor <= 1:
@@ -122,7 +123,8 @@ def parse_shard(spec: str | None) -> tuple[int, int]:
     try:
         i, n = (int(x) for x in str(spec).split("/"))
     except ValueError:
-        raise SaexError(f"bad shard spec {spec!r}", "write i/n, e.g. --shard 0/2 for the first of two processes") from None
+        raise SaexError(f"bad shard spec {spec!r}",
+                        "write i/n, e.g. --shard 0/2 for the first of two processes") from None
     if not (n >= 1 and 0 <= i < n):
         raise SaexError(f"bad shard spec {spec!r}: need 0 <= i < n", "e.g. --shard 1/2 for the second of two")
     return i, n
@@ -147,9 +149,11 @@ class _Plan:
         self.cfg = cfg
         self.lm = lm
         self.hook = lm.hook_point(cfg.layer)
+        if cfg.progress:
+            print(f"reading the corpus {cfg.corpus} ({cfg.split} split)", file=sys.stderr, flush=True)
         corpus = open_corpus(cfg.corpus, cfg.text_field)
         windows = token_windows(corpus.documents(cfg.split), lm.tokenizer, cfg.context_size,
-                                cfg.n_windows, prepend_bos=cfg.prepend_bos)
+                                cfg.n_windows, prepend_bos=cfg.prepend_bos, progress=cfg.progress)
         if len(windows) == 0:
             raise SaexError(f"the corpus {cfg.corpus!r} gave no {cfg.split} text to harvest",
                             f"give a corpus with text (at least {cfg.context_size} tokens in the {cfg.split} split)")
@@ -181,6 +185,7 @@ def _describe(cfg: HarvestConfig, plan: _Plan, reader: ResidualReader, threshold
         "dtype": STORAGE_DTYPES[cfg.storage_dtype],
         "compute_precision": reader.precision,
         "bf16_median_relative_error": reader.bf16_error,
+        "precision_reason": reader.precision_reason,
         "special_token_ids": lm.special_ids,
         "outlier_threshold": threshold,
         "outlier_rule": (f"norm > {cfg.outlier_factor} x median norm of non-special positions "
@@ -215,7 +220,8 @@ def _check_existing(out: Path, plan_doc: dict) -> None:
         diff = [k for k in keys if old.get(k) != plan_doc.get(k)]
         if diff:
             detail = "; ".join(
-                f"{k}: store has {json.dumps(old.get(k))[:120]}, asked {json.dumps(plan_doc.get(k))[:120]}" for k in diff)
+                f"{k}: store has {json.dumps(old.get(k))[:120]}, asked {json.dumps(plan_doc.get(k))[:120]}"
+                for k in diff)
             raise SaexError(f"the store {out} was harvested with other settings ({detail})",
                             "use another --out folder, or delete this store to start over")
     elif out.exists() and any(p for p in out.iterdir()

@@ -177,7 +177,8 @@ def _load_gguf(path: Path, dtype: torch.dtype):
         raise SaexError(f"loading a GGUF file needs the gguf package: {e}", "pip install gguf") from None
     except Exception as e:  # transformers raises many types for an unreadable file
         raise SaexError(f"could not read the GGUF file {path}: {e}",
-                        "check that it is a complete GGUF model file of an architecture transformers supports") from None
+                        "check that it is a complete GGUF model file of an architecture "
+                        "transformers supports") from None
     # The weights are dequantised now: forget the GGUF quantizer so the model can be
     # re-saved as a plain HF folder.
     model.hf_quantizer = None

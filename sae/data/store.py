@@ -158,14 +158,16 @@ class ActivationStore:
         mpath = self.path / "manifest.json"
         if not mpath.exists():
             hint = ("its harvest has not finished: rerun the same harvest command to complete it"
-                    if (self.path / "plan.json").exists() else "give the folder of an activation store made by `saex harvest`")
+                    if (self.path / "plan.json").exists()
+                    else "give the folder of an activation store made by `saex harvest`")
             raise SaexError(f"{self.path} is not a complete activation store (no manifest.json)", hint)
         try:
             self.manifest = json.loads(mpath.read_text())
         except json.JSONDecodeError:
             raise SaexError(f"{mpath} is corrupt", "delete the store and harvest again") from None
         if self.manifest.get("format") != STORE_FORMAT:
-            raise SaexError(f"{self.path} has store format {self.manifest.get('format')}, this version reads {STORE_FORMAT}",
+            raise SaexError(f"{self.path} has store format {self.manifest.get('format')}, "
+                            f"this version reads {STORE_FORMAT}",
                             "harvest it again with this version")
 
     @property
@@ -213,7 +215,8 @@ class ActivationStore:
             return np.load(p, mmap_mode="c", allow_pickle=False)
         except (OSError, ValueError) as e:
             raise SaexError(f"shard file {p} is missing or corrupt ({e})",
-                            "delete the store's manifest.json and the shard's .json, then rerun the harvest to rebuild it") from None
+                            "delete the store's manifest.json and the shard's .json, "
+                            "then rerun the harvest to rebuild it") from None
 
     def acts(self, k: int) -> torch.Tensor:
         """Shard k's activations, "window pos d_model", in the storage dtype (memory-mapped)."""

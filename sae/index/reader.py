@@ -98,14 +98,17 @@ class FeatureIndex:
         mpath = self.path / MANIFEST_FILE
         if not mpath.exists():
             partial = self.path.exists() and any(self.path.iterdir())
-            raise SaexError(f"{Path(run)} has no complete feature index" + (" (its build did not finish)" if partial else ""),
+            raise SaexError(f"{Path(run)} has no complete feature index"
+                            + (" (its build did not finish)" if partial else ""),
                             f"build it: saex index {run}" + (" (rerun to resume)" if partial else ""))
         try:
             self.manifest = json.loads(mpath.read_text())
         except (OSError, json.JSONDecodeError) as e:
-            raise SaexError(f"{mpath} is not readable JSON ({e})", f"rebuild the index: saex index {run} --force yes") from None
+            raise SaexError(f"{mpath} is not readable JSON ({e})",
+                            f"rebuild the index: saex index {run} --force yes") from None
         if self.manifest.get("format") != INDEX_FORMAT:
-            raise SaexError(f"{self.path} has index format {self.manifest.get('format')}, this version reads {INDEX_FORMAT}",
+            raise SaexError(f"{self.path} has index format {self.manifest.get('format')}, "
+                            f"this version reads {INDEX_FORMAT}",
                             f"rebuild it: saex index {run} --force yes")
         try:
             self._f = safe_open(str(self.path / FEATURES_FILE), framework="np")
@@ -219,7 +222,8 @@ class FeatureIndex:
         fires = int(self._row("fires", i))
         return Feature(
             id=i, fires=fires, density=float(self._row("density", i)),
-            mean_activation=float(self._row("mean_activation", i)), max_activation=float(self._row("max_activation", i)),
+            mean_activation=float(self._row("mean_activation", i)),
+            max_activation=float(self._row("max_activation", i)),
             hist_edges=self.array("hist_edges"), hist_counts=self._row("hist", i),
             top_examples=[e for j in range(K) if (e := top_make(j)) is not None], bands=bands,
             boosted=toks("boost"), suppressed=toks("suppress"),

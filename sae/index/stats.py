@@ -356,7 +356,8 @@ class FeatureStats:
         fc, pc, vc = f[cand], p[cand], v[cand]
         kc = value_key(vc)
         T = self.T
-        order = lex_order((fc, bit_width(self.d_sae)), (pc // T, bit_width(n_positions // T)), (kc, 32), (pc % T, bit_width(T)))
+        order = lex_order((fc, bit_width(self.d_sae)), (pc // T, bit_width(n_positions // T)), (kc, 32),
+                          (pc % T, bit_width(T)))
         fc, pc, kc, vc = fc[order], pc[order], kc[order], vc[order]
         group = fc * (n_positions // T + 1) + pc // T
         peak = run_starts(group)  # first of each (feature, window): its peak
@@ -372,4 +373,5 @@ class FeatureStats:
             return
         fc, pc, kc, vc = f[cand], p[cand], key[cand], v[cand]
         order = lex_order((fc, bit_width(self.d_sae)), (kc, 32), (pc, bit_width(n_positions)))
-        self._merge("smp", self.SAMPLE_EMPTY, first, fc[order], kc[order], first + pc[order], {"smp_val": vc[order]}, ctx)
+        self._merge("smp", self.SAMPLE_EMPTY, first, fc[order], kc[order], first + pc[order],
+                    {"smp_val": vc[order]}, ctx)

@@ -164,7 +164,8 @@ def vocab_strings(lm, V: int) -> list[str]:
     return list(strings) + [""] * (V - n)
 
 
-def finish_tables(cfg: IndexConfig, sae: LoadedSAE, store: ActivationStore, lm, stats: FeatureStats) -> tuple[dict, dict]:
+def finish_tables(cfg: IndexConfig, sae: LoadedSAE, store: ActivationStore, lm,
+                  stats: FeatureStats) -> tuple[dict, dict]:
     s = stats.state
     tokens = np.load(store.path / "tokens.npy", mmap_mode="r")
     fires = s["fires"]

@@ -50,7 +50,8 @@ def score_claim(claim: dict, acts: Any, token_ids: Any, *, threshold: float = 0.
     require(acts.shape == tokens.shape and acts.ndim in (1, 2) and (mask is None or mask.shape == acts.shape),
           f"acts {acts.shape}, token_ids {tokens.shape} and mask {None if mask is None else mask.shape} "
           "must have one shape, (pos) or (batch, pos)", "pass one feature's activations and the matching tokens")
-    require(np.issubdtype(tokens.dtype, np.integer), f"token_ids must be integers, got {tokens.dtype}", "pass token ids")
+    require(np.issubdtype(tokens.dtype, np.integer), f"token_ids must be integers, got {tokens.dtype}",
+          "pass token ids")
     require(bool(np.isfinite(acts).all()), "acts contain NaN or inf", "recompute the activations")
     require(isinstance(threshold, (int, float)) and math.isfinite(threshold), f"bad threshold {threshold!r}",
           "pass a finite number")
@@ -66,7 +67,8 @@ def score_claim(claim: dict, acts: Any, token_ids: Any, *, threshold: float = 0.
                       hits, n_fired, n_target)
 
 
-def feature_activations(sae: LoadedSAE, feature: int, store: ActivationStore) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def feature_activations(sae: LoadedSAE, feature: int,
+                        store: ActivationStore) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(acts, token ids, ordinary mask), each "window pos", for one feature over the store.
     Special and outlier positions are not encoded (activation 0, mask False)."""
     encode = sparse_encoder(sae)

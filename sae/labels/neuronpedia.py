@@ -89,7 +89,8 @@ def parse_record(record: Any, key: SAEKey) -> dict:
 
     require(isinstance(extra, dict), f"{NAMESPACE} must be an object, got {type(extra).__name__}", "")
     expected = {"format", "model", "hook", "sae_hash", "version", "tags", "confidence", "claim", "history"}
-    require(set(extra) == expected, f"{NAMESPACE} must have exactly the keys {sorted(expected)}, got {sorted(extra)}", "")
+    require(set(extra) == expected,
+          f"{NAMESPACE} must have exactly the keys {sorted(expected)}, got {sorted(extra)}", "")
     require(extra["format"] == EXPORT_FORMAT, f"{NAMESPACE}.format {extra['format']!r} is not {EXPORT_FORMAT}", "")
     theirs = (extra["model"], extra["hook"], extra["sae_hash"])
     require(theirs == (key.model, key.hook, key.sae_hash),
@@ -105,11 +106,13 @@ def parse_record(record: Any, key: SAEKey) -> dict:
               f"{sorted(entry) if isinstance(entry, dict) else type(entry).__name__}", "")
         require(entry["action"] in ACTIONS, f"history action must be one of {ACTIONS}, got {entry['action']!r}", "")
         entries.append({"version": check_count(entry["version"], "a history version", 1), "action": entry["action"],
-                        **check_content(*(entry[n] for n in CONTENT_FIELDS)), "at": check_timestamp(entry["at"], "a history time")})
+                        **check_content(*(entry[n] for n in CONTENT_FIELDS)),
+                        "at": check_timestamp(entry["at"], "a history time")})
     version = check_count(extra["version"], f"{NAMESPACE}.version", 1)
     last = entries[-1]
     require([e["version"] for e in entries] == list(range(1, version + 1)),
           f"history versions {[e['version'] for e in entries]} are not 1..{version}", "")
-    require(last["action"] != "delete" and {n: last[n] for n in CONTENT_FIELDS} == content and last["at"] == out["updated_at"],
+    require(last["action"] != "delete" and {n: last[n] for n in CONTENT_FIELDS} == content
+          and last["at"] == out["updated_at"],
           "the last history entry does not match the label, its fields or updatedAt", "")
     return out | {"content": content, "version": version, "history": entries}

@@ -61,7 +61,8 @@ def validate_claim(claim: Any) -> dict | None:
     require(isinstance(claim, dict), f"a claim must be an object, got {claim!r}", fix)
     require(set(claim) == {"kind", "offset", "tokens"},
           f"a claim has exactly the keys kind, offset, tokens; got {sorted(claim)}", fix)
-    require(claim["kind"] in CLAIM_KINDS, f"unknown claim kind {claim['kind']!r} (known: {', '.join(CLAIM_KINDS)})", fix)
+    require(claim["kind"] in CLAIM_KINDS,
+          f"unknown claim kind {claim['kind']!r} (known: {', '.join(CLAIM_KINDS)})", fix)
     offset = check_count(claim["offset"], "the claim's offset")
     tokens = claim["tokens"]
     require(isinstance(tokens, list) and tokens != [],
@@ -79,7 +80,8 @@ def check_content(label: Any, description: Any, tags: Any, confidence: Any, auth
               and math.isfinite(confidence) and 0 <= confidence <= 1,
               f"confidence must be a number between 0 and 1, got {confidence!r}", "pass a value in [0, 1], or None")
         confidence = float(confidence)
-    return {"label": check_text(label, "the label"), "description": check_text(description, "the description", empty_ok=True),
+    return {"label": check_text(label, "the label"),
+            "description": check_text(description, "the description", empty_ok=True),
             "tags": list(dict.fromkeys(tags)), "confidence": confidence, "author": check_text(author, "the author"),
             "claim": validate_claim(claim)}
 

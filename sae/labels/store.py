@@ -223,7 +223,8 @@ class AnnotationStore:
             require(live is not None, f"feature {feature} of {key} has no label to delete",
                   "check the feature id; earlier versions are in history()")
             self._check_expected(live, expected_version, feature)
-            content = {name: getattr(live, name) for name in CONTENT_FIELDS} | {"author": author, "tags": list(live.tags)}
+            content = ({name: getattr(live, name) for name in CONTENT_FIELDS}
+                       | {"author": author, "tags": list(live.tags)})
             return self._write_version(con, key, feature, "delete", content, live)
 
     def history(self, key: SAEKey, feature: int) -> list[HistoryEntry]:
@@ -295,7 +296,8 @@ class AnnotationStore:
         duplicates = sorted({f for f in features if features.count(f) > 1})
         if duplicates:
             problems.append(f"features {duplicates} appear more than once")
-        require(not problems, "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""),
+        require(not problems,
+              "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""),
               "fix or remove those records and import again; nothing was imported")
 
         added = replaced = skipped = 0

@@ -83,7 +83,8 @@ class LookaheadConfig:
     out: str | None = None
     """Output folder; default: RUN/lookahead."""
     select_prompts: str | None = None
-    """JSONL prompt set (prompt, noun, article) to choose features on; default: WordNet riddles of one half of the nouns."""
+    """JSONL prompt set (prompt, noun, article) to choose features on; default: WordNet riddles
+    of one half of the nouns."""
     test_prompts: str | None = None
     """JSONL prompt set to test the chosen features on; default: WordNet riddles of the other half of the nouns."""
     riddles_per_article: int = 48
@@ -97,13 +98,15 @@ class LookaheadConfig:
     n_candidates: int = 30
     """Top latents by attribution that are ablated one by one on the selection set before choosing."""
     positions: str = "prompt"
-    """Where edits apply, by offset from the article: prompt (all prompt tokens), last (-1), before (<= -2), or offsets like -3:-1."""
+    """Where edits apply, by offset from the article: prompt (all prompt tokens), last (-1), before (<= -2),
+    or offsets like -3:-1."""
     random_sets: int = 30
     """Random feature sets of matched firing density for the control (at least 20)."""
     density_tolerance: float = 0.1
     """Largest |log10 density| difference between a random feature and the feature it stands in for."""
     doses: list[float] | None = None
-    """Steering doses: the chosen features' activations multiplied by each (1 = clean, 0 = ablated, 2 = doubled, -1 = reversed) at the edit positions (default: -1,0,0.5,1,1.5,2,3)."""
+    """Steering doses: the chosen features' activations multiplied by each
+    (1 = clean, 0 = ablated, 2 = doubled, -1 = reversed) at the edit positions (default: -1,0,0.5,1,1.5,2,3)."""
     dose_random_sets: int = 2
     """Random sets steered the same way, as the dose-response control."""
     profile_before: int = 8

@@ -1,4 +1,4 @@
-"""The PNG plots of `saex lookahead` (see sae/lookahead_report.py), drawn from report.json
+"""The PNG plots of `saex lookahead` (see sae/lookahead/experiment.py), drawn from report.json
 alone, so a report can be re-plotted without the model."""
 
 from __future__ import annotations

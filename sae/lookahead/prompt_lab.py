@@ -41,7 +41,8 @@ class PromptView:
         vals, idx = a.topk(min(n, len(a)))
         return [(int(i), float(v)) for v, i in zip(vals, idx) if v > 0]
 
-    def aligned(self, features: list[int], anchor: int, before: int = 5, after: int = 2) -> dict[int, list[float | None]]:
+    def aligned(self, features: list[int], anchor: int, before: int = 5,
+                after: int = 2) -> dict[int, list[float | None]]:
         """Each feature's activation at offsets -before..+after from token `anchor` (None outside the prompt)."""
         out = {}
         for f in features:

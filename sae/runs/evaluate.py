@@ -63,7 +63,8 @@ class EvalConfig:
     splice_outliers: bool = False
     """Splice the SAE in at outlier positions too (by default they keep their clean activation)."""
     ablate_special: bool = True
-    """Zero-ablate BOS/special positions too in the CE_zero baseline, as sae-lens's run_evals does (false: spare them, which raises CE_zero and every CE-loss score)."""
+    """Zero-ablate BOS/special positions too in the CE_zero baseline, as sae-lens's run_evals does
+    (false: spare them, which raises CE_zero and every CE-loss score)."""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
     progress: bool = True
@@ -400,7 +401,8 @@ def format_table(r: dict) -> str:
         ("store", f"{r['store']['path']} ({r['store']['split']}, {r['store']['hook']})"),
         ("tokens", f"{t['evaluated']:,} evaluated; excluded: {t['special_excluded']:,} special, "
                    f"{t['outliers']:,} outliers"),
-        ("explained variance", f"{_fmt(r['explained_variance'])}  (with outliers: {_fmt(r['explained_variance_with_outliers'])})"),
+        ("explained variance", f"{_fmt(r['explained_variance'])}  "
+                               f"(with outliers: {_fmt(r['explained_variance_with_outliers'])})"),
         ("MSE", f"{_fmt(r['mse'], '.4g')}  (with outliers: {_fmt(r['mse_with_outliers'], '.4g')})"),
         ("L0", _fmt(r["l0"], ".1f")),
         ("dead latents", f"{r['dead_fraction']:.2%} ({r['dead_latents']:,} of {s['d_sae']:,} never fired)"),
@@ -409,7 +411,8 @@ def format_table(r: dict) -> str:
     sp = r.get("splice")
     if sp:
         rows += [
-            ("CE clean / spliced / zero", f"{_fmt(r['ce_clean'])} / {_fmt(r['ce_spliced'])} / {_fmt(r['ce_zero_ablated'])}"
+            ("CE clean / spliced / zero", f"{_fmt(r['ce_clean'])} / {_fmt(r['ce_spliced'])} / "
+                                          f"{_fmt(r['ce_zero_ablated'])}"
                                           f"  ({sp['windows']:,} windows, {sp['ce_tokens']:,} tokens)"),
             ("CE-loss score", _fmt(r["ce_loss_score"])),
             ("KL spliced / zero", f"{_fmt(r['kl_spliced'])} / {_fmt(r['kl_zero_ablated'])}"),

@@ -74,7 +74,8 @@ def check_model(lm: LoadedModel, store: ActivationStore) -> None:
     m = store.manifest
     if lm.weights_sha256 != m["model"]["weights_sha256"]:
         raise SaexError(f"the model {lm.spec} (weights {lm.weights_sha256[:12]}...) is not the one the store "
-                        f"{store.path} was harvested from ({m['model']['spec']}, {m['model']['weights_sha256'][:12]}...)",
+                        f"{store.path} was harvested from "
+                        f"({m['model']['spec']}, {m['model']['weights_sha256'][:12]}...)",
                         "pass --model with the store's model, or leave --model out")
     if lm.d_model != store.d_model:
         raise SaexError(f"the model {lm.spec} has d_model {lm.d_model}, the store {store.d_model}",
