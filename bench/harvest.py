@@ -2,8 +2,11 @@
 
 Every method reads the residual stream after block L (default: the middle one) of the
 same batches of real text (batch 8 x 128 by default), taking turns batch by batch so
-that machine noise hits them alike. Prints tokens/s (median over rounds), the ratio to
-sae-lens with autocast, and each method's median relative error against fp32.
+that machine noise hits them alike. Prints which precision `auto` takes here and why,
+tokens/s (median over rounds), the ratio to sae-lens in its fastest setting on this
+machine, the share of the matmul limit (the precision probe's GFLOP/s over the FLOPs per
+token), and each method's median relative error against fp32. bf16 is timed only where
+it is fast (or with --all).
 
     python bench/harvest.py [--rounds 12] [--batch 8] [--compile] [--model smollm2-135m]
 """
@@ -39,6 +42,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--compile", action="store_true", help="also time our torch.compile'd forward")
     ap.add_argument("--json", default=None, help="also write the results to this file")
+    ap.add_argument("--all", action="store_true", help="also time bf16 where this CPU has no fast bf16")
     args = ap.parse_args()
 
     from sae_lens.load_model import HookedProxyLM
@@ -46,6 +50,7 @@ def main() -> None:
     from sae.data.corpus import open_corpus, token_windows
     from sae.data.forward import ResidualReader
     from sae.data.models import load_model
+    from sae.precision import speed
 
     torch.manual_seed(0)
     lm = load_model(args.model, device="cpu")
@@ -67,22 +72,26 @@ def main() -> None:
         with torch.no_grad():
             return lm.model(input_ids=ids, output_hidden_states=True).hidden_states[hook.layer + 1].float()
 
-    ours = ResidualReader(lm, hook, precision="bf16", calibration_ids=warm)
+    decision = speed("cpu")
     ours_fp32 = ResidualReader(lm, hook, precision="fp32", calibration_ids=warm)
+    auto = ResidualReader(lm, hook, precision="auto", calibration_ids=warm)
     methods = {
         "transformers full forward (fp32)": plain_full,
         "sae-lens HookedProxyLM stop_at_layer (fp32)": lambda ids: saelens(ids, False),
-        "sae-lens HookedProxyLM stop_at_layer (bf16 autocast)": lambda ids: saelens(ids, True),
         "saex ResidualReader (fp32)": ours_fp32,
-        "saex ResidualReader (bf16 autocast)": ours,
     }
+    # Where bf16 is emulated (~1/100 of fp32) nobody would use it: timing it would only take minutes.
+    if decision.fast_bf16 or args.all:
+        methods["sae-lens HookedProxyLM stop_at_layer (bf16 autocast)"] = lambda ids: saelens(ids, True)
+        methods["saex ResidualReader (bf16 autocast)"] = ResidualReader(lm, hook, precision="bf16",
+                                                                        calibration_ids=warm)
     compile_s = None
     if args.compile:
         t = time.perf_counter()
-        compiled = ResidualReader(lm, hook, precision="bf16", compile=True, calibration_ids=warm)
+        compiled = ResidualReader(lm, hook, precision=auto.precision, compile=True, calibration_ids=warm)
         compiled(warm)
         compile_s = time.perf_counter() - t
-        methods["saex ResidualReader (bf16 autocast, torch.compile)"] = compiled
+        methods[f"saex ResidualReader ({auto.precision}, torch.compile; as saex harvest runs >= 1M tokens)"] = compiled
 
     for f in methods.values():  # warm-up
         f(warm)
@@ -98,20 +107,32 @@ def main() -> None:
 
     n_tok = args.batch * args.context
     rate = {k: n_tok / statistics.median(v) for k, v in times.items()}
-    base = rate["sae-lens HookedProxyLM stop_at_layer (bf16 autocast)"]
-    print(f"machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    saelens_best = max((k for k in rate if k.startswith("sae-lens")), key=rate.get)
+    base = rate[saelens_best]
+    layers = lm.model.get_submodule(hook.module_path.rsplit(".", 1)[0])
+    flops = 2.0 * sum(p.numel() for b in list(layers)[: hook.layer + 1] for p in b.parameters())
+    limit = max(decision.fp32_gflops or 0, decision.bf16_gflops or 0 if decision.fast_bf16 else 0) * 1e9 / flops
+    print(f"machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    print(f"precision: {decision.reason}; saex harvest --precision auto takes {auto.precision}")
+    print(f"baseline: sae-lens's fastest setting here, {saelens_best}")
     print(f"model {lm.spec}, hook {hook.name}, batch {args.batch} x {args.context}, {len(batches)} rounds"
           + (f", compile took {compile_s:.0f} s" if compile_s else ""))
     print()
-    print("| method | tokens/s | vs sae-lens autocast | median rel. error vs fp32 |")
-    print("| --- | ---: | ---: | ---: |")
+    print("| method | tokens/s | vs sae-lens's best | share of the matmul limit | median rel. error vs fp32 |")
+    print("| --- | ---: | ---: | ---: | ---: |")
     for k in methods:
-        print(f"| {k} | {rate[k]:,.0f} | {rate[k] / base:.2f}x | {statistics.median(errors[k]):.2%} |")
+        share = f"{rate[k] / limit:.0%}" if limit else "n/a"
+        print(f"| {k} | {rate[k]:,.0f} | {rate[k] / base:.2f}x | {share} | {statistics.median(errors[k]):.2%} |")
+    if limit:
+        print(f"(matmul limit: {limit:,.0f} tokens/s = the probe's best GFLOP/s / {flops / 1e6:.0f} MFLOP per token)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": cpu_name(), "threads": torch.get_num_threads(), "batch": args.batch,
                        "context": args.context, "rounds": len(batches), "compile_s": compile_s,
-                       "tokens_per_s": rate, "median_rel_error": {k: statistics.median(v) for k, v in errors.items()}},
+                       "tokens_per_s": rate, "baseline": saelens_best,
+                       "precision": decision.record(),
+                       "median_rel_error": {k: statistics.median(v) for k, v in errors.items()}},
                       f, indent=2)
 
 

@@ -3,10 +3,14 @@
     python bench/index.py [--run checkpoints/demo/sae] [--store checkpoints/demo/acts-heldout]
 
 Prints, on 2 threads:
-1. encoding alone, tokens/s: sae-lens's dense `encode` + nonzero, against our exact sparse
-   TopKEncoder, taking turns chunk by chunk on the same tokens (and checks they agree);
-2. the streaming pass of `saex index` (encode + every per-feature statistic, the two threads
-   overlapping as in `saex index`), tokens/s, median of --repeats runs;
+0. which encoder `sparse_encoder` (so `saex index`) chooses here, and why: TopKEncoder (bf16
+   prefilter) where bf16 is fast, TopKEncoderFP32 otherwise (`sae.precision`, SAEX_FAST_BF16);
+1. encoding alone, tokens/s: sae-lens's dense `encode` (fp32) + nonzero, against our exact
+   sparse encoders, TopKEncoderFP32 and (where bf16 is fast; emulated bf16 would take hours)
+   TopKEncoder, taking turns chunk by chunk on the same tokens (and checks they agree). All
+   of them give sae-lens's fp32 codes, so each ratio is against sae-lens's fp32 encode;
+2. the streaming pass of `saex index` with the chosen encoder (encode + every per-feature
+   statistic, the two threads overlapping as in `saex index`), tokens/s, median of --repeats runs;
 3. the whole build (setup: loading the SAE and model; stream; finish: profiles, output
    effects, neighbours, writing), into a temporary copy of the run folder.
 The machine's load average is printed too: on a shared machine compare ratios from one run.
@@ -34,9 +38,10 @@ import torch  # noqa: E402
 
 from sae.data.store import ActivationStore  # noqa: E402
 from sae.index.build import IndexConfig, build_index  # noqa: E402
-from sae.index.encoder import DenseEncoder, TopKEncoder  # noqa: E402
+from sae.index.encoder import DenseEncoder, TopKEncoder, TopKEncoderFP32, sparse_encoder  # noqa: E402
 from sae.index.stats import FeatureStats  # noqa: E402
 from sae.index.stream import stream  # noqa: E402
+from sae.precision import speed  # noqa: E402
 from sae.runs.load import load_sae  # noqa: E402
 
 
@@ -66,26 +71,48 @@ def _check_agree(a: np.ndarray, b: np.ndarray) -> int:
     return len(rows)
 
 
+DENSE = "sae-lens encode (dense fp32)"
+FP32 = "TopKEncoderFP32 (fp32 matmul, exact)"
+BF16 = "TopKEncoder (bf16 prefilter, exact)"
+
+
+def report_choice(sae) -> None:
+    enc = sparse_encoder(sae)
+    why = speed("cpu", announce=False).reason
+    print(f"sparse_encoder chooses {type(enc).__name__} (precision {enc.precision}): {why}")
+
+
 def bench_encoders(sae, store) -> None:
-    dense, fast = DenseEncoder(sae, chunk=8192), TopKEncoder(sae)
-    took = {"sae-lens encode (dense fp32)": 0.0, "TopKEncoder (bf16 prefilter, exact)": 0.0}
-    n = n_differ = 0
+    encoders = {DENSE: DenseEncoder(sae, chunk=8192), FP32: TopKEncoderFP32(sae)}
+    if speed("cpu", announce=False).fast_bf16:
+        encoders[BF16] = TopKEncoder(sae)
+    took = dict.fromkeys(encoders, 0.0)
+    n = 0
+    n_differ = dict.fromkeys(encoders, 0)
     for _, _, _, _, x in chunks(store, 8192):
-        t = time.perf_counter()
-        a = dense(x)
-        took["sae-lens encode (dense fp32)"] += time.perf_counter() - t
-        t = time.perf_counter()
-        b = fast(x)
-        took["TopKEncoder (bf16 prefilter, exact)"] += time.perf_counter() - t
-        n_differ += _check_agree(a.dense(len(x), sae.d_sae), b.dense(len(x), sae.d_sae))
+        dense = None
+        for name, enc in encoders.items():
+            t = time.perf_counter()
+            codes = enc(x)
+            took[name] += time.perf_counter() - t
+            if dense is None:
+                dense = codes.dense(len(x), sae.d_sae)
+            else:
+                n_differ[name] += _check_agree(dense, codes.dense(len(x), sae.d_sae))
         n += len(x)
-    base = took["sae-lens encode (dense fp32)"]
-    print(f"\nencoding {n:,} tokens (4608 latents), same chunks, taking turns:")
+    base = took[DENSE]
+    print(f"\nencoding {n:,} tokens ({sae.d_sae} latents), same chunks, taking turns (ratio: against sae-lens's "
+          "fp32 encode, whose codes both sparse encoders give):")
     for name, s in took.items():
         print(f"  {name:<40} {n / s:>10,.0f} tokens/s  {base / s:5.2f}x")
-    print(f"  dense fallback rows of the fast path: {fast.dense_rows / fast.rows_seen:.2%}; rows whose latents "
-          f"differ: {n_differ} (each a near-tie at the k-th place, within 1e-5 relative: fp32 rounding, which "
-          "also flips such ties in sae-lens between batch sizes)")
+    if BF16 not in encoders:
+        print(f"  {BF16}: not timed, bf16 is not fast on this CPU (torch emulates it)")
+    else:
+        fast = encoders[BF16]
+        print(f"  dense fallback rows of the bf16 path: {fast.dense_rows / fast.rows_seen:.2%}")
+    differ = ", ".join(f"{name.split()[0]} {n_differ[name]}" for name in encoders if name != DENSE)
+    print(f"  rows whose latents differ from sae-lens's: {differ} (each a near-tie at the k-th place, within 1e-5 "
+          "relative: fp32 rounding, which also flips such ties in sae-lens between batch sizes)")
 
 
 def bench_stream(sae, store, run: str, chunk_tokens: int, repeats: int) -> None:
@@ -97,7 +124,7 @@ def bench_stream(sae, store, run: str, chunk_tokens: int, repeats: int) -> None:
     rates = []
     for _ in range(repeats):
         stats = FeatureStats(sae.d_sae, vocab, store.context_size)
-        enc = TopKEncoder(sae)
+        enc = sparse_encoder(sae)
         busy = {"encoding": 0.0, "statistics": 0.0}
         lock = threading.Lock()
 
@@ -124,8 +151,8 @@ def bench_stream(sae, store, run: str, chunk_tokens: int, repeats: int) -> None:
               f"(thread-seconds encoding {busy['encoding']:.2f}, "
               f"folding in statistics {busy['statistics']:.2f}); then the final pair merge {merge:.2f} s, which "
               "`saex index` overlaps with the output effects")
-    print(f"streaming pass over {n:,} tokens (chunks up to {chunk_tokens:,}), median of {repeats}: "
-          f"{statistics.median(rates):,.0f} tokens/s")
+    print(f"streaming pass over {n:,} tokens with {type(enc).__name__} (chunks up to {chunk_tokens:,}), "
+          f"median of {repeats}: {statistics.median(rates):,.0f} tokens/s")
 
 
 def bench_build(run: Path, store: Path) -> None:
@@ -159,6 +186,7 @@ def main() -> None:
     print(f"{args.run}: {sae.architecture}, d_sae {sae.d_sae}, k {sae.cfg.get('k')}; store {args.store}: "
           f"{store.n_windows * store.context_size:,} tokens; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; load average {os.getloadavg()[0]:.2f}")
+    report_choice(sae)
     bench_encoders(sae, store)
     print()
     bench_stream(sae, store, args.run, args.chunk_tokens, args.repeats)

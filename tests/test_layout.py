@@ -109,6 +109,7 @@ def test_the_library_has_no_streamlit_or_argparse():
     assert offenders == []
 
 
+@pytest.mark.integration
 def test_public_api_resolves_and_import_is_cheap():
     import sae
 
@@ -120,6 +121,7 @@ def test_public_api_resolves_and_import_is_cheap():
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.integration
 def test_python_m_saex_is_the_console_script():
     from saex import cli
 

@@ -85,7 +85,8 @@ def test_training_autocast_follows_the_decision(monkeypatch):
     assert TrainConfig(autocast=True).autocast == "yes"  # TOML's true
 
 
-@pytest.mark.parametrize("line,needle", [('autocast = "flase"', "autocast"), ('progress = "no"', "must be true or false"),
+@pytest.mark.parametrize("line,needle", [('autocast = "flase"', "autocast"),
+                                         ('progress = "no"', "must be true or false"),
                                          ("k = 3.5", "k in"), ('architecture = "topkk"', "architecture")])
 def test_config_values_of_the_wrong_type_are_refused(tmp_path, line, needle):
     from sae.errors import SaexError

@@ -3,7 +3,10 @@
 The feature index encodes every token of a held-out store, so encoding speed is the
 index's speed. sae-lens computes a dense fp32 matmul and then keeps k of d_sae values;
 for a TopK SAE on CPU that matmul and the top-k over d_sae columns cost most of the time.
-`TopKEncoder` gets the same codes faster and exactly:
+Two encoders get the same codes faster and exactly; `sparse_encoder` picks one by what is
+fast on this machine (`sae.precision`: a timed probe, or `SAEX_FAST_BF16=0/1`):
+
+`TopKEncoder`, where bf16 matmuls are fast (native bf16: AVX-512 BF16, AMX):
 
 1. a bf16 matmul (about 4x the fp32 speed) ranks the pre-activations approximately;
 2. per row, the latents whose bf16 value reaches a threshold are kept as candidates:
@@ -19,6 +22,15 @@ for a TopK SAE on CPU that matmul and the top-k over d_sae columns cost most of 
    rounding: a near-tie at the k-th place (within ~1e-6 relative) can go either way, as it
    does in sae-lens itself between batch sizes.
 
+`TopKEncoderFP32`, everywhere else. On CPUs without native bf16 (AVX2 only) torch emulates
+bf16 matmuls at 1/10 to 1/100 of the fp32 speed: under AVX2 emulation TopKEncoder ran ~35x
+slower than this encoder at 576 -> 4608 latents. It computes the fp32 matmul sae-lens
+computes, into a reused per-thread buffer, then runs the same block-maxima candidate search
+(step 2; the values are exact, so the threshold is the k-th largest block maximum, step 3
+only keeps the k largest, and no proof or fallback is needed). It skips sae-lens's top-k
+over d_sae columns and its dense output: about 1.4x sae-lens's speed at 576 -> 4608
+latents, k 32 (a plain top-k after the same matmul: about 1.25x).
+
 Other architectures (and TopK SAEs with input normalisation or decoder-norm rescaling)
 go through `DenseEncoder`, which calls sae-lens's own `encode`.
 """
@@ -27,12 +39,12 @@ from __future__ import annotations
 
 import threading
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from sae.precision import Speed, resolve
 from sae.runs.load import LoadedSAE
 
 # CSR tensors are "beta" in torch; the one product used here is tested against sae-lens.
@@ -74,8 +86,12 @@ class DenseEncoder:
     Like `TopKEncoder`, it encodes `block` rows at a time (`encode_block`) and assembles the
     blocks (`finish`), so that several threads can share one chunk (see sae.index.build)."""
 
+    precision = "fp32"  # sae-lens's own computation
+
     def __init__(self, sae: LoadedSAE, chunk: int = 4096):
         self.sae, self.block = sae, chunk
+        self.decision: Speed | None = None  # what sparse_encoder's choice rested on, if it asked
+        self.precision_reason: str | None = None  # why sparse_encoder chose this (manifests record it)
 
     def __call__(self, x: torch.Tensor) -> Codes:
         return self.finish(x, [self.encode_block(x[i:i + self.block], i) for i in range(0, len(x), self.block)])
@@ -112,6 +128,8 @@ class TopKEncoder:
     0.75x. 1024-row blocks encode as fast as 8192-row ones and let two threads share a chunk
     finely (sae.index.build)."""
 
+    precision = "bf16"  # the prefilter's; the codes are exact fp32
+
     def __init__(self, sae: LoadedSAE, margin: int = 20, block: int = 1024):
         m = sae.sae
         if not supports_fast_topk(sae):
@@ -130,8 +148,7 @@ class TopKEncoder:
         # even. The bf16 weights are stored block-strided (output column w * G + g holds
         # latent g * width + w), so the block maxima are an elementwise max of `width`
         # contiguous rows of G values, and a block's values gather as one strided row.
-        self.width = max(1, self.d_sae // max(256, 4 * self.k2))
-        self.groups = -(-self.d_sae // self.width)
+        self.width, self.groups = _block_shape(self.d_sae, self.k2)
         pad = self.groups * self.width - self.d_sae
         W_hi = W.bfloat16()
         self.W_hi = _block_strided(torch.cat([W_hi, torch.zeros(W.shape[0], pad, dtype=torch.bfloat16)], 1),
@@ -151,6 +168,8 @@ class TopKEncoder:
         self._local = threading.local()  # per thread: the bf16 matmul's output, reused between blocks
         self.dense_rows = 0  # rows that needed the dense fallback (for the benchmark)
         self.rows_seen = 0
+        self.decision: Speed | None = None  # what sparse_encoder's choice rested on, if it asked
+        self.precision_reason: str | None = None  # why sparse_encoder chose this (manifests record it)
 
     # ------------------------------------------------------------------ pieces
 
@@ -175,18 +194,8 @@ class TopKEncoder:
         values are negative integers), and integer compares are cheaper than bf16 ones on
         CPU. Returns (rows, latents, threshold bits per row), rows ascending and latents
         ascending within a row (CSR order)."""
-        n, G, W = len(pre), self.groups, self.width
-        blocks = pre.view(torch.int16).view(n, W, G)
-        bmax = blocks.amax(1).numpy()
-        thr = np.partition(bmax, G - self.k2, axis=1)[:, G - self.k2]
-        thr = np.maximum(thr, 1)  # no positive threshold: take the positive values (the proof decides)
-        hit = np.flatnonzero(bmax >= thr[:, None])
-        r = hit // G
-        g = hit - r * G
-        values = blocks.transpose(1, 2)[torch.from_numpy(r), torch.from_numpy(g)].numpy()  # "hit W"
-        ok = np.flatnonzero(values >= thr[r, None])
-        i = ok // W
-        return r[i], g[i] * W + (ok - i * W), thr
+        rows, latents, _, thr = _block_candidates(pre.view(torch.int16), self.groups, self.width, self.k2)
+        return rows, latents, thr
 
     def _dense_rows(self, xc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """sae-lens's computation for a few rows: fp32 matmul, top-k, relu."""
@@ -269,6 +278,108 @@ class TopKEncoder:
         return codes, np.flatnonzero(~proven) + offset
 
 
+class TopKEncoderFP32:
+    """Exact sparse codes of a TopK SAE from sae-lens's own fp32 matmul, for machines
+    without fast bf16 (see the module docstring). Same interface as `TopKEncoder`.
+
+    block: rows per fp32 matmul (`encode_block`), into an output buffer reused per thread
+    (two threads share a chunk, sae.index.build). The weights are stored block-strided, as
+    TopKEncoder stores its bf16 ones, so that the block maxima are an elementwise max."""
+
+    precision = "fp32"
+
+    def __init__(self, sae: LoadedSAE, block: int = 1024):
+        m = sae.sae
+        if not supports_fast_topk(sae):
+            raise ValueError("TopKEncoderFP32 needs a plain TopK SAE (see supports_fast_topk)")
+        self.k = int(sae.cfg["k"])
+        self.d_sae = sae.d_sae
+        self.block = block
+        W = m.W_enc.detach().float().cpu()
+        b_enc = m.b_enc.detach().float().cpu()
+        self.b_dec = (m.b_dec.detach().float().cpu() if m.cfg.apply_b_dec_to_input else torch.zeros(sae.d_in))
+        # The k-th largest block maximum is the threshold: at least k latents reach it (the
+        # block maxima), and since the values are exact, every one of the top k does.
+        self.width, self.groups = _block_shape(self.d_sae, self.k)
+        pad = self.groups * self.width - self.d_sae
+        self.W = _block_strided(torch.cat([W, torch.zeros(W.shape[0], pad)], 1), self.groups, self.width)
+        self.b_enc = _block_strided(torch.cat([b_enc, torch.full((pad,), -torch.inf)])[None],
+                                    self.groups, self.width)[0]  # padding never reaches a threshold
+        self._local = threading.local()  # per thread: the matmul's output, reused between blocks
+        self.dense_rows = 0  # no dense fallback here (the manifest's field, as for TopKEncoder)
+        self.rows_seen = 0
+        self.decision: Speed | None = None  # what sparse_encoder's choice rested on, if it asked
+        self.precision_reason: str | None = None  # why sparse_encoder chose this (manifests record it)
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> Codes:
+        """x "n d_in" (any float dtype, CPU) -> the codes sae-lens's encode gives."""
+        return self.finish(x, [self.encode_block(x[i:i + self.block], i) for i in range(0, len(x), self.block)])
+
+    def finish(self, x: torch.Tensor, blocks: list[tuple[Codes, np.ndarray]]) -> Codes:
+        """The codes of x from its blocks' `encode_block` results, in order."""
+        self.rows_seen += len(x)
+        return _concat([c for c, _ in blocks])
+
+    @torch.no_grad()
+    def encode_block(self, x: torch.Tensor, offset: int) -> tuple[Codes, np.ndarray]:
+        """The codes of the rows of x (at most `block` of them; offset added to the rows) and
+        no unproven rows. Threads may call it at once."""
+        check_finite(x)
+        n, k = len(x), self.k
+        xc = torch.sub(x.float(), self.b_dec)  # fp32, as sae-lens computes it
+        out = getattr(self._local, "out", None)
+        if out is None or len(out) < n:
+            out = self._local.out = torch.empty(n, self.W.shape[1])
+        pre = torch.addmm(self.b_enc, xc, self.W, out=out[:n])
+        # Candidates: the positive values reaching the row's threshold, as int32 bit patterns
+        # (for positive floats integer order is numeric order). A row with fewer than k of
+        # them has fewer than k positive values: relu keeps exactly those.
+        rows, cols, bits, _ = _block_candidates(pre.view(torch.int32), self.groups, self.width, k)
+        counts = np.bincount(rows, minlength=n)
+        if counts.max(initial=0) > k:  # the k largest of each row: one sort of (row, value, index in row)
+            starts = np.cumsum(counts) - counts
+            local = np.arange(len(rows)) - starts[rows]
+            lb = bit_width(int(counts.max()))
+            order = np.sort((rows << (31 + lb)) | ((0x7FFFFFFF - bits.astype(np.int64)) << lb) | local)
+            keep = local < k  # sorting keeps the rows in place: their first k slots
+            at = starts[rows[keep]] + (order[keep] & ((1 << lb) - 1))
+            rows, cols, bits = rows[keep], cols[at], bits[at]
+        return Codes(rows + offset, cols, bits.view(np.float32)), np.zeros(0, np.int64)
+
+
+def _block_shape(d_sae: int, m: int) -> tuple[int, int]:
+    """(width, groups): latents fall into `groups` blocks of `width` consecutive latents,
+    groups >= 4 * m where possible (m: how many a row's threshold must let through)."""
+    width = max(1, d_sae // max(256, 4 * m))
+    return width, -(-d_sae // width)
+
+
+def _block_candidates(bits: torch.Tensor, groups: int, width: int,
+                      m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per row, every value reaching the row's threshold: the m-th largest of its `groups`
+    block maxima (at least the smallest positive value), so at least m values reach it
+    where that many are positive, and not many more. Only the blocks whose maximum reaches
+    it are searched.
+
+    bits: "n width*groups" values in the block-strided layout (`_block_strided`), viewed as
+    signed integers of their width: for positive floats integer order is numeric order, and
+    negative floats are negative integers. Returns (rows, latents, value bits, threshold bits
+    per row), rows ascending and latents ascending within a row (CSR order)."""
+    n, G, W = len(bits), groups, width
+    blocks = bits.view(n, W, G)
+    bmax = blocks.amax(1).numpy()
+    thr = np.partition(bmax, G - m, axis=1)[:, G - m]
+    thr = np.maximum(thr, 1)  # no positive threshold: take the positive values
+    hit = np.flatnonzero(bmax >= thr[:, None])
+    r = hit // G
+    g = hit - r * G
+    values = blocks.transpose(1, 2)[torch.from_numpy(r), torch.from_numpy(g)].numpy()  # "hit W"
+    ok = np.flatnonzero(values >= thr[r, None])
+    i = ok // W
+    return r[i], g[i] * W + (ok - i * W), values.reshape(-1)[ok], thr
+
+
 def _block_strided(a: torch.Tensor, groups: int, width: int) -> torch.Tensor:
     """Columns reordered so that column w * groups + g holds column g * width + w."""
     return a.reshape(len(a), groups, width).transpose(1, 2).reshape(len(a), groups * width).contiguous()
@@ -323,8 +434,25 @@ def supports_fast_topk(sae: LoadedSAE) -> bool:
             and isinstance(cfg.get("k"), int) and cfg["k"] >= 1)
 
 
-def sparse_encoder(sae: LoadedSAE, fast: bool = True) -> Callable[[torch.Tensor], Codes]:
-    """The fastest exact encoder for this SAE: TopKEncoder when it applies, else DenseEncoder."""
-    if fast and supports_fast_topk(sae):
-        return TopKEncoder(sae)
-    return DenseEncoder(sae)
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def sparse_encoder(sae: LoadedSAE, fast: bool = True,
+                   precision: str = "auto") -> DenseEncoder | TopKEncoder | TopKEncoderFP32:
+    """The fastest exact encoder for this SAE. For a plain TopK SAE (`supports_fast_topk`):
+    `TopKEncoder` (bf16 prefilter) where bf16 is fast on this CPU, else `TopKEncoderFP32`;
+    precision "bf16" or "fp32" forces one, "auto" asks `sae.precision`. Anything else (or
+    fast=False): `DenseEncoder`. The encoder's `precision` says which ("bf16" or "fp32"),
+    `precision_reason` why, and `decision` what an "auto" choice rested on."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if not (fast and supports_fast_topk(sae)):
+        enc = DenseEncoder(sae)
+        enc.precision_reason = ("sae-lens's own encode (fast=False)" if not fast else
+                                "sae-lens's own encode: not a plain TopK SAE on the CPU")
+        return enc
+    chosen, decision = resolve(precision, "cpu")  # supports_fast_topk: the SAE is on the CPU
+    enc = TopKEncoder(sae) if chosen == "bf16" else TopKEncoderFP32(sae)
+    enc.decision = decision
+    enc.precision_reason = decision.reason if decision is not None else f"precision={precision} asked for"
+    return enc
