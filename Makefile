@@ -27,7 +27,7 @@ test: $(BIN)/.installed lint
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 
-# about 90 s on 2 cores (the whole suite: about 6 min)
+# about 90 s on 2 cores (the whole suite: 6 to 9 min)
 test-fast: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -m "not integration" $(ARGS)
 
