@@ -10,6 +10,7 @@ import torch
 
 from sae.data.store import ActivationStore
 from sae.fsutil import atomic_path, write_json_atomic
+from sae.runs.files import CFG_FILE, CURVES_FILE, METRICS_FILE, RUN_FILE, SPARSITY_FILE, TRAIN_CONFIG_FILE, WEIGHTS_FILE
 from training.config import TrainConfig
 from training.plot import plot_metrics
 from training.topk import FastTopKSAE
@@ -22,15 +23,28 @@ def store_identity(store: ActivationStore) -> dict:
             "d_model": m["d_model"], "n_usable": m["n_usable"], "corpus": m["corpus"]}
 
 
-def sae_metadata(store: ActivationStore):
-    """sae-lens's SAEMetadata for an SAE trained on `store`: its model, hook and context."""
+def sae_metadata(store: ActivationStore, cfg: TrainConfig | None = None):
+    """sae-lens's SAEMetadata for an SAE trained on `store`, with the fields sae-lens's own
+    trainer writes (model, hook, dataset, context, which tokens were left out)."""
     from sae_lens.saes.sae import SAEMetadata
 
+    from sae.data.models import builtin_model_note
+
     m = store.manifest
-    return SAEMetadata(model_name=m["model"]["spec"], hook_name=m["hook"]["name"],
-                       hf_hook_name=m["hook"]["module_path"], context_size=m["context_size"],
-                       prepend_bos=m["prepend_bos"], model_weights_sha256=m["model"]["weights_sha256"],
-                       trained_by="sae-explorer")
+    meta = dict(model_name=m["model"]["spec"], model_class_name="AutoModelForCausalLM",
+                model_architecture=m["model"].get("class"), hook_name=m["hook"]["name"],
+                hf_hook_name=m["hook"]["module_path"], hook_head_index=None, context_size=m["context_size"],
+                prepend_bos=m["prepend_bos"], model_weights_sha256=m["model"]["weights_sha256"],
+                dataset_path=f"{m['corpus']['spec']} ({m['corpus']['split']} split)", seqpos_slice=[None],
+                # training reads only flag-0 vectors: special tokens and norm outliers are left out
+                exclude_special_tokens=True, exclude_norm_outliers_above=m.get("outlier_threshold"),
+                neuronpedia_id=None, trained_by="sae-explorer")
+    note = builtin_model_note(m["model"]["spec"])
+    if note:
+        meta["model_weights_note"] = note
+    if cfg is not None and cfg.architecture == "matryoshka_batchtopk":
+        meta["matryoshka_widths"] = list(cfg.matryoshka_widths)
+    return SAEMetadata(**meta)
 
 
 def write_run_files(out: Path, cfg: TrainConfig, store: ActivationStore, scale: float, density: torch.Tensor,
@@ -39,17 +53,17 @@ def write_run_files(out: Path, cfg: TrainConfig, store: ActivationStore, scale: 
     from safetensors.torch import save_file
 
     m = store.manifest
-    with atomic_path(out / "sparsity.safetensors") as tmp:
+    with atomic_path(out / SPARSITY_FILE) as tmp:
         save_file({"sparsity": torch.log10(density.float().cpu() + 1e-10).contiguous()}, str(tmp))
-    write_json_atomic(out / "train_config.json", cfg.to_dict())
-    write_json_atomic(out / "run.json", {"store": str(Path(cfg.store).resolve()), "model": m["model"],
+    write_json_atomic(out / TRAIN_CONFIG_FILE, cfg.to_dict())
+    write_json_atomic(out / RUN_FILE, {"store": str(Path(cfg.store).resolve()), "model": m["model"],
                                          "hook": m["hook"], "corpus": m["corpus"], "input_scale": scale, **stats})
 
 
 def write_plot(out: Path) -> None:
     """training.png from metrics.jsonl, or a warning: a missing plot must not cost the trained SAE."""
     try:
-        plot_metrics(out / "metrics.jsonl", out / "training.png")
+        plot_metrics(out / METRICS_FILE, out / CURVES_FILE)
     except Exception as e:
         print(f"warning: no training plot ({type(e).__name__}: {e})", file=sys.stderr)
 
@@ -65,7 +79,7 @@ def save_run(sae: FastTopKSAE, scale: float, density: torch.Tensor, store: Activ
     from safetensors.torch import save_file
 
     common = dict(d_in=sae.d_in, d_sae=sae.d_sae, dtype="float32", device="cpu", apply_b_dec_to_input=True,
-                  normalize_activations="none", metadata=sae_metadata(store))
+                  normalize_activations="none", metadata=sae_metadata(store, cfg))
     sl_cfg = JumpReLUSAEConfig(**common) if sae.batch_topk else TopKSAEConfig(k=sae.k, **common)
     weights = {
         "W_enc": sae.W_enc.detach().float().cpu().contiguous(),
@@ -75,8 +89,8 @@ def save_run(sae: FastTopKSAE, scale: float, density: torch.Tensor, store: Activ
     }
     if sae.batch_topk:
         weights["threshold"] = torch.full((sae.d_sae,), float(sae.threshold) / scale)
-    with atomic_path(out / "sae_weights.safetensors") as tmp:
+    with atomic_path(out / WEIGHTS_FILE) as tmp:
         save_file(weights, str(tmp))
     write_run_files(out, cfg, store, scale, density, stats)
     write_plot(out)
-    write_json_atomic(out / "cfg.json", sl_cfg.to_dict())  # last: its presence marks a finished run
+    write_json_atomic(out / CFG_FILE, sl_cfg.to_dict())  # last: its presence marks a finished run

@@ -49,6 +49,7 @@ from sae.data.models import resolve_device
 from sae.data.store import ActivationStore
 from sae.errors import SaexError
 from sae.fsutil import atomic_path, ensure_writable_dir, write_json_atomic
+from sae.runs.files import CFG_FILE, METRICS_FILE, WEIGHTS_FILE, is_finished
 from training import data
 from training.config import TrainConfig
 from training.run_files import sae_metadata, write_plot, write_run_files
@@ -110,8 +111,8 @@ def saelens_sae(cfg: TrainConfig, d_in: int, device: torch.device, metadata=None
                     f"use one of {', '.join(SAELENS_ARCHITECTURES)}")
 
 
-def _metadata(store: ActivationStore):
-    meta = sae_metadata(store)  # model, hook and corpus facts, as our own runs record them
+def _metadata(store: ActivationStore, cfg: TrainConfig):
+    meta = sae_metadata(store, cfg)  # model, hook and corpus facts, as our own runs record them
     meta.training_backend = "sae-lens SAETrainer"
     return meta
 
@@ -203,7 +204,7 @@ def fit_with_saelens(cfg: TrainConfig, max_steps: int | None = None, metrics_pat
 
     bf16, precision_reason = cfg.bf16(device)
     torch.manual_seed(cfg.seed)  # sae-lens initialises from the global RNG
-    sae = saelens_sae(cfg, d_in, device, _metadata(store))
+    sae = saelens_sae(cfg, d_in, device, _metadata(store, cfg))
     with torch.no_grad():
         sae.b_dec.copy_(mean.to(sae.b_dec))
 
@@ -265,28 +266,28 @@ def save_saelens_run(fit: SaeLensFit, cfg: TrainConfig, out: Path) -> Path:
     sae.fold_W_dec_norm()  # unit-norm decoder rows; activations change, reconstructions do not
     with tempfile.TemporaryDirectory(prefix="saex-saelens-") as tmp:
         sae.save_inference_model(tmp)
-        with atomic_path(out / "sae_weights.safetensors") as dest:
-            dest.write_bytes((Path(tmp) / "sae_weights.safetensors").read_bytes())
-        cfg_json = json.loads((Path(tmp) / "cfg.json").read_text())
+        with atomic_path(out / WEIGHTS_FILE) as dest:
+            dest.write_bytes((Path(tmp) / WEIGHTS_FILE).read_bytes())
+        cfg_json = json.loads((Path(tmp) / CFG_FILE).read_text())
     import sae_lens
 
     # density: the fraction of training vectors each latent fired on (the trainer's counters, never reset)
     write_run_files(out, cfg, fit.store, fit.scale, fit.trainer.feature_sparsity,
                     {**fit.stats, "backend": "sae-lens", "sae_lens_version": sae_lens.__version__,
                      "training_architecture": cfg.architecture, "saved_architecture": cfg_json["architecture"]})
-    if (out / "metrics.jsonl").exists():
+    if (out / METRICS_FILE).exists():
         write_plot(out)
-    write_json_atomic(out / "cfg.json", cfg_json)  # last: its presence marks a finished run
+    write_json_atomic(out / CFG_FILE, cfg_json)  # last: its presence marks a finished run
     return out
 
 
 def train_with_saelens(cfg: TrainConfig, max_steps: int | None = None) -> Path:
     """Train cfg.architecture with sae-lens's SAETrainer and write the run folder; returns it."""
     out = Path(cfg.out)
-    if (out / "cfg.json").exists():
+    if is_finished(out):
         raise SaexError(f"{out} already holds a trained SAE", "choose another --out, or delete that run folder")
     ensure_writable_dir(out, "run")
-    fit = fit_with_saelens(cfg, max_steps=max_steps, metrics_path=out / "metrics.jsonl")
+    fit = fit_with_saelens(cfg, max_steps=max_steps, metrics_path=out / METRICS_FILE)
     save_saelens_run(fit, cfg, out)
     s = fit.stats
     print(f"trained on {s['vectors']:,} vectors in {s['train_seconds']:.0f} s ({s['vectors_per_s']:,.0f} vectors/s, "

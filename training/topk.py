@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sae.errors import SaexError
+from sae.runs.files import CFG_FILE, WEIGHTS_FILE
 
 # CSR tensors are "beta" in torch; the one product used here is tested against dense autograd.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
@@ -238,8 +239,8 @@ def load_fast_topk(path: str | Path) -> FastTopKSAE:
 
     path = Path(path)
     try:
-        cfg = json.loads((path / "cfg.json").read_text())
-        w = load_file(str(path / "sae_weights.safetensors"))
+        cfg = json.loads((path / CFG_FILE).read_text())
+        w = load_file(str(path / WEIGHTS_FILE))
     except FileNotFoundError:
         raise SaexError(f"{path} holds no trained SAE (cfg.json + sae_weights.safetensors)",
                         "give a run folder made by `saex train`") from None

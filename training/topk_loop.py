@@ -16,6 +16,7 @@ from sae.data.models import resolve_device
 from sae.data.store import ActivationStore
 from sae.errors import SaexError
 from sae.fsutil import atomic_path, ensure_writable_dir
+from sae.runs.files import METRICS_FILE, is_finished
 from training import data, distributed
 from training.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from training.config import TrainConfig
@@ -35,7 +36,7 @@ def train_topk(cfg: TrainConfig) -> Path:
     """Train and save (or resume an interrupted run); returns the run folder."""
     store = ActivationStore(cfg.store)
     out = Path(cfg.out)
-    if (out / "cfg.json").exists():
+    if is_finished(out):
         raise SaexError(f"{out} already holds a trained SAE", "choose another --out, or delete that run folder")
     rank, world, device = distributed.setup(resolve_device(cfg.device))
     if rank == 0:
@@ -145,7 +146,7 @@ def _step(sae: FastTopKSAE, opt: torch.optim.Optimizer, x: torch.Tensor, counter
 
 def _open_log(out: Path, first_step: int):
     """metrics.jsonl for appending, without lines from steps a resumed run will redo."""
-    path = out / "metrics.jsonl"
+    path = out / METRICS_FILE
     if first_step and path.exists():
         keep = [line for line in path.read_text().splitlines() if line.strip()
                 and json.loads(line)["step"] < first_step]

