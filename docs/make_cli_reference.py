@@ -1,6 +1,7 @@
 """Regenerate docs/cli.md from the parser's own --help texts:
     python docs/make_cli_reference.py"""
 
+import argparse
 import contextlib
 import io
 import os
@@ -24,8 +25,12 @@ def render() -> str:
     parts = ["# `saex` command reference", "",
              "Generated from `--help` by `python docs/make_cli_reference.py`; do not edit by hand.", "",
              "```", help_text([]), "```"]
-    for name in commands:
+    for name, sub in commands.items():
         parts += ["", f"## saex {name}", "", "```", help_text([name]), "```"]
+        actions = [a for a in sub._actions if isinstance(a, argparse._SubParsersAction)]
+        for action in actions:  # a command with actions of its own (saex labels export ...)
+            for child in action.choices:
+                parts += ["", f"## saex {name} {child}", "", "```", help_text([name, child]), "```"]
     return "\n".join(parts) + "\n"
 
 

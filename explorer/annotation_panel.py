@@ -85,11 +85,16 @@ def export_import(key: SAEKey) -> None:
     data = json.dumps(s.export_json(key), indent=2)
     st.download_button("export JSON (Neuronpedia explanation records)", data, file_name="annotations.json",
                        mime="application/json")
-    upload = st.file_uploader("import JSON", type=["json"])
+    upload = st.file_uploader("import: our JSON export, or Neuronpedia explanations (JSON, batch-N.jsonl.gz)",
+                              type=["json", "jsonl", "jsonl.gz", "gz"])
+    source = st.text_input("Neuronpedia source of the explanations, MODEL/LAYER (e.g. pythia-70m-deduped/1-res-sm); "
+                           "empty: only records with this SAE's own ids", key="import-source")
     mode = st.radio("on conflict", ["keep", "overwrite"], horizontal=True)
     if upload is not None and st.button("import"):
         try:
-            report = s.import_json(upload.getvalue(), key, author=default_author(), on_conflict=mode)
-            st.success(f"imported: {report.added} added, {report.replaced} replaced, {report.skipped} skipped")
+            report = s.import_json(upload.getvalue(), key, author=default_author(), on_conflict=mode,
+                                   source=source.strip() or None)
+            st.success(f"imported: {report.added} added, {report.replaced} replaced, {report.skipped} skipped"
+                       + (f", {report.other_source} records of other sources left out" if source.strip() else ""))
         except SaexError as e:
             st.error(f"{e.problem} — {e.fix}")

@@ -115,5 +115,10 @@ def intervener(path: str):
     from sae.lookahead.interventions import Intervener, sink_threshold
 
     sae = load_sae(path)
+    if not sae.model_spec:  # e.g. a sparsify SAE whose run config names no model
+        from sae.errors import SaexError
+
+        raise SaexError(f"the SAE in {path} does not record its model",
+                        f"set model.spec in {sae.path / 'run.json'} to the model's HF id or folder")
     threshold, source = sink_threshold(sae)  # the harvest's outlier threshold, as the lookahead report uses
     return Intervener(load_model(sae.model_spec), sae, sink_threshold=threshold, sink_threshold_source=source)

@@ -64,7 +64,7 @@ def _cmd_eval(ns: argparse.Namespace) -> None:
     cfg = dataclass_from_args(EvalConfig, ns)
     result = run_eval(cfg)
     print(format_table(result))
-    print(f"written to {Path(cfg.run) / EVAL_FILE} ({result['seconds']:.0f} s)")
+    print(f"written to {Path(result['sae']['path']) / EVAL_FILE} ({result['seconds']:.0f} s)")
 
 
 def _cmd_index(ns: argparse.Namespace) -> None:
@@ -83,8 +83,10 @@ def _cmd_explore(ns: argparse.Namespace) -> None:
 
     import explorer
     from sae.runs.catalogue import read_run
+    from sae.runs.load import resolve_run
 
     if ns.run:
+        ns.run = str(resolve_run(ns.run))  # a release/sae_id or sparsify folder: our run folder
         read_run(ns.run)  # a clear error now rather than a blank page later
     app = Path(explorer.__file__).with_name("app.py")
     cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", ns.host, "--server.port",
@@ -104,8 +106,10 @@ def _cmd_lookahead(ns: argparse.Namespace) -> None:
     from sae.lookahead.answer import format_summary
     from sae.lookahead.experiment import LookaheadConfig, run_lookahead
     from sae.runs.files import LOOKAHEAD_DIR
+    from sae.runs.load import resolve_run
 
     cfg = dataclass_from_args(LookaheadConfig, ns)
+    cfg.run = str(resolve_run(cfg.run))  # a release/sae_id or sparsify folder: our run folder
     report = run_lookahead(cfg)
     out = Path(cfg.out) if cfg.out else Path(cfg.run) / LOOKAHEAD_DIR
     print(format_summary(report, out))
@@ -126,6 +130,47 @@ def _cmd_demo(ns: argparse.Namespace) -> None:
     from saex.demo import DemoConfig, run_demo
 
     run_demo(dataclass_from_args(DemoConfig, ns))
+
+
+def _labels_key(run: str):
+    from sae.labels.records import SAEKey
+    from sae.runs.load import load_sae
+
+    sae = load_sae(run)
+    return sae, SAEKey.from_sae(sae)
+
+
+def _cmd_labels_export(ns: argparse.Namespace) -> None:
+    from sae.fsutil import ensure_writable_dir
+    from sae.labels.store import AnnotationStore
+
+    sae, key = _labels_key(ns.run)
+    store = AnnotationStore()
+    out = ensure_writable_dir(Path(ns.out), "export")
+    if ns.format == "ours":
+        n = store.export_file(key, out / "annotations.json")
+        print(f"{n:,} labels of {key} written to {out / 'annotations.json'}")
+        return
+    from sae.index.reader import FeatureIndex
+    from sae.labels.neuronpedia_export import export_neuronpedia
+
+    r = export_neuronpedia(FeatureIndex(sae.path), sae, store, out, key=key)
+    print(f"{r.features:,} features ({r.explanations:,} labelled) of {r.model_id}/{r.layer} written to "
+          f"{out}: {len(r.upload_files)} upload-batch files, {len(r.dump_files)} dataset batches"
+          + (f"; {r.without_examples:,} features without examples left out of the upload" if r.without_examples
+             else ""))
+
+
+def _cmd_labels_import(ns: argparse.Namespace) -> None:
+    import os
+
+    from sae.labels.store import AnnotationStore
+
+    _, key = _labels_key(ns.run)
+    author = ns.author or os.environ.get("USER") or "anonymous"
+    r = AnnotationStore().import_file(ns.file, key, author=author, on_conflict=ns.on_conflict, source=ns.source)
+    print(f"imported into {key}: {r.added:,} added, {r.replaced:,} replaced, {r.skipped:,} kept or unchanged"
+          + (f"; {r.other_source:,} records of other sources left out" if ns.source else ""))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -193,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("explore", help="open the Streamlit explorer on the runs under checkpoints/ "
                        "(listening on 127.0.0.1)")
-    x.add_argument("run", nargs="?", default=None, help="run folder to open first (default: the first found)")
+    x.add_argument("run", nargs="?", default=None, help="run folder to open first, or a sae-lens release/sae_id or "
+                   "sparsify hookpoint folder (default: the first found)")
     x.add_argument("--root", default=None, help="folder searched for runs (default: $SAEX_CHECKPOINTS or checkpoints)")
     x.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     x.add_argument("--port", type=int, default=8501, help="port (default: 8501)")
@@ -216,6 +262,44 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--verify", action="store_true", help="check every shard against its checksum")
     s.add_argument("--json", action="store_true", help="print the whole manifest")
     s.set_defaults(func=_cmd_store)
+
+    lb = sub.add_parser("labels", help="export or import the feature labels of an SAE run (ours, or Neuronpedia's "
+                        "formats)", description="Export or import the feature labels of an SAE run, kept in "
+                        "$SAEX_ANNOTATIONS (default checkpoints/annotations.sqlite). docs/formats.md, "
+                        "\"Annotations\", has the formats.")
+    lsub = lb.add_subparsers(dest="labels_command", metavar="ACTION", required=True)
+    le = lsub.add_parser("export", help="write the labels (ours: annotations.json; neuronpedia: upload-batch "
+                         "bodies and dataset rows from the feature index) to a folder",
+                         description="Write the SAE's labels to OUT. --format ours writes OUT/annotations.json "
+                         "(lossless: history, tags, claims). --format neuronpedia writes, from the feature index "
+                         "and the labels, OUT/upload-batch/batch-N.json (bodies for a Neuronpedia instance's "
+                         "POST /api/feature/upload-batch, at most 128 features each) and "
+                         "OUT/MODEL/LAYER/{features,activations,explanations}/batch-N.jsonl.gz (its dataset "
+                         "rows: histograms, neighbours, the decoder vector for steering), plus "
+                         "OUT/neuronpedia.json.")
+    le.add_argument("run", help="SAE run folder (with RUN/index/ for --format neuronpedia)")
+    le.add_argument("--out", required=True, help="folder to write into (created if missing)")
+    le.add_argument("--format", choices=("ours", "neuronpedia"), default="ours", help="(default: ours)")
+    le.set_defaults(func=_cmd_labels_export)
+    li = lsub.add_parser("import", help="import labels: our export, or Neuronpedia explanations (JSON list, "
+                         "batch-N.jsonl.gz, or a folder of batches)",
+                         description="Import labels into the SAE's: a file written by `saex labels export` "
+                         "(JSON), or Neuronpedia explanations as it publishes them (JSON list, JSON Lines, "
+                         "gzipped batch-N.jsonl.gz, or a folder of such batches). All records are checked "
+                         "before any is written. Several explanations of one feature: the best scored (else "
+                         "the newest) becomes the label, the others its earlier versions; typeName, "
+                         "explanationModelName and authorId are kept as np:... tags.")
+    li.add_argument("run", help="SAE run folder")
+    li.add_argument("file", metavar="FILE_OR_DIR", help="file or folder of batches to import")
+    li.add_argument("--source", metavar="MODEL/LAYER", default=None,
+                    help="Neuronpedia's modelId/layer whose explanations to import onto this SAE, e.g. "
+                    "pythia-70m-deduped/1-res-sm (records of other sources are counted and left out); "
+                    "default: only records with this SAE's own ids")
+    li.add_argument("--author", default=None, help="who imports (default: $USER)")
+    li.add_argument("--on-conflict", choices=("keep", "overwrite"), default="keep",
+                    help="a feature that already has a label: keep it, or overwrite it with the import "
+                    "(default: keep)")
+    li.set_defaults(func=_cmd_labels_import)
     return p
 
 

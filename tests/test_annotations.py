@@ -266,7 +266,9 @@ def test_plain_neuronpedia_records_are_accepted_for_this_sae_only(store):
              "explanationModelName": "gpt-4o-mini", "scoreV1": 0.3}
     assert store.import_json([plain], KEY, author="imp") == ImportReport(1, 0, 0)
     a = store.get(KEY, 42)
-    assert (a.label, a.description, a.tags, a.author, a.claim) == ("plural nouns", "", (), "imp", None)
+    assert (a.label, a.description, a.author, a.claim) == ("plural nouns", "", "imp", None)
+    assert a.tags == ("np:source=smollm2-135m/15-res-saex-abababab", "np:type=oai_token-act-pair",
+                      "np:model=gpt-4o-mini", "np:author=np-user")  # where it came from (provenance)
     assert store.history(KEY, 42)[0].action == "import"
     before = dump(store)
     with pytest.raises(SaexError, match="is for smollm2-135m / 15-res-saex-cdcdcdcd, not this SAE"):

@@ -15,7 +15,14 @@ c[0].metric("model", run.model)
 c[1].metric("hook point", run.hook_name)
 c[2].metric("architecture", run.architecture + (f" (k={cfg['k']})" if "k" in cfg else ""))
 c[3].metric("latents", f"{cfg.get('d_sae', 0):,} x {cfg.get('d_in', 0)}")
-if info:
+if info.get("pretrained"):
+    src = info["pretrained"]
+    note = (info.get("hook") or {}).get("note")
+    st.caption(f"sae-lens pretrained SAE {src['release']}/{src['sae_id']} (HF {src['repo_id']}, {src['path']})"
+               + (f"; {note}" if note else ""))
+elif info.get("sparsify"):
+    st.caption(f"converted from the sparsify SAE {info['sparsify']['source']['folder']}")
+elif info:
     st.caption(f"trained on {info.get('vectors', 0):,} vectors in {info.get('train_seconds', 0):.0f} s "
                f"({info.get('vectors_per_s', 0):,.0f} vectors/s); store {info.get('store', '?')}")
 

@@ -35,7 +35,7 @@ from sae.index.reader import FEATURES_FILE, INDEX_FORMAT, MANIFEST_FILE, SEARCH_
 from sae.index.stats import FeatureStats, hist_edges
 from sae.index.stream import stream
 from sae.index.tables import finish_tables, vocab_strings
-from sae.runs.load import LoadedSAE, load_sae
+from sae.runs.load import LoadedSAE, load_sae, resolve_run
 
 PARTIAL_DIR = "partial"
 STATE_FILE = "state.safetensors"
@@ -136,11 +136,12 @@ def build_index(cfg: IndexConfig, sae: LoadedSAE | None = None, lm=None) -> Path
 
     t0 = time.perf_counter()
     dev = resolve_device(cfg.device)
-    sae = sae or load_sae(cfg.run, device=dev)
+    run = resolve_run(cfg.run)  # a release/sae_id or sparsify folder: our run folder
+    sae = sae or load_sae(run, device=dev)
     store = _store_for(cfg, sae)
     lm = lm or _model_for(cfg, store)
     _check_model(lm, store)
-    out = index_dir(cfg.run)
+    out = index_dir(run)
     key = _key(cfg, sae, store, lm)
     mpath = out / MANIFEST_FILE
     if mpath.exists() and not cfg.force:

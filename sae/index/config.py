@@ -12,7 +12,8 @@ class IndexConfig:
     """Build the feature index of an SAE run from a held-out activation store."""
 
     run: str = ""
-    """Run folder of the SAE; the index goes to RUN/index/."""
+    """Run folder of the SAE (or a sae-lens release/sae_id, or a sparsify hookpoint folder: see docs/formats.md);
+    the index goes to RUN/index/."""
     store: str | None = None
     """Held-out activation store; default: the run's training store with -train in its name replaced by -heldout."""
     model: str | None = None

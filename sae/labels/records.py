@@ -164,3 +164,4 @@ class ImportReport:
     added: int  # features that had no live label
     replaced: int  # live labels overwritten (on_conflict="overwrite")
     skipped: int  # live labels kept (on_conflict="keep") or already identical
+    other_source: int = 0  # records for another Neuronpedia source, left out (only when a source is given)

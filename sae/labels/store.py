@@ -4,7 +4,8 @@ A label is keyed by (model, hook point, SAE content hash, feature id), so retrai
 SAE (new weights, new hash) never inherits the old SAE's labels: feature 12 of one SAE has
 nothing to do with feature 12 of another. Every `set`, `delete` and import appends a row
 to the history table; nothing is ever overwritten without a trace. What a label holds is
-`sae.labels.records`; export and import go through `sae.labels.neuronpedia`.
+`sae.labels.records`; export and import go through `sae.labels.neuronpedia` (the
+export for a Neuronpedia instance, with the feature index, is `sae.labels.neuronpedia_export`).
 
 Text is stored verbatim: a label such as "<b>an</b> before vowels" stays exactly that.
 Escaping is the renderer's job (the explorer escapes whatever it shows as HTML).
@@ -270,28 +271,29 @@ class AnnotationStore:
         write_json_atomic(Path(path), records)
         return len(records)
 
-    def import_file(self, path: str | Path, key: SAEKey, *, author: str, on_conflict: str = "keep") -> ImportReport:
-        path = Path(path)
-        require(path.is_file(), f"no annotations file at {path}", "check the path")
-        return self.import_json(path.read_bytes(), key, author=author, on_conflict=on_conflict)
+    def import_file(self, path: str | Path, key: SAEKey, *, author: str, on_conflict: str = "keep",
+                    source: str | None = None) -> ImportReport:
+        """import_json of a file (a JSON list or JSON Lines, possibly gzipped) or of a folder
+        of Neuronpedia explanation batches (see `neuronpedia.read_path`)."""
+        return self.import_json(neuronpedia.read_path(path), key, author=author, on_conflict=on_conflict,
+                                source=source)
 
     def import_json(self, records: list | str | bytes, key: SAEKey, *, author: str,
-                    on_conflict: str = "keep") -> ImportReport:
-        """Import exported records (a list, or its JSON text) into `key`'s labels, all or nothing.
+                    on_conflict: str = "keep", source: str | None = None) -> ImportReport:
+        """Import exported records or Neuronpedia explanations (a list, or its JSON / JSON
+        Lines text, possibly gzipped) into `key`'s labels, all or nothing.
 
-        A feature with no history here gets the record's history verbatim (so an export
+        A feature with no history here gets our record's history verbatim (so an export
         imported into a fresh database is identical). Otherwise the record becomes one new
-        version, action "import", written by `author`; a live label is kept
-        (on_conflict="keep") or replaced ("overwrite")."""
+        version, action "import", written by `author`; Neuronpedia's explanations of one
+        feature become one such version each, the current one last. A live label is kept
+        (on_conflict="keep") or replaced ("overwrite"). `source` ("MODEL/LAYER", their
+        modelId and layer) says whose explanations are imported onto this SAE; records of
+        other sources are counted (ImportReport.other_source) and left out."""
         require(on_conflict in ("keep", "overwrite"), f"on_conflict must be 'keep' or 'overwrite', got {on_conflict!r}",
               "choose one of the two")
         author = check_text(author, "the importing author")
-        parsed, problems = [], []
-        for i, record in enumerate(neuronpedia.read_records(records)):
-            try:
-                parsed.append(neuronpedia.parse_record(record, key))
-            except SaexError as e:
-                problems.append(f"record {i}: {e.problem}")
+        parsed, other, problems = neuronpedia.parse_records(neuronpedia.read_records(records), key, source)
         features = [p["feature"] for p in parsed]
         duplicates = sorted({f for f in features if features.count(f) > 1})
         if duplicates:
@@ -312,12 +314,16 @@ class AnnotationStore:
                 elif live and (on_conflict == "keep" or _same(live, p["content"])):
                     skipped += 1
                 else:
-                    self._write_version(con, key, p["feature"], "import", p["content"] | {"author": author}, live)
+                    latest = live
+                    for content in p["earlier"]:
+                        self._write_version(con, key, p["feature"], "import", content | {"author": author}, latest)
+                        latest = self._live(con, key, p["feature"])
+                    self._write_version(con, key, p["feature"], "import", p["content"] | {"author": author}, latest)
                     if live:
                         replaced += 1
                     else:
                         added += 1
-        return ImportReport(added, replaced, skipped)
+        return ImportReport(added, replaced, skipped, other)
 
     def _copy_history(self, con, key: SAEKey, p: dict) -> None:
         _, args = self._where(key, p["feature"])

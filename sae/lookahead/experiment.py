@@ -21,7 +21,7 @@ The steps, each reported with numbers and intervals:
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -77,7 +77,8 @@ class LookaheadConfig:
     """Find the SAE features that carry the a/an choice and test them causally."""
 
     run: str = ""
-    """Run folder of the SAE (cfg.json + sae_weights.safetensors)."""
+    """Run folder of the SAE (cfg.json + sae_weights.safetensors), a sae-lens release/sae_id, or a sparsify
+    hookpoint folder (see docs/formats.md)."""
     model: str | None = None
     """Model; default: the one the SAE was trained on."""
     out: str | None = None
@@ -165,7 +166,9 @@ def _load(cfg: LookaheadConfig):
     sae = load_sae(cfg.run, device=dev)
     spec = cfg.model or sae.model_spec
     if not spec:
-        raise SaexError(f"the SAE in {cfg.run} does not record its model", "pass --model")
+        note = ((sae.run or {}).get("model") or {}).get("note")
+        raise SaexError(f"the SAE in {cfg.run} does not record its model" + (f" ({note})" if note else ""),
+                        "pass --model")
     lm = load_model(spec, device=dev)
     if sae.model_weights_sha256 and lm.weights_sha256 != sae.model_weights_sha256:
         raise SaexError(f"the SAE was trained on model weights {sae.model_weights_sha256[:12]}..., "
@@ -252,7 +255,10 @@ class _Clock:
 
 def run_lookahead(cfg: LookaheadConfig) -> dict:
     """Everything above; writes the report and plots, returns the report."""
+    from sae.runs.load import resolve_run
+
     clock = _Clock()
+    cfg = replace(cfg, run=str(resolve_run(cfg.run)))  # a release/sae_id or sparsify folder: our run folder
     out_dir = Path(cfg.out) if cfg.out else Path(cfg.run) / LOOKAHEAD_DIR
     if cfg.corpus != "none":
         _corpus_docs(cfg.corpus)  # a missing corpus is an error now, not after the long steps

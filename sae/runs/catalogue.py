@@ -34,13 +34,18 @@ class RunInfo:
     def architecture(self) -> str:
         return self.cfg.get("architecture", "?")
 
+    # run.json first, as load_sae reads it: for SAEs from elsewhere (sae.runs.pretrained,
+    # sae.runs.sparsify) it holds the hook and HF model id mapped for this project.
     @property
     def hook_name(self) -> str:
-        return (self.cfg.get("metadata") or {}).get("hook_name") or self.run.get("hook", {}).get("name", "?")
+        return (self.run.get("hook") or {}).get("name") or (self.cfg.get("metadata") or {}).get("hook_name") or "?"
 
     @property
     def model(self) -> str:
-        return (self.cfg.get("metadata") or {}).get("model_name") or self.run.get("model", {}).get("spec", "?")
+        model = self.run.get("model") or {}
+        if "spec" in model:
+            return model["spec"] or "?"
+        return (self.cfg.get("metadata") or {}).get("model_name") or "?"
 
     @property
     def has_index(self) -> bool:

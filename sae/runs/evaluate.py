@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -36,7 +36,7 @@ from sae.data.store import FLAG_OUTLIER, FLAG_SPECIAL, ActivationStore
 from sae.errors import SaexError
 from sae.fsutil import write_json_atomic
 from sae.runs.files import EVAL_FILE
-from sae.runs.load import LoadedSAE, load_sae
+from sae.runs.load import LoadedSAE, load_sae, resolve_run
 from sae.runs.stores import check_model, check_store, default_heldout_store
 
 EVAL_FORMAT = 1
@@ -51,7 +51,8 @@ class EvalConfig:
     """Evaluate an SAE run on a held-out activation store."""
 
     run: str = ""
-    """Run folder of the SAE (cfg.json + sae_weights.safetensors)."""
+    """Run folder of the SAE (cfg.json + sae_weights.safetensors), a sae-lens release/sae_id, or a sparsify
+    hookpoint folder (see docs/formats.md, SAEs from elsewhere)."""
     store: str | None = None
     """Held-out activation store; default: the run's training store with -train in its name replaced by -heldout."""
     model: str | None = None
@@ -384,7 +385,7 @@ def evaluate(run_path: str | Path, store: str | Path | ActivationStore | None = 
 
 def write_eval(run_path: str | Path, result: dict) -> Path:
     """Write eval.json into the run folder atomically (an old one stays until the rename)."""
-    path = Path(run_path) / EVAL_FILE
+    path = resolve_run(run_path) / EVAL_FILE
     write_json_atomic(path, result)
     return path
 
@@ -430,6 +431,7 @@ def format_table(r: dict) -> str:
 
 def run_eval(cfg: EvalConfig) -> dict:
     """`saex eval`: evaluate, write RUN/eval.json, return the result."""
+    cfg = replace(cfg, run=str(resolve_run(cfg.run)))  # a release/sae_id or sparsify folder: our run folder
     result = evaluate(cfg.run, store=cfg.store, model=cfg.model, n_ce_windows=cfg.ce_windows, device=cfg.device,
                       batch_size=cfg.batch_size, splice_outliers=cfg.splice_outliers,
                       ablate_special=cfg.ablate_special, progress=cfg.progress)

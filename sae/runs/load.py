@@ -1,16 +1,19 @@
 """Load an SAE saved in SAELens's on-disk format, whatever its architecture.
 
 A run folder holds `cfg.json` + `sae_weights.safetensors` (and, when trained here, a
-`run.json` naming the activation store, model and hook). sae-lens's own classes do the
-encoding and decoding, so every architecture it knows behaves exactly as in sae-lens;
-what this module adds is checking the files first, so a bad folder gives one sentence
-naming the problem instead of a stack trace from deep inside sae-lens, plus the
-identity an SAE is known by elsewhere (hook, model, content hash).
+`run.json` naming the activation store, model and hook). `resolve_run` also takes SAEs from
+elsewhere and turns them into such a folder first: `release/sae_id` of sae-lens's pretrained
+directory (sae.runs.pretrained) and sparsify hookpoint folders (sae.runs.sparsify).
+sae-lens's own classes do the encoding and decoding, so every architecture it knows
+behaves exactly as in sae-lens; what this module adds is checking the files first, so a
+bad folder gives one sentence naming the problem instead of a stack trace from deep
+inside sae-lens, plus the identity an SAE is known by elsewhere (hook, model, content hash).
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +21,7 @@ import torch
 
 from sae.errors import SaexError
 from sae.fsutil import sha256_file
+from sae.runs import pretrained, sparsify
 from sae.runs.files import CFG_FILE, RUN_FILE, WEIGHTS_FILE
 
 # Architectures whose encode/decode map "batch d_in" to "batch d_sae" and back, so
@@ -82,7 +86,8 @@ class LoadedSAE:
 
 
 def _fix(path: Path) -> str:
-    return f"give a run folder made by `saex train` (or any folder sae-lens saved), not {path}"
+    return (f"give a run folder made by `saex train` (or any folder sae-lens saved, a sae-lens release/sae_id, "
+            f"or a sparsify hookpoint folder), not {path}")
 
 
 def read_json(path: Path, what: str) -> dict:
@@ -141,17 +146,48 @@ def _check_folder(path: Path) -> tuple[dict, dict[str, tuple[int, ...]]]:
     return cfg, shapes
 
 
-def load_sae(path: str | Path, device: str | torch.device = "cpu") -> LoadedSAE:
-    """Load any SAELens-format SAE folder (see ARCHITECTURES) in fp32 on `device`."""
+def resolve_run(spec: str | Path, hookpoint: str | None = None) -> Path:
+    """The run folder (SAELens format) that `spec` names, written first when it names an SAE
+    from elsewhere:
+
+    - a folder holding cfg.json + sae_weights.safetensors: itself;
+    - a sparsify hookpoint folder (cfg.json without `architecture` + sae.safetensors), or a
+      sparsify run folder with `hookpoint` (e.g. "layers.6"): the converted TopK SAE under
+      checkpoints/sparsify/ (sae.runs.sparsify);
+    - `release/sae_id` of sae-lens's pretrained_saes.yaml (not an existing path): the SAE
+      sae-lens's from_pretrained gives, under checkpoints/pretrained/ (sae.runs.pretrained).
+
+    Anything else comes back unchanged, for load_sae to say what is wrong with it. Commands
+    write their outputs (eval.json, index/, lookahead/) into the folder this returns."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if hookpoint is not None or sparsify.is_hookpoint_folder(path) or sparsify.is_sparsify_run(path):
+            return sparsify.convert(path, hookpoint)  # a run folder of several: says to pick one
+        return path
+    if hookpoint is not None:
+        raise SaexError(f"hookpoint {hookpoint!r} given, but {path} is not a sparsify run folder",
+                        "give the sparsify run folder holding that hookpoint, or leave the hookpoint out")
+    release_id = pretrained.parse_spec(spec)
+    if release_id is not None:
+        return pretrained.materialize(*release_id, architectures=ARCHITECTURES)
+    return path
+
+
+def load_sae(path: str | Path, device: str | torch.device = "cpu", hookpoint: str | None = None) -> LoadedSAE:
+    """Load an SAE in fp32 on `device`: any SAELens-format folder (see ARCHITECTURES), a
+    sae-lens `release/sae_id`, or a sparsify hookpoint folder (or run folder + `hookpoint`);
+    see `resolve_run`. `.path` is the run folder it was loaded from."""
     from sae_lens import SAE
 
     from sae.data.models import resolve_device
 
-    path = Path(path).expanduser()
+    path = resolve_run(path, hookpoint)
     cfg, _ = _check_folder(path)
     dev = resolve_device(device)
     try:
-        sae = SAE.load_from_disk(str(path), device=str(dev), dtype="float32")
+        with warnings.catch_warnings():  # "load the model with from_pretrained_no_processing": our runs say so
+            warnings.filterwarnings("ignore", message=".*model_from_pretrained_kwargs")
+            sae = SAE.load_from_disk(str(path), device=str(dev), dtype="float32")
     except Exception as e:  # sae-lens raises ValueError, KeyError, RuntimeError ... for bad folders
         raise SaexError(f"sae-lens could not load the SAE in {path} ({type(e).__name__}: {e})",
                         "the folder is damaged or was written by an incompatible sae-lens: train it again") from None
@@ -162,11 +198,13 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu") -> LoadedSAE:
     meta = cfg.get("metadata") or {}
     run_model = (run or {}).get("model") or {}
     run_hook = (run or {}).get("hook") or {}
+    # run.json wins over cfg.json's metadata: for SAEs from elsewhere it holds the names
+    # mapped for this project (an HF model id, resid_pre of block L read as resid_post of L-1)
     return LoadedSAE(
         sae=sae, path=path, architecture=cfg["architecture"], d_in=cfg["d_in"], d_sae=cfg["d_sae"],
-        hook_name=meta.get("hook_name") or run_hook.get("name"),
-        module_path=meta.get("hf_hook_name") or run_hook.get("module_path"),
-        model_spec=run_model.get("spec") or meta.get("model_name"),
+        hook_name=run_hook.get("name") or meta.get("hook_name"),
+        module_path=run_hook.get("module_path") or (None if run_hook.get("name") else meta.get("hf_hook_name")),
+        model_spec=run_model["spec"] if "spec" in run_model else meta.get("model_name"),
         model_weights_sha256=run_model.get("weights_sha256") or meta.get("model_weights_sha256"),
         content_hash=sha256_file(path / WEIGHTS_FILE), cfg=cfg, run=run,
     )
