@@ -109,6 +109,36 @@ def feature(path: str, i: int):
     return feature_index(path).feature(i)
 
 
+@st.cache_data(show_spinner=False)
+def _auto_labels(path: str, stamp: float) -> dict:
+    from sae.labels.auto import read_labels
+
+    return read_labels(path)
+
+
+def auto_label_summary(path: str) -> dict | None:
+    """RUN/labels_summary.json (`saex label`: best-label F1, real against control), None when there is none."""
+    import json
+    from pathlib import Path
+
+    from sae.runs.files import LABELS_SUMMARY_FILE
+
+    try:
+        return json.loads((Path(path) / LABELS_SUMMARY_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def auto_labels(path: str) -> dict:
+    """RUN/labels.jsonl by feature (`saex label`), {} when there is none; reread when rewritten."""
+    from pathlib import Path
+
+    from sae.runs.files import LABELS_SUMMARY_FILE
+
+    summary = Path(path) / LABELS_SUMMARY_FILE
+    return _auto_labels(path, summary.stat().st_mtime) if summary.exists() else {}
+
+
 @st.cache_resource(show_spinner="loading the model and SAE ...")
 def intervener(path: str):
     """The model split at the SAE's hook (sae.lookahead.interventions.Intervener), once per run."""

@@ -5,7 +5,7 @@
     sae.runs       an SAE run folder: file names, loading, which store belongs to it, evaluation
     sae.index      the feature index: build, streaming pass, tables, encoder, reader, search
     sae.lookahead  a/an prompt sets, interventions, statistics, the experiment, its answer, plots
-    sae.labels     feature labels: records, SQLite store, Neuronpedia codec, testable claims
+    sae.labels     feature labels: records, SQLite store, Neuronpedia codec, testable claims, automatic labels
 
 The names below are the public API (docs/api.md); they are imported on first use, so
 `import sae` stays cheap. No Streamlit and no argparse in here: `saex` (the command line),
@@ -42,6 +42,8 @@ _EXPORTS = {
     "AnnotationStore": "sae.labels.store",
     "SAEKey": "sae.labels.records",
     "score_claim": "sae.labels.claims",
+    "LabelConfig": "sae.labels.auto",
+    "label_features": "sae.labels.auto",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -78,6 +78,16 @@ def _cmd_index(ns: argparse.Namespace) -> None:
           f"({sum(m['seconds'].values()):.0f} s; streaming {m['stream_tokens_per_s']:,.0f} tokens/s)")
 
 
+def _cmd_label(ns: argparse.Namespace) -> None:
+    from sae.labels.auto import LabelConfig, label_features, read_summary
+
+    path = label_features(dataclass_from_args(LabelConfig, ns))
+    s = read_summary(path.parent)
+    ctrl = f", random-direction control {s['control']['median']:.2f}" if s.get("control") else ""
+    print(f"labelled {s['labelled']:,} of {s['d_sae']:,} features; median best-label F1 on held-out text "
+          f"{s['real']['median'] or 0:.2f}{ctrl}; written to {path.parent / 'labels.jsonl'}")
+
+
 def _cmd_explore(ns: argparse.Namespace) -> None:
     import os
 
@@ -194,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the main job end to end on the default model and corpus "
                        "(fetch, harvest train and held-out activations, train a TopK SAE, evaluate it, "
-                       "index its features, run the a/an lookahead analysis); then open it with saex explore")
+                       "index its features, label them, run the a/an lookahead analysis); then open it with "
+                       "saex explore")
     add_dataclass_flags(d, DemoConfig)
     d.set_defaults(func=_cmd_demo)
 
@@ -235,6 +246,18 @@ def build_parser() -> argparse.ArgumentParser:
                        "settings is reused.")
     add_dataclass_flags(i, IndexConfig, positional=("run",))
     i.set_defaults(func=_cmd_index)
+
+    from sae.labels.auto import LabelConfig
+
+    lb = sub.add_parser("label", help="label every feature automatically with a testable predicate, scored on "
+                        "held-out text against a random-direction control; writes RUN/labels.jsonl",
+                        description="Propose candidate labels for every feature (fires on / before / after "
+                        "tokens, boosts output tokens, window position) from one half of the held-out store, "
+                        "score them on the other half (precision, recall, F1, balanced accuracy), do the same "
+                        "for a random-direction copy of the SAE, and write RUN/labels.jsonl and "
+                        "RUN/labels_summary.json. Complete labels with the same settings are reused.")
+    add_dataclass_flags(lb, LabelConfig, positional=("run",))
+    lb.set_defaults(func=_cmd_label)
 
     x = sub.add_parser("explore", help="open the Streamlit explorer on the runs under checkpoints/ "
                        "(listening on 127.0.0.1)")

@@ -1,6 +1,6 @@
 """`saex demo`: the main job end to end on the default model and corpus: harvest training and
-held-out activations, train a TopK SAE, evaluate it, index its features and run the a/an
-lookahead analysis. Each step skips what an earlier run already finished."""
+held-out activations, train a TopK SAE, evaluate it, index its features, label them
+automatically and run the a/an lookahead analysis. Each step skips what an earlier run already finished."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from sae.data.store import store_summary
 from sae.fsutil import ensure_writable_dir, write_json_atomic
 from sae.index.build import IndexConfig, build_index
 from sae.index.reader import FeatureIndex
+from sae.labels.auto import LabelConfig, label_features, read_summary
 from sae.lookahead.experiment import LookaheadConfig, run_lookahead
 from sae.precision import speed
 from sae.runs.evaluate import EVAL_FILE, evaluate, write_eval
@@ -58,8 +59,8 @@ class DemoConfig:
     """Training epochs (default: the training config's, or 2 over the smaller store on a slow CPU)."""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
-    train_config: str = str(DEFAULT_TRAIN_CONFIG)
-    """TOML training config."""
+    train_config: str | None = None
+    """TOML training config (default: training/configs/default.toml, as installed)."""
     ce_windows: int | None = None
     """Held-out windows for the CE/KL evaluation, 0 = skip it (default: 256, or 64 on a slow CPU)."""
     lookahead: Literal["auto", "yes", "no"] = "auto"
@@ -136,7 +137,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     root = Path(cfg.out_dir)
     t0 = time.perf_counter()
     lm = load_model(cfg.model, device=cfg.device)
-    print(f"[1/7] model {lm.spec}: {lm.n_layers} blocks, d_model {lm.d_model}, "
+    print(f"[1/8] model {lm.spec}: {lm.n_layers} blocks, d_model {lm.d_model}, "
           f"hook {lm.hook_point(cfg.layer).name} ({time.perf_counter() - t0:.0f} s)", flush=True)
     plan = _load_or_plan(cfg, lm, root)
     print(f"plan: {plan.reason}", flush=True)
@@ -145,14 +146,14 @@ def run_demo(cfg: DemoConfig) -> Path:
         hcfg = HarvestConfig(out=str(root / f"acts-{split}"), model=cfg.model, layer=cfg.layer, corpus=cfg.corpus,
                             split=split, tokens=tokens, device=cfg.device)
         out = harvest(hcfg, lm=lm)
-        print(f"[{step}/7] {split} activations: {store_summary(out)} ({time.perf_counter() - t:.0f} s)", flush=True)
+        print(f"[{step}/8] {split} activations: {store_summary(out)} ({time.perf_counter() - t:.0f} s)", flush=True)
     t = time.perf_counter()
     run = root / "sae"
     if not is_finished(run):
-        train(load_config(cfg.train_config, store=str(root / "acts-train"), out=str(run), device=cfg.device,
-                          epochs=plan.epochs))
+        train(load_config(cfg.train_config or DEFAULT_TRAIN_CONFIG, store=str(root / "acts-train"), out=str(run),
+                          device=cfg.device, epochs=plan.epochs))
     stats = json.loads((run / RUN_FILE).read_text())
-    print(f"[4/7] SAE in {run}: {stats['vectors']:,} vectors at {stats['vectors_per_s']:,.0f} vectors/s "
+    print(f"[4/8] SAE in {run}: {stats['vectors']:,} vectors at {stats['vectors_per_s']:,.0f} vectors/s "
           f"({time.perf_counter() - t:.0f} s)", flush=True)
     t = time.perf_counter()
     if (run / EVAL_FILE).exists():
@@ -162,23 +163,28 @@ def run_demo(cfg: DemoConfig) -> Path:
         write_eval(run, result)
     ce = (f", CE-loss score {result['ce_loss_score']:.3f}, KL score {result['kl_score']:.3f}"
           if result.get("ce_loss_score") is not None else "")
-    print(f"[5/7] held-out: EV {result['explained_variance']:.3f} (with outliers "
+    print(f"[5/8] held-out: EV {result['explained_variance']:.3f} (with outliers "
           f"{result['explained_variance_with_outliers']:.3f}), L0 {result['l0']:.1f}, "
           f"dead {result['dead_fraction']:.2%}"
           f"{ce} ({time.perf_counter() - t:.0f} s)", flush=True)
     t = time.perf_counter()
     build_index(IndexConfig(run=str(run), store=str(root / "acts-heldout"), device=cfg.device), lm=lm)
     index = FeatureIndex(run)
-    print(f"[6/7] feature index of {index.d_sae:,} features over {index.tokens_indexed:,} held-out tokens "
+    print(f"[6/8] feature index of {index.d_sae:,} features over {index.tokens_indexed:,} held-out tokens "
           f"({time.perf_counter() - t:.0f} s)", flush=True)
+    t = time.perf_counter()
+    summary = read_summary(label_features(LabelConfig(run=str(run), store=str(root / "acts-heldout")), lm=lm).parent)
+    print(f"[7/8] automatic labels: median best-label F1 on held-out text {summary['real']['median'] or 0:.2f}, "
+          f"random-direction control {summary['control']['median'] or 0:.2f} ({time.perf_counter() - t:.0f} s)",
+          flush=True)
     t = time.perf_counter()
     if plan.lookahead:
         report_path = lookahead_report(run)
         report = json.loads(report_path.read_text()) if report_path.exists() else \
             run_lookahead(LookaheadConfig(run=str(run), device=cfg.device))
-        print(f"[7/7] lookahead: {report['answer']['lines'][-1]} ({time.perf_counter() - t:.0f} s)", flush=True)
+        print(f"[8/8] lookahead: {report['answer']['lines'][-1]} ({time.perf_counter() - t:.0f} s)", flush=True)
     else:
         why = "--lookahead no" if cfg.lookahead == "no" else "left for later on this CPU"
-        print(f"[7/7] lookahead: skipped ({why}); run it with: saex lookahead {run}", flush=True)
+        print(f"[8/8] lookahead: skipped ({why}); run it with: saex lookahead {run}", flush=True)
     print(f"done in {time.perf_counter() - t0:.0f} s. Explore it: saex explore {run}")
     return run

@@ -15,7 +15,7 @@ def test_demo_runs_end_to_end_and_skips_done_work(tmp_path, tiny_model_dir, text
            "--device", "cpu", "--train-config", str(cfg), "--lookahead", "no"]
     first = subprocess.run(cmd, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
-    for step in ("[1/7]", "[2/7]", "[3/7]", "[4/7]", "[5/7]", "[6/7]", "[7/7]"):
+    for step in ("[1/8]", "[2/8]", "[3/8]", "[4/8]", "[5/8]", "[6/8]", "[7/8]", "[8/8]"):
         assert step in first.stdout
     run = tmp_path / "run"
     train_m = json.loads((run / "acts-train" / "manifest.json").read_text())
@@ -30,6 +30,7 @@ def test_demo_runs_end_to_end_and_skips_done_work(tmp_path, tiny_model_dir, text
     assert f"EV {result['explained_variance']:.3f}" in first.stdout
     evaluated = (run / "sae" / "eval.json").read_bytes()
     assert (run / "sae" / "index" / "manifest.json").exists()
+    assert (run / "sae" / "labels.jsonl").exists() and (run / "sae" / "labels_summary.json").exists()
     second = subprocess.run(cmd, capture_output=True, text=True)
     assert second.returncode == 0, second.stderr
     assert "already complete" in second.stderr

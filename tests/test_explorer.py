@@ -191,3 +191,41 @@ def test_lookahead_page_shows_the_report_and_reruns_prompts(monkeypatch, indexed
     assert not at.exception
     assert any(f"({'an' if nouns[1] in ('hour', 'apple', 'island') else 'a'} {nouns[1]})" in m.value
                for m in at.markdown)
+
+
+def test_automatic_label_is_shown_accepted_searched_and_summarised(monkeypatch, indexed_run, tiny_lm, tmp_path):
+    import shutil
+
+    from sae.labels.auto import LabelConfig, label_features, read_labels
+    from sae.labels.records import SAEKey
+    from sae.labels.store import AnnotationStore
+    from sae.runs.load import load_sae
+
+    root, run = indexed_run
+    mine = tmp_path / "run"
+    shutil.copytree(run, mine)  # the shared run stays unlabelled
+    label_features(LabelConfig(run=str(mine), store=str(root / "acts-heldout"), progress=False), lm=tiny_lm)
+    labels = read_labels(mine)
+    f = next(i for i, r in labels.items() if r["label"] and r["f1"])
+    at = _app(monkeypatch, root, tmp_path)
+    at.query_params["run"] = str(mine)
+    at.query_params["feature"] = str(f)
+    at.switch_page("views/feature.py").run()
+    assert not at.exception
+    assert any(labels[f]["label"] in t.value for t in at.text)
+    assert {m.label: m.value for m in at.metric}["F1"] == f"{labels[f]['f1']:.1%}"
+    at.text_input(key="auto-who").input("ada").run()
+    at.button(key="accept-auto").click().run()
+    assert not at.exception
+    key = SAEKey.from_sae(load_sae(mine))
+    store = AnnotationStore(tmp_path / "ann.sqlite")
+    ann = store.get(key, f)
+    assert ann.label == labels[f]["label"] and ann.author == "auto (accepted by ada)"
+    store.delete(key, f, author="t")  # the search below must find the automatic label itself
+    at.switch_page("views/search.py").run()
+    at.radio(key="mode").set_value("label text").run()
+    at.text_input(key="label").input(labels[f]["label"]).run()
+    assert not at.exception and f in list(at.dataframe[0].value["feature"])
+    at.switch_page("views/overview.py").run()
+    assert not at.exception
+    assert any("Median best-label F1" in c.value and "random-direction" in c.value for c in at.caption)

@@ -76,6 +76,34 @@ with right:
     st.markdown("#### Nearest decoder neighbours")
     st.markdown(" ".join(f"[#{g}](/feature?run={run.path}&feature={g}) ({c:.2f})" for g, c in f.neighbours[:10]))
 
+auto = state.auto_labels(str(run.path)).get(current)
+if auto and auto.get("label"):
+    st.markdown("#### Automatic label")
+    st.text(f"{auto['label']}  [automatic]")
+
+    def _pct(v):
+        return "—" if v is None else f"{v:.1%}"
+
+    c = st.columns(4)
+    c[0].metric("F1", _pct(auto.get("f1")))
+    c[1].metric("precision", _pct(auto.get("precision")), help="of the held-out positions where the predicate holds, "
+                "the fraction where the feature fires")
+    c[2].metric("recall", _pct(auto.get("recall")), help="of the held-out positions where it fires, the fraction the "
+                "predicate covers")
+    c[3].metric("balanced accuracy", _pct(auto.get("balanced_accuracy")))
+    st.caption(f"proposed by `saex label` from one half of the held-out store, scored on the other half "
+               f"({auto.get('n_fired', 0):,} firings there)")
+    a1, a2 = st.columns([2, 1])
+    who = a1.text_input("accepted by", value=annotation_panel.default_author(), key="auto-who")
+    if a2.button("accept as this feature's label", key="accept-auto"):
+        from sae.labels.auto import accept_label
+
+        try:
+            accept_label(annotation_panel.store(), SAEKey.from_sae(state.load_sae(str(run.path))), auto, who)
+            st.success("saved as an annotation (author and predicate kept in its history)")
+        except SaexError as e:
+            st.error(f"{e.problem} — {e.fix}")
+
 st.markdown("#### Annotation")
 
 

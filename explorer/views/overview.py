@@ -47,6 +47,16 @@ else:
         st.bar_chart(pd.DataFrame({"latents": counts[lo:hi]}, index=[f"{e:.1f}" for e in edges[lo:hi]]))
         st.caption(f"{hist.get('never_fired', 0):,} latents never fired on the evaluated tokens")
 
+labels = state.auto_label_summary(str(run.path))
+if labels and labels.get("control"):
+    st.markdown("#### Automatic labels: best-label F1 on held-out text")
+    real, ctrl = labels["real"], labels["control"]
+    edges = real["hist_edges"]
+    st.bar_chart(pd.DataFrame({"this SAE": real["hist_counts"], "random-direction control": ctrl["hist_counts"]},
+                              index=[f"{e:.2f}" for e in edges[:-1]]))
+    st.caption(f"Median best-label F1: {real['median'] or 0:.2f} for this SAE's {real['n']:,} labelled features "
+               f"against {ctrl['median'] or 0:.2f} for a random-direction SAE of the same shape (`saex label`).")
+
 metrics = run.metrics()
 if metrics:
     st.markdown("#### Training curves")

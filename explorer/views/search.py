@@ -36,8 +36,10 @@ try:
         text = c1.text_input("words in the label", key="label")
         if text.strip():
             key = SAEKey.from_sae(state.load_sae(str(run.path)))
-            hits = search.by_label(lambda: [(a.feature, a.label) for a in annotation_panel.store().list_labels(key)],
-                                   text, top=25)
+            auto = [(f, f"{r['label']} (automatic, F1 {r['f1'] or 0:.2f})")
+                    for f, r in state.auto_labels(str(run.path)).items() if r.get("label")]
+            hits = search.by_label(lambda: [(a.feature, a.label) for a in annotation_panel.store().list_labels(key)]
+                                   + auto, text, top=25)
     else:
         feat = c1.number_input("feature", min_value=0, max_value=index.d_sae - 1, value=0, key="nbr")
         hits = search.neighbours(index, int(feat), top=25)

@@ -33,6 +33,10 @@ LOOKAHEAD_DIR = "lookahead"
 """The a/an lookahead report and plots (`saex lookahead`)."""
 REPORT_FILE = "report.json"
 """The lookahead report, inside LOOKAHEAD_DIR."""
+LABELS_FILE = "labels.jsonl"
+"""Automatic feature labels, one record per feature (`saex label`)."""
+LABELS_SUMMARY_FILE = "labels_summary.json"
+"""Best-label F1 of the real SAE against a random-direction control; written last (`saex label`)."""
 
 
 def is_finished(run: str | Path) -> bool:
