@@ -22,3 +22,18 @@ def tokens_html(texts: list[str], acts: list[float], scale: float, center: int |
     return ('<div style="font-family:monospace;font-size:0.9em;line-height:1.8;white-space:nowrap;'
             'overflow-x:auto;">' + "".join(spans) + "</div>")
 
+
+def log_histogram(counts, edges):
+    """Bars between their numeric bin edges on a log axis (as a bar chart over text labels would
+    sort "181" before "5.66"); empty bins at either end are trimmed."""
+    import altair as alt
+    import numpy as np
+    import pandas as pd
+
+    counts, edges = np.asarray(counts), np.asarray(edges, dtype=float)
+    used = np.flatnonzero(counts)
+    lo, hi = (used[0], used[-1] + 1) if len(used) else (0, 1)
+    data = pd.DataFrame({"from": edges[lo:hi], "to": edges[lo + 1:hi + 1], "tokens": counts[lo:hi]})
+    return alt.Chart(data).mark_bar().encode(
+        x=alt.X("from:Q", scale=alt.Scale(type="log"), title="activation"), x2="to:Q",
+        y=alt.Y("tokens:Q", title="tokens"), tooltip=["from", "to", "tokens"])

@@ -58,8 +58,7 @@ with left:
                                 unsafe_allow_html=True)
 with right:
     st.markdown("#### Activation histogram")
-    edges = f.hist_edges
-    st.bar_chart(pd.DataFrame({"tokens": f.hist_counts}, index=[f"{e:.3g}" for e in edges[:-1]]))
+    st.altair_chart(render.log_histogram(f.hist_counts, f.hist_edges), use_container_width=True)
     st.markdown("#### Output tokens (decoder through final norm and unembedding)")
     b, s = st.columns(2)
     b.dataframe(pd.DataFrame([(t, round(v, 3)) for _, t, v in f.boosted], columns=["boosted", "effect"]),
