@@ -4,6 +4,7 @@ conftest.py). Test modules import from here, never from each other.
 - write_store, planted_data, write_planted_store: small activation stores from arrays
 - train_cfg: the TrainConfig the training tests start from
 - save_sae: a random sae-lens SAE at a block of the tiny model
+- save_topk: a TopK SAE saved by sae-lens itself, random weights unless given
 - SELECT_PROMPTS, TEST_PROMPTS, write_prompts: prompt files for `saex lookahead`
 - assert_equal_nonempty: an equality check that fails when there is nothing to compare
 """
@@ -101,3 +102,21 @@ def assert_equal_nonempty(actual, expected, msg=None) -> None:
     comparison against a brute-force list that came out empty would test nothing."""
     assert len(expected) > 0, f"vacuous comparison: the expected value is empty{f' ({msg})' if msg else ''}"
     assert actual == expected, msg
+
+
+def save_topk(path, d_in: int = 32, d_sae: int = 64, k: int = 4, seed: int = 0, W_enc=None, b_enc=None, W_dec=None,
+              hook_name: str = "blocks.0.hook_resid_post", model_name: str | None = None):
+    """A TopK SAE saved by sae-lens itself (random weights unless given; the hook write_store records)."""
+    import sae_lens
+    from sae_lens.saes.sae import SAEMetadata
+
+    meta = SAEMetadata(hook_name=hook_name, **({"model_name": model_name} if model_name else {}))
+    sae = sae_lens.TopKSAE(sae_lens.TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k, metadata=meta))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(d_in, d_sae, generator=g) / d_in ** 0.5 if W_enc is None else W_enc)
+        sae.b_enc.copy_(0.1 * torch.randn(d_sae, generator=g) if b_enc is None else b_enc)
+        sae.W_dec.copy_(torch.randn(d_sae, d_in, generator=g) if W_dec is None else W_dec)
+        sae.b_dec.copy_(0.1 * torch.randn(d_in, generator=g))
+    sae.save_model(path)
+    return path

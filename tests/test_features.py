@@ -21,27 +21,15 @@ from sae.index.search import by_current_token, by_label, by_output_token, by_upc
 from sae.index.stats import hist_edges, sample_priority
 from sae.runs.load import load_sae
 from saex.cli import main
-from tests.helpers import assert_equal_nonempty, write_store
+from tests.helpers import assert_equal_nonempty, save_topk, write_store
 
 HOOK = "blocks.0.hook_resid_post"  # the hook write_store records
 D = 32  # d_model of the tiny model
 W, T = 12, 16  # windows, tokens per window of the small store
 
 
-def _save_topk(path, d_sae=64, k=4, seed=0, W_enc=None, b_enc=None, W_dec=None):
-    """A TopK SAE saved by sae-lens itself (random weights unless given)."""
-    import sae_lens
-    from sae_lens.saes.sae import SAEMetadata
-
-    sae = sae_lens.TopKSAE(sae_lens.TopKSAEConfig(d_in=D, d_sae=d_sae, k=k, metadata=SAEMetadata(hook_name=HOOK)))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.randn(D, d_sae, generator=g) / D ** 0.5 if W_enc is None else W_enc)
-        sae.b_enc.copy_(0.1 * torch.randn(d_sae, generator=g) if b_enc is None else b_enc)
-        sae.W_dec.copy_(torch.randn(d_sae, D, generator=g) if W_dec is None else W_dec)
-        sae.b_dec.copy_(0.1 * torch.randn(D, generator=g))
-    sae.save_model(path)
-    return path
+def _save_topk(path, **kw):
+    return save_topk(path, d_in=D, hook_name=HOOK, **kw)
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from sae.labels.records import ImportReport, SAEKey
 from sae.labels.store import AnnotationStore
 from sae.runs.load import load_sae
 from saex.cli import main
-from tests.helpers import write_store
+from tests.helpers import save_topk, write_store
 
 HOOK = "blocks.0.hook_resid_post"  # the hook write_store records
 D = 32  # d_model of the tiny model
@@ -31,20 +31,8 @@ D_SAE = 300  # more than 2 x 128 features, so the upload needs several files
 SOURCE = "pythia-70m-deduped/1-res-sm"
 
 
-def _save_topk(path, d_sae=D_SAE, k=4, seed=0):
-    import sae_lens
-    from sae_lens.saes.sae import SAEMetadata
-
-    sae = sae_lens.TopKSAE(sae_lens.TopKSAEConfig(d_in=D, d_sae=d_sae, k=k, metadata=SAEMetadata(
-        hook_name=HOOK, model_name="tiny-llama")))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.randn(D, d_sae, generator=g) / D ** 0.5)
-        sae.b_enc.copy_(0.1 * torch.randn(d_sae, generator=g))
-        sae.W_dec.copy_(torch.randn(d_sae, D, generator=g))
-        sae.b_dec.copy_(0.1 * torch.randn(D, generator=g))
-    sae.save_model(path)
-    return path
+def _save_topk(path, d_sae=D_SAE, **kw):
+    return save_topk(path, d_in=D, d_sae=d_sae, hook_name=HOOK, model_name="tiny-llama", **kw)
 
 
 @pytest.fixture(scope="module")
