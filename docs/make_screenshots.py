@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 PAGES = [("overview", "", "Training curves"), ("feature", "&feature={feature}", "Top activations"),
-         ("search", "", "find features by"), ("prompt_lab", "", "Prompt lab"), ("lookahead", "", "Lookahead"),
+         ("search", "", "find features by"), ("finder", "&word=astronomer", "evidence side by side"),
+         ("prompt_lab", "", "Prompt lab"), ("lookahead", "", "Lookahead"),
          ("annotations", "", "Export / import")]
 
 

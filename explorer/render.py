@@ -37,3 +37,34 @@ def log_histogram(counts, edges):
     return alt.Chart(data).mark_bar().encode(
         x=alt.X("from:Q", scale=alt.Scale(type="log"), title="activation"), x2="to:Q",
         y=alt.Y("tokens:Q", title="tokens"), tooltip=["from", "to", "tokens"])
+
+
+def aligned_chart(offsets, rows: dict):
+    """Mean activation against the offset from the article, one line per article with its 95%
+    interval as a band. rows: {article: object with mean, lo, hi lists over `offsets`}."""
+    import altair as alt
+    import pandas as pd
+
+    data = pd.DataFrame([{"offset": o, "article": name, "mean": r.mean[j], "lo": r.lo[j], "hi": r.hi[j],
+                          "n": r.n[j], "fired": r.fired[j]}
+                         for name, r in rows.items() for j, o in enumerate(offsets)])
+    base = alt.Chart(data).encode(x=alt.X("offset:Q", title="offset from the article (0 = the article, -1 = "
+                                                           "the token that chooses it)", axis=alt.Axis(tickMinStep=1)),
+                                  color=alt.Color("article:N", title="article"))
+    band = base.mark_area(opacity=0.2).encode(y=alt.Y("lo:Q", title="mean activation"), y2="hi:Q")
+    line = base.mark_line(point=True).encode(y="mean:Q", tooltip=["article", "offset", "mean", "lo", "hi", "n",
+                                                                  "fired"])
+    return band + line
+
+
+def profile_chart(data):
+    """Mean activation against the offset from the article, one line per group of contexts
+    with its 95% interval as a band. data: offset, group, mean, lo, hi, n."""
+    import altair as alt
+
+    base = alt.Chart(data).encode(x=alt.X("offset:Q", title="offset from the article (0 = the article, -1 = the "
+                                                           "token that chooses it)", axis=alt.Axis(tickMinStep=1)),
+                                  color=alt.Color("group:N", title="contexts"))
+    band = base.mark_area(opacity=0.2).encode(y=alt.Y("lo:Q", title="mean activation"), y2="hi:Q")
+    line = base.mark_line(point=True).encode(y="mean:Q", tooltip=["group", "offset", "mean", "lo", "hi", "n"])
+    return band + line

@@ -4,7 +4,8 @@
                    harvest; the activation store (reader apart from writer)
     sae.runs       an SAE run folder: file names, loading, which store belongs to it, evaluation
     sae.index      the feature index: build, streaming pass, tables, encoder, reader, search
-    sae.lookahead  a/an prompt sets, interventions, statistics, the experiment, its answer, plots
+    sae.lookahead  a/an prompt sets, interventions, statistics, the experiment, its answer, plots,
+                   the word finder (contexts, finder)
     sae.labels     feature labels: records, SQLite store, Neuronpedia codec, testable claims, automatic labels
 
 The names below are the public API (docs/api.md); they are imported on first use, so
@@ -35,6 +36,10 @@ _EXPORTS = {
     "search": "sae.index.search",
     "LookaheadConfig": "sae.lookahead.experiment",
     "run_lookahead": "sae.lookahead.experiment",
+    "DepthConfig": "sae.lookahead.depth",
+    "run_depth": "sae.lookahead.depth",
+    "FindConfig": "sae.lookahead.finder",
+    "find_word": "sae.lookahead.finder",
     "Intervener": "sae.lookahead.interventions",
     "Edit": "sae.lookahead.interventions",
     "read_prompt": "sae.lookahead.prompt_lab",

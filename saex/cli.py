@@ -36,11 +36,12 @@ def _cmd_harvest(ns: argparse.Namespace) -> None:
 
     cfg = dataclass_from_args(HarvestConfig, ns)
     out = harvest(cfg)
-    if (out / "manifest.json").exists():
+    if (out / "manifest.json").exists() or (out / "layers.json").exists():
         print(store_summary(out))
     else:
-        done = len(list((out / "shards").glob("*.json")))
-        total = json.loads((out / "plan.json").read_text())["n_shards"]
+        one = out if (out / "plan.json").exists() else sorted(out.glob("layer-*"))[-1]  # multi-layer: the deepest
+        done = len(list((one / "shards").glob("*.json")))
+        total = json.loads((one / "plan.json").read_text())["n_shards"]
         print(f"this process's shards are done; {done} of {total} shards complete. The store is "
               "finished by whichever process completes the last shard (or rerun without --shard).")
 
@@ -126,14 +127,58 @@ def _cmd_lookahead(ns: argparse.Namespace) -> None:
     print(f"done in {report['seconds']['total']:.0f} s")
 
 
-def _cmd_store(ns: argparse.Namespace) -> None:
-    from sae.data.store import ActivationStore, store_summary
+def _default_run() -> str:
+    """The demo's SAE when there is one, else the first finished run under checkpoints/."""
+    from sae.errors import SaexError
+    from sae.runs.catalogue import checkpoints_root, find_runs
 
-    store = ActivationStore(ns.store)
+    demo = checkpoints_root() / "demo" / "sae"
+    if (demo / "cfg.json").exists():
+        return str(demo)
+    runs = find_runs()
+    if not runs:
+        raise SaexError(f"no trained SAE under {checkpoints_root()}", "run `saex demo` first, or pass RUN")
+    return str(runs[0].path)
+
+
+def _cmd_find(ns: argparse.Namespace) -> None:
+    from sae.lookahead.finder import FindConfig, find_word, format_find, report_path
+    from sae.runs.load import resolve_run
+
+    run = ns.run or _default_run()
+    cfg = dataclass_from_args(FindConfig, ns, run=run, prompt=ns.prompt, question=ns.question)
+    rep = find_word(cfg)
+    print(format_find(rep))
+    where = report_path(cfg, resolve_run(cfg.run))
+    if rep.get("cached"):
+        print(f"\nstored answer {where} (read in {rep['seconds_to_read']:.2f} s; --force yes recomputes)")
+    else:
+        print(f"\nwrote {where}; done in {rep['seconds']['total']:.0f} s")
+
+
+def _cmd_depth(ns: argparse.Namespace) -> None:
+    from sae.lookahead.depth import DepthConfig, default_out, format_summary, run_depth
+
+    cfg = dataclass_from_args(DepthConfig, ns)
+    report = run_depth(cfg)
+    print(format_summary(report, default_out(cfg)))
+    print(f"done in {report['seconds']['total']:.0f} s")
+
+
+def _cmd_store(ns: argparse.Namespace) -> None:
+    from sae.data.store import ActivationStore, store_layers, store_summary
+
+    layers = store_layers(ns.store)  # a multi-layer store: every layer's store
+    stores = [ActivationStore(p) for p in layers.values()] if layers else [ActivationStore(ns.store)]
     if ns.verify:
-        store.verify()
+        for store in stores:
+            store.verify()
         print("checksums: ok")
-    print(store_summary(ns.store) if not ns.json else json.dumps(store.manifest, indent=2))
+    if ns.json:
+        print(json.dumps(stores[0].manifest if not layers else {str(k): s.manifest for k, s in zip(layers, stores)},
+                         indent=2))
+    else:
+        print(store_summary(ns.store))
 
 
 def _cmd_demo(ns: argparse.Namespace) -> None:
@@ -279,6 +324,43 @@ def build_parser() -> argparse.ArgumentParser:
                         "activation around the article token. Writes report.json and PNG plots.")
     add_dataclass_flags(la, LookaheadConfig, positional=("run",))
     la.set_defaults(func=_cmd_lookahead)
+
+    from sae.lookahead.depth import DepthConfig
+
+    dp = sub.add_parser("depth", help="the a/an signal across layers: logit lens, linear probes for the article "
+                        "(held-out nouns) and the noun, and projecting the probe direction (or an SAE's features) "
+                        "out; writes report.json and depth.png",
+                        description="Sweep layers of the model (no SAE needed): at each, the logit lens at the "
+                        "token before the article, an L2 logistic probe for the upcoming article at offsets -K..-1 "
+                        "(trained on riddles of one half of the nouns, tested on the other half, with a "
+                        "shuffled-label control), a noun-identity probe tested on held-out prompt frames, and the "
+                        "change in the an-vs-a gap when the probe direction is projected out at -1, against random "
+                        "directions; with --run, the SAE's most separating features ablated at its layer. Writes "
+                        "report.json and depth.png (default: RUN/depth, else checkpoints/depth-MODEL); a complete "
+                        "report with the same settings is reused.")
+    add_dataclass_flags(dp, DepthConfig)
+    dp.set_defaults(func=_cmd_depth)
+
+    from sae.lookahead.finder import FindConfig
+
+    fd = sub.add_parser("find", help="which SAE features mean 'about to say WORD': activation before its article "
+                        "against matched controls, decoder effect, attribution, and a causal check on held-out "
+                        "contexts; writes a report to RUN/find/",
+                        description="Gather contexts where the model is about to say WORD (corpus text, definition "
+                        "riddles, chat questions, your prompts) and controls for other nouns; rank SAE features by "
+                        "their activation at the article's choice against the controls, their decoder's effect on "
+                        "the word's first token and their attribution to it; check the top ones causally (ablation "
+                        "on held-out contexts, steering in neutral frames) against density-matched random features; "
+                        "profile them around the article. A repeated question is answered from RUN/find/.")
+    add_dataclass_flags(fd, FindConfig, skip=("run", "prompt", "question"), positional=("word",))
+    fd.add_argument("run", nargs="?", default=None, help="run folder of the SAE, a sae-lens release/sae_id, or a "
+                    "sparsify hookpoint folder (default: checkpoints/demo/sae, else the first run found)")
+    fd.add_argument("--prompt", action="append", default=None, metavar="TEXT",
+                    help="a context of your own that ends where the article comes (repeatable)")
+    fd.add_argument("--question", action="append", default=None, metavar="TEXT",
+                    help="a chat question whose answer starts with the article, e.g. 'What do you call someone who "
+                    "studies the stars?' (repeatable)")
+    fd.set_defaults(func=_cmd_find)
 
     s = sub.add_parser("store", help="summarise (and verify) an activation store")
     s.add_argument("store", help="store folder")

@@ -229,3 +229,72 @@ def test_automatic_label_is_shown_accepted_searched_and_summarised(monkeypatch, 
     at.switch_page("views/overview.py").run()
     assert not at.exception
     assert any("Median best-label F1" in c.value and "random-direction" in c.value for c in at.caption)
+
+
+def _markdown(at) -> str:
+    return " ".join(m.value for m in at.markdown)
+
+
+def test_feature_page_shows_the_article_aligned_profile(monkeypatch, indexed_run, tmp_path):
+    import shutil
+
+    from sae.index.reader import FeatureIndex
+
+    root, run = indexed_run
+    index = FeatureIndex(run)
+    f = int(index.array("fires").argmax())
+    prof = index.feature(f).aligned
+    assert prof is not None and sum(prof.articles["a"].n) > 0
+    at = _app(monkeypatch, root, tmp_path)
+    at.query_params["run"] = str(run)
+    at.query_params["feature"] = str(f)
+    at.switch_page("views/feature.py").run()
+    assert not at.exception
+    assert "When it turns on relative to the article" in _markdown(at)
+    table = next(d.value for d in at.dataframe if "offset" in d.value.columns)
+    assert table["offset"].tolist() == prof.offsets == list(range(-8, 3))
+    assert table["n a"].tolist() == prof.articles["a"].n and table["fired an"].tolist() == prof.articles["an"].fired
+    metrics = {m.label: m.value for m in at.metric}
+    want = prof.onset_an_over_a
+    assert metrics["onset: mean on 'an' above 'a'"] == ("never" if want is None else f"{want:+d}")
+    # an index built before the profiles existed still opens, and the page says how to rebuild it
+    old = tmp_path / "old-run"
+    shutil.copytree(run, old)
+    (old / "index" / "aligned.safetensors").unlink()
+    import json
+
+    m = json.loads((old / "index" / "manifest.json").read_text())
+    del m["aligned"]
+    (old / "index" / "manifest.json").write_text(json.dumps(m))
+    at.query_params["run"] = str(old)
+    at.run()
+    assert not at.exception
+    assert any(f"saex index {old} --force yes" in i.value for i in at.info)
+
+
+def test_search_page_splits_a_word_and_explains_an_empty_result(monkeypatch, indexed_run, tmp_path, tiny_lm):
+    from sae.index import search
+    from sae.index.reader import FeatureIndex
+
+    root, run = indexed_run
+    index = FeatureIndex(run)
+    word = next(w for w in (" astronomers", " stargazers", " telescopes", " xylophone")
+                if len(tiny_lm.tokenizer.encode(w, add_special_tokens=False)) > 1)
+    at = _app(monkeypatch, root, tmp_path)
+    at.query_params["run"] = str(run)
+    at.switch_page("views/search.py").run()
+    at.text_input(key="token").input(word).run()
+    assert not at.exception
+    piece = search.first_piece(index, word, tokenizer=tiny_lm.tokenizer)
+    assert any(i.value == piece.note for i in at.info), [i.value for i in at.info]
+    hits = search.by_upcoming_token(index, piece.query, offset=1, top=25)
+    if hits:
+        assert at.dataframe[0].value["feature"].tolist() == [h.feature for h in hits]
+    else:
+        assert any(i.value == search.no_hits_sentence(index, piece.query, 1, 3) for i in at.info)
+    at.number_input(key="offset").set_value(3).run()
+    rare = next(t for t in range(index.vocab_size) if index.array("token_count")[3][t] == 0 and index.vocab[t].strip()
+                and len(index.token_ids(index.vocab[t])) == 1)
+    at.text_input(key="token").input(str(rare)).run()
+    assert not at.exception
+    assert any("never occurs 3 tokens after an indexed token" in i.value for i in at.info)

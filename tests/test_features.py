@@ -592,3 +592,64 @@ def test_pair_counts_are_the_same_whether_runs_merge_early_or_at_the_end():
     key, count = np.unique(np.concatenate(brute), return_counts=True)
     assert np.array_equal(tables[0]["pair_key"], key)
     assert np.array_equal(tables[0]["pair_count"], count)
+
+
+# --------------------------------------------------------------------------- words of several tokens
+
+
+def test_a_word_of_several_tokens_is_searched_on_its_first_piece(planted, tiny_lm):
+    from sae.index.search import first_piece
+
+    index, X, before = planted
+    word = " astronomers"
+    ids = tiny_lm.tokenizer.encode(word, add_special_tokens=False)
+    assert len(ids) >= 2 and ids[0] == X and word not in index.vocab
+    for tok in (tiny_lm.tokenizer, None):  # the model's split, and the greedy fallback on the vocabulary
+        piece = first_piece(index, word, tokenizer=tok)
+        assert piece.query == X and piece.ids == ids
+        assert piece.note.startswith(f"' astronomers' is {len(ids)} tokens (' astronomer', ")
+        assert "searching on the first, ' astronomer'" in piece.note
+        assert ("index's vocabulary" in piece.note) == (tok is None)
+        assert by_upcoming_token(index, piece.query, offset=1)[0].feature == 3
+    single = first_piece(index, " astronomer", tokenizer=tiny_lm.tokenizer)
+    assert single.query == " astronomer" and single.note is None
+    assert first_piece(index, X).query == X
+    bare = first_piece(index, "astronomer", tokenizer=tiny_lm.tokenizer)
+    if "astronomer" not in index.vocab:
+        assert "With its leading space, ' astronomer' is a single token" in bare.note
+    with pytest.raises(SaexError, match="no token"):
+        first_piece(index, "")
+
+
+def test_an_empty_search_says_how_often_the_token_occurs(planted):
+    from sae.index.search import no_hits_sentence
+
+    index, X, _ = planted
+    n = int(index.array("token_count")[index.offsets.index(2)][X])
+    assert by_upcoming_token(index, X, offset=2, min_count=10 ** 6) == []
+    text = no_hits_sentence(index, X, offset=2, min_count=10 ** 6)
+    assert f"' astronomer' occurs only {n:,} times 2 tokens after an indexed token" in text
+    assert "fire 2 token(s) before it at least 1000000 times" in text and "seen at least 2 times" in text
+    assert f"({index.tokens_indexed:,} indexed tokens)" in text
+    assert by_upcoming_token(index, X, offset=2, min_count=n) == []
+    assert f"occurs {n:,} times 2 tokens after an indexed token" in no_hits_sentence(index, X, 2, min_count=n)
+    unseen = next(t for t in range(100, 400) if t != X and index.array("token_count")[1][t] == 0)
+    assert "never occurs" in no_hits_sentence(index, unseen, offset=1, min_count=3)
+    few = no_hits_sentence(index, X, offset=0, min_count=10 ** 6)
+    assert "on the" in few and "indexed tokens" in few
+
+
+def test_out_puts_the_index_elsewhere_and_the_pair_tables_are_bounded(built, tiny_lm, tmp_path):
+    run, store, cfg = built
+    before = (run / "index" / "manifest.json").stat().st_mtime_ns
+    kw = {k: getattr(cfg, k) for k in cfg.CONTENT_FIELDS} | {"store": str(store), "progress": False,
+                                                             "chunk_tokens": cfg.chunk_tokens}
+    out = build_index(IndexConfig(run=str(run), out=str(tmp_path / "index-train"), **kw), lm=tiny_lm)
+    assert out == tmp_path / "index-train"
+    assert (run / "index" / "manifest.json").stat().st_mtime_ns == before  # the run's own index is untouched
+    a, b = FeatureIndex(run), FeatureIndex(out)
+    assert b.manifest["pair_entries"] == a.manifest["pair_entries"] > 0
+    assert np.array_equal(a.array("pair_count"), b.array("pair_count"))
+    with pytest.raises(SaexError, match="reached .* entries, more than max_pair_entries = 10") as e:
+        build_index(IndexConfig(run=str(run), out=str(tmp_path / "small"), max_pair_entries=10, **kw), lm=tiny_lm)
+    assert "--max-pair-entries" in e.value.fix

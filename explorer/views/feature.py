@@ -1,5 +1,6 @@
 """Feature page: top and quantile examples with token highlighting, activation histogram,
-output-token effects, lookahead profile (+1..+3), decoder neighbours, annotations.
+output-token effects, lookahead profile (+1..+3), decoder neighbours, the activation profile
+around the articles " a" / " an" (offsets -8..+2, with counts, intervals and onsets), annotations.
 The `feature` query parameter makes the URL a permalink."""
 
 import random
@@ -74,6 +75,46 @@ with right:
                                       columns=["token", "count", "precision", "lift"]), hide_index=True)
     st.markdown("#### Nearest decoder neighbours")
     st.markdown(" ".join(f"[#{g}](/feature?run={run.path}&feature={g}) ({c:.2f})" for g, c in f.neighbours[:10]))
+
+st.markdown("#### When it turns on relative to the article")
+if f.aligned is None:
+    st.info(index.aligned_note)
+else:
+    al = f.aligned
+    forms = {art: " + ".join(repr(x) for x in row.forms) for art, row in al.articles.items()}
+    st.caption(f"mean activation (0 where it does not fire) at each offset from {forms['a']} and {forms['an']} "
+               "in the indexed text, with 95% intervals (normal approximation); offsets past the window's edge, "
+               "special tokens and outliers are not counted. Occurrences count as independent and the text around ' a' "
+               "and ' an' differs in more than the next word: an early onset is a lead for the Lookahead page's "
+               "matched prompts, not a finding")
+    st.altair_chart(render.aligned_chart(al.offsets, {f"a ({forms['a']})": al.articles["a"],
+                                                      f"an ({forms['an']})": al.articles["an"]}),
+                    use_container_width=True)
+
+    def _onset(v):
+        return "never" if v is None else f"{v:+d}"
+
+    o = st.columns(2)
+    o[0].metric("onset: mean on 'an' above 'a'", _onset(al.onset_an_over_a),
+                help="earliest offset where the mean after ' an' exceeds the mean after ' a' beyond a one-sided z "
+                "bound, Bonferroni-corrected over the offsets")
+    o[1].metric("onset: mean on 'a' above 'an'", _onset(al.onset_a_over_an))
+
+    def _table(rows):
+        out = []
+        for j, off in enumerate(al.offsets):
+            row = {"offset": off}
+            for name, r in rows.items():
+                row[f"n {name}"] = r.n[j]
+                row[f"fired {name}"] = r.fired[j]
+                row[f"mean {name}"] = round(r.mean[j], 4)
+                row[f"95% CI {name}"] = "" if r.lo[j] != r.lo[j] else f"{r.lo[j]:.3g} … {r.hi[j]:.3g}"
+            out.append(row)
+        return pd.DataFrame(out)
+
+    st.dataframe(_table(al.articles), hide_index=True)
+    with st.expander("each article form alone"):
+        st.dataframe(_table(al.forms), hide_index=True)
 
 auto = state.auto_labels(str(run.path)).get(current)
 if auto and auto.get("label"):

@@ -1,6 +1,8 @@
-"""Lookahead: the a/an report of `saex lookahead` (riddle set, aligned profiles, causal
-effects with random controls), and any test prompt re-run live with the chosen features
-ablated. Every figure is the report's (sae/lookahead/experiment.py) or sae/lookahead/prompt_lab.py's."""
+"""Lookahead: the a/an report of `saex lookahead`. The short answer leads (the verdict, the
+ablation's numbers against random sets, the aligned-profile and ablation-vs-random plots),
+then every finding line, the behaviour table, single features, the other plots, and any test
+prompt re-run live with the chosen features ablated. Every figure is the report's
+(sae/lookahead/experiment.py) or sae/lookahead/prompt_lab.py's."""
 
 import json
 
@@ -21,8 +23,42 @@ if not (folder / "report.json").exists():
     st.stop()
 report = json.loads((folder / "report.json").read_text())
 
-st.markdown("#### The answer")
-for line in report["answer"]["lines"]:
+answer = report["answer"]
+lines = answer["lines"]
+causal = report["causal"]
+abl, rnd = causal["ablation"], causal["random"]
+
+# The short answer first: the verdict, the numbers behind it, and the two plots that carry it.
+st.markdown("#### The short answer")
+verdict = next((line for line in lines if line.startswith("Verdict")), lines[-1] if lines else "")
+(st.success if answer.get("removal_reliable") and answer.get("beats_random") else st.info)(verdict)
+
+
+def _yes(v):
+    return "yes" if v else "no" if v is not None else "—"
+
+
+st.caption(" · ".join(f"{name}: {_yes(answer.get(key))}" for name, key in (
+    ("behaviour gap reliable", "gap_reliable"), ("beats density-matched random sets", "beats_random"),
+    ("removal interval above zero", "removal_reliable"))))
+m = st.columns(4)
+m[0].metric("gap removed", f"{abl['fraction_removed']:.0%}",
+            help=f"95% CI {abl['fraction_ci'][0]:.0%} … {abl['fraction_ci'][1]:.0%}")
+m[1].metric("random sets remove", f"{rnd['fraction_removed_mean']:.1%}", help=f"{rnd['n_sets']} density-matched sets")
+m[2].metric("z vs random", f"{rnd['z']:.1f}", help=f"permutation p = {rnd['p_permutation']:.3f}")
+m[3].metric("ΔP(noun | article)", f"{abl['delta_p_noun']:+.4f}")
+KEY_PLOTS = {"profiles.png": "activation of the chosen features around the article (offset 0), an- vs a-noun texts, "
+                             "mean and 95% CI: does anything differ before the article?",
+             "causal.png": "gap removed by ablating the chosen features (red) against density-matched random "
+                           "sets (grey)"}
+key = [(folder / name, cap) for name, cap in KEY_PLOTS.items() if (folder / name).exists()]
+if key:
+    cols = st.columns(len(key))
+    for c, (p, cap) in zip(cols, key):
+        c.image(str(p), caption=cap)
+
+st.markdown("#### Every finding, with its numbers")
+for line in lines:
     st.markdown(f"- {line}")
 
 st.markdown("#### Behaviour by prompt set")
@@ -36,23 +72,15 @@ for name, b in report["behaviour"].items():
 condition = st.multiselect("conditions", [r["set"] for r in rows], default=[r["set"] for r in rows])
 st.dataframe(pd.DataFrame([r for r in rows if r["set"] in condition]), hide_index=True)
 
-causal = report["causal"]
-st.markdown("#### Ablating the selected features (chosen on the selection set, tested on the test set)")
-abl, rnd = causal["ablation"], causal["random"]
-m = st.columns(4)
-m[0].metric("gap removed", f"{abl['fraction_removed']:.0%}",
-            help=f"95% CI {abl['fraction_ci'][0]:.0%} … {abl['fraction_ci'][1]:.0%}")
-m[1].metric("random sets remove", f"{rnd['fraction_removed_mean']:.1%}", help=f"{rnd['n_sets']} density-matched sets")
-m[2].metric("z vs random", f"{rnd['z']:.1f}", help=f"permutation p = {rnd['p_permutation']:.3f}")
-m[3].metric("ΔP(noun | article)", f"{abl['delta_p_noun']:+.4f}")
+st.markdown("#### Each chosen feature ablated alone (chosen on the selection set, tested on the test set)")
 single = pd.DataFrame([{"feature": int(f), "gap removed alone": v["fraction_removed"],
                         "Δ ld (an-nouns)": v["delta_ld_an"], "Δ ld (a-nouns)": v["delta_ld_a"],
                         "page": f"/feature?run={run.path}&feature={f}"}
                        for f, v in causal["single_features"].items()])
 st.dataframe(single, hide_index=True, column_config={"page": st.column_config.LinkColumn("page", display_text="open")})
 
-st.markdown("#### Plots")
-plots = sorted(folder.glob("*.png"))
+st.markdown("#### Other plots")
+plots = [p for p in sorted(folder.glob("*.png")) if p.name not in KEY_PLOTS]
 cols = st.columns(2)
 for i, p in enumerate(plots):
     cols[i % 2].image(str(p), caption=p.stem)

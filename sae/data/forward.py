@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 
 import torch
@@ -29,33 +29,46 @@ class _StopForward(Exception):
     pass
 
 
-def _stop_at_layer_forward(lm: LoadedModel, hook: HookPoint) -> Callable[[torch.Tensor], torch.Tensor]:
+def _stop_at_layer_forward(lm: LoadedModel, hook: HookPoint,
+                           layers: Sequence[int] | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """Generic path: a forward hook on the block stores its output and raises, so no
-    block after it runs. Works for any architecture whose blocks we found."""
+    block after it runs. Works for any architecture whose blocks we found. With `layers`
+    (ascending, the last being hook.layer) it also keeps the outputs of those blocks and
+    returns them stacked: "batch pos layer d_model"."""
     block = lm.model.get_submodule(hook.module_path)
-    box: dict[str, torch.Tensor] = {}
+    taps = [] if layers is None else [k for k in layers if k != hook.layer]
+    box: dict[int, torch.Tensor] = {}
 
-    def grab(_mod, _inp, out):
-        box["h"] = out[0] if isinstance(out, tuple) else out
-        raise _StopForward
+    def tap(k: int, stop: bool):
+        def grab(_mod, _inp, out):
+            box[k] = out[0] if isinstance(out, tuple) else out
+            if stop:
+                raise _StopForward
+        return grab
 
     def forward(input_ids: torch.Tensor) -> torch.Tensor:
-        handle = block.register_forward_hook(grab)
+        handles = [lm.layers[k].register_forward_hook(tap(k, False)) for k in taps]
+        handles.append(block.register_forward_hook(tap(hook.layer, True)))
         try:
             lm.model(input_ids=input_ids, use_cache=False)
         except _StopForward:
             pass
         finally:
-            handle.remove()
-        if "h" not in box:
+            for handle in handles:
+                handle.remove()
+        if hook.layer not in box:
             raise RuntimeError(f"block {hook.module_path} did not run")
-        return box.pop("h")
+        if layers is None:
+            return box.pop(hook.layer)
+        out = torch.stack([box[k] for k in layers], dim=2)
+        box.clear()
+        return out
 
     return forward
 
 
-def _truncated_forward(lm: LoadedModel, hook: HookPoint,
-                       linear_dtype: torch.dtype | None = None) -> Callable[[torch.Tensor], torch.Tensor] | None:
+def _truncated_forward(lm: LoadedModel, hook: HookPoint, linear_dtype: torch.dtype | None = None,
+                       layers: Sequence[int] | None = None) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """Fast path: a shallow copy of the base model that holds only blocks 0..L and no
     final norm, so its `last_hidden_state` is the residual stream after block L. It
     has no Python-level exception in the middle, so torch.compile can fuse it whole.
@@ -63,6 +76,8 @@ def _truncated_forward(lm: LoadedModel, hook: HookPoint,
     With `linear_dtype`, the blocks are copies whose Linear weights are stored in that
     dtype: under autocast this gives the same numbers as casting the fp32 weights on
     every call, without the per-batch cast (norms and the residual stay fp32).
+    With `layers`, the hidden states after those blocks, stacked "batch pos layer d_model"
+    (the caller checks them against the generic path).
     Returns None when the model's layout is not the familiar one."""
     parent_path, _, layers_attr = lm.layers_path.rpartition(".")
     base = lm.model.get_submodule(parent_path) if parent_path else lm.model
@@ -82,6 +97,9 @@ def _truncated_forward(lm: LoadedModel, hook: HookPoint,
     trunc._modules[norm_attr] = torch.nn.Identity()
 
     def forward(input_ids: torch.Tensor) -> torch.Tensor:
+        if layers is not None:
+            hs = trunc(input_ids=input_ids, use_cache=False, output_hidden_states=True).hidden_states
+            return torch.stack([hs[k + 1] for k in layers], dim=2)
         out = trunc(input_ids=input_ids, use_cache=False)
         return out[0] if isinstance(out, tuple) else out.last_hidden_state
 
@@ -97,15 +115,22 @@ class ResidualReader:
     `precision_reason` says why.
     compile: run the forward through torch.compile (about 1.3-1.5x faster on CPU after
     10-40 s of compilation; worth it for large harvests).
+    layers: several blocks read in the same forward (ascending, the deepest being
+    `hook.layer`); the output is then "batch pos layer d_model".
     """
 
     def __init__(self, lm: LoadedModel, hook: HookPoint, precision: str = "auto",
-                 compile: bool = False, calibration_ids: torch.Tensor | None = None):
+                 compile: bool = False, calibration_ids: torch.Tensor | None = None,
+                 layers: Sequence[int] | None = None):
         if precision not in {"auto", "bf16", "fp32"}:
             raise SaexError(f"unknown precision {precision!r}", "use auto, bf16 or fp32")
-        self.lm, self.hook = lm, hook
-        generic = _stop_at_layer_forward(lm, hook)
-        fast = _truncated_forward(lm, hook)
+        if layers is not None:
+            layers = [int(k) for k in layers]
+            if layers != sorted(set(layers)) or layers[-1] != hook.layer:
+                raise ValueError(f"layers {layers} must ascend without repeats and end at {hook.layer}")
+        self.lm, self.hook, self.layers = lm, hook, layers
+        generic = _stop_at_layer_forward(lm, hook, layers)
+        fast = _truncated_forward(lm, hook, layers=layers)
         self.path = "stop-at-layer"
         self._forward = generic
         vocab = lm.model.get_input_embeddings().weight.shape[0]
@@ -140,7 +165,7 @@ class ResidualReader:
                                   f"relative error) on this model, above {BF16_TOLERANCE:.0%}: using fp32")
         self.precision = precision
         if precision == "bf16" and self.path == "truncated":
-            self._forward = _truncated_forward(lm, hook, linear_dtype=torch.bfloat16)
+            self._forward = _truncated_forward(lm, hook, linear_dtype=torch.bfloat16, layers=layers)
         self.compiled = False
         self._eager = self._forward
         if compile:
@@ -161,7 +186,8 @@ class ResidualReader:
         return float(rel.flatten().median())
 
     def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """input_ids: "batch pos" -> residual: "batch pos d_model", float32, on CPU."""
+        """input_ids: "batch pos" -> residual: "batch pos d_model" ("batch pos layer d_model"
+        with `layers`), float32, on CPU."""
         with torch.inference_mode(), self._autocast():
             try:
                 out = self._forward(input_ids.to(self.lm.device))

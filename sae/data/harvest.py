@@ -7,12 +7,13 @@ bit for bit, and several processes (`--shard i/n`, or torchrun) can fill one sto
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -21,14 +22,16 @@ import torch
 
 from sae.data.corpus import DEFAULT_CORPUS, SPLITS, open_corpus, token_windows
 from sae.data.forward import ResidualReader
-from sae.data.models import DEFAULT_MODEL, LoadedModel, load_model
+from sae.data.models import DEFAULT_MODEL, HookPoint, LoadedModel, load_model, parse_layers
 from sae.data.store import (
     FLAG_OUTLIER,
     FLAG_SPECIAL,
+    LAYERS_FILE,
     NUMPY_DTYPES,
     STORAGE_DTYPES,
     STORE_FORMAT,
     TORCH_DTYPES,
+    layer_folder,
     npy_bytes,
     shard_complete,
     write_bytes_atomic,
@@ -54,7 +57,8 @@ class HarvestConfig:
     model: str = DEFAULT_MODEL
     """(plan) Model spec: smollm2-135m, a .gguf file, an HF folder or an HF hub id."""
     layer: int | str | None = None
-    """(plan) Residual stream after this block; None = the middle block."""
+    """(plan) Residual stream after this block; None = the middle block. Several (5,10,15 or all): one forward
+    pass that stops after the deepest fills one complete store per layer, OUT/layer-LL/, listed in OUT/layers.json."""
     corpus: str = DEFAULT_CORPUS
     """(plan) Corpus spec: builtin[:sources], a .txt file/folder, a .jsonl file, hf:NAME."""
     text_field: str = "text"
@@ -238,6 +242,16 @@ def harvest(cfg: HarvestConfig, lm: LoadedModel | None = None) -> Path:
     rank, world = parse_shard(cfg.shard)
     if out.exists() and not out.is_dir():
         raise SaexError(f"{out} is a file, not a folder", "give --out a folder path")
+    if _several_layers(cfg.layer):
+        if (out / LAYERS_FILE).exists():
+            _check_layers_match(out, cfg)
+            print(f"multi-layer store {out} is already complete", file=sys.stderr)
+            return out
+        lm = lm or load_model(cfg.model, device=cfg.device)
+        hooks = parse_layers(cfg.layer, lm.n_layers, lm.layers_path)
+        if hooks is not None:
+            return _harvest_layers(cfg, lm, hooks, out, rank, world)
+        cfg = replace(cfg, layer=str(cfg.layer).strip().strip(","))
     if (out / "manifest.json").exists() and (out / "plan.json").exists():
         _check_manifest_matches(out, cfg)
         print(f"store {out} is already complete", file=sys.stderr)
@@ -280,7 +294,7 @@ def harvest(cfg: HarvestConfig, lm: LoadedModel | None = None) -> Path:
         bar = _progress(n_tok, cfg.progress, f"harvest {plan.hook.name}")
         started = time.perf_counter()
         for k in todo:
-            _harvest_shard(k, plan, reader, threshold, shard_dir, bar)
+            _harvest_shard(k, plan, reader, [threshold], [shard_dir], bar)
         bar.close()
         if n_tok:
             elapsed = time.perf_counter() - started
@@ -309,34 +323,38 @@ def _read_batch(reader: ResidualReader, batch: torch.Tensor, batch_size: int) ->
     return reader(batch)[:real]
 
 
-def _harvest_shard(k: int, plan: _Plan, reader: ResidualReader, threshold: float,
-                   shard_dir: Path, bar) -> None:
+def _harvest_shard(k: int, plan: _Plan, reader: ResidualReader, thresholds: list[float],
+                   shard_dirs: list[Path], bar) -> None:
+    """Shard k of every store in `shard_dirs` (one per layer the reader returns, in its order)."""
     cfg = plan.cfg
     rows = plan.shard_rows(k)
     ids = torch.from_numpy(plan.windows[rows]).long()
     n, t, d = ids.shape[0], cfg.context_size, plan.lm.d_model
     np_dtype = NUMPY_DTYPES[STORAGE_DTYPES[cfg.storage_dtype]]
     torch_dtype = TORCH_DTYPES[STORAGE_DTYPES[cfg.storage_dtype]]
-    acts = np.empty((n, t, d), dtype=np_dtype)
-    flags = np.zeros((n, t), dtype=np.uint8)
+    acts = [np.empty((n, t, d), dtype=np_dtype) for _ in shard_dirs]
+    flags = [np.zeros((n, t), dtype=np.uint8) for _ in shard_dirs]
     b = cfg.batch_size
     for i in range(0, n, b):
         batch = ids[i:i + b]
         real = batch.shape[0]
-        h = _read_batch(reader, batch, b)
-        if not torch.isfinite(h).all():
-            bad = int((~torch.isfinite(h)).any(-1).any(-1).nonzero()[0]) + rows.start + i
+        out = _read_batch(reader, batch, b)
+        if not torch.isfinite(out).all():
+            bad = int((~torch.isfinite(out)).flatten(2).any(-1).any(-1).nonzero()[0]) + rows.start + i
             raise SaexError(f"the model produced NaN/inf activations in shard {k} (window {bad})",
                             "try --precision fp32, or check the model weights")
-        norms = h.norm(dim=-1)
-        f = np.zeros((real, t), dtype=np.uint8)
-        f[torch.isin(batch[:real], plan.special_ids).numpy()] |= FLAG_SPECIAL
-        f[(norms > threshold).numpy()] |= FLAG_OUTLIER
-        flags[i:i + real] = f
-        acts[i:i + real] = h.to(torch_dtype).view(torch.uint16).numpy() if torch_dtype == torch.bfloat16 \
-            else h.to(torch_dtype).numpy()
+        special = torch.isin(batch[:real], plan.special_ids).numpy()
+        for j, h in enumerate([out] if out.dim() == 3 else out.unbind(2)):
+            norms = h.norm(dim=-1)
+            f = np.zeros((real, t), dtype=np.uint8)
+            f[special] |= FLAG_SPECIAL
+            f[(norms > thresholds[j]).numpy()] |= FLAG_OUTLIER
+            flags[j][i:i + real] = f
+            acts[j][i:i + real] = h.to(torch_dtype).view(torch.uint16).numpy() if torch_dtype == torch.bfloat16 \
+                else h.to(torch_dtype).numpy()
         bar.update(real * t)
-    write_shard(shard_dir, k, rows.start, acts, plan.windows[rows], flags)
+    for j, shard_dir in enumerate(shard_dirs):
+        write_shard(shard_dir, k, rows.start, acts[j], plan.windows[rows], flags[j])
 
 
 def _check_manifest_matches(out: Path, cfg: HarvestConfig) -> None:
@@ -350,3 +368,116 @@ def _check_manifest_matches(out: Path, cfg: HarvestConfig) -> None:
         diff = [k for k in cfg.PLAN_FIELDS if m.get("config", {}).get(k) != asked[k]]
         raise SaexError(f"the store {out} was harvested with other settings ({', '.join(diff)} differ)",
                         "use another --out folder, or delete this store to start over")
+
+
+# --------------------------------------------------------------------------- several layers
+
+
+def _several_layers(spec) -> bool:
+    return isinstance(spec, str) and ("," in spec or spec.strip().lower() == "all")
+
+
+def _layers_doc(cfg: HarvestConfig, lm: LoadedModel, hooks: list[HookPoint], width: int) -> dict:
+    return {"format": STORE_FORMAT, "kind": "one activation store per layer, from one forward pass",
+            "config": cfg.plan_dict() | {"layer": [h.layer for h in hooks]},
+            "model": {"spec": lm.spec, "weights_sha256": lm.weights_sha256, "n_layers": lm.n_layers},
+            "layers": [h.layer for h in hooks],
+            "stores": {str(h.layer): layer_folder(h.layer, width) for h in hooks},
+            "hooks": {str(h.layer): h.name for h in hooks}}
+
+
+def _check_layers_match(out: Path, cfg: HarvestConfig) -> None:
+    try:
+        doc = json.loads((out / LAYERS_FILE).read_text())
+    except json.JSONDecodeError:
+        raise SaexError(f"{out / LAYERS_FILE} is corrupt", f"delete {out} and harvest again") from None
+    n_layers = doc["model"]["n_layers"]
+    hooks = parse_layers(cfg.layer, n_layers, "model.layers")
+    asked = cfg.plan_dict() | {"layer": [h.layer for h in hooks] if hooks else cfg.layer}
+    if doc.get("config") != asked:
+        diff = [k for k in cfg.PLAN_FIELDS if doc.get("config", {}).get(k) != asked[k]]
+        raise SaexError(f"the multi-layer store {out} was harvested with other settings ({', '.join(diff)} differ)",
+                        "use another --out folder, or delete this store to start over")
+
+
+def _harvest_layers(cfg: HarvestConfig, lm: LoadedModel, hooks: list[HookPoint], out: Path,
+                    rank: int, world: int) -> Path:
+    """One forward pass per batch that stops after the deepest of `hooks`; each layer's
+    residual goes to its own complete store OUT/layer-LL/ (the same files, thresholds and
+    checks as a single-layer harvest of that layer); OUT/layers.json lists them once all
+    are complete."""
+    if (out / "plan.json").exists() or (out / "manifest.json").exists():
+        raise SaexError(f"{out} holds a single-layer activation store",
+                        "give a multi-layer harvest (--layer 5,10,15 or all) a new or empty --out folder")
+    width = max(2, len(str(lm.n_layers - 1)))
+    subs = {h.layer: layer_folder(h.layer, width) for h in hooks}
+    if out.exists() and any(p for p in out.iterdir() if not p.name.startswith(".")
+                            and p.name not in set(subs.values()) | {LAYERS_FILE}):
+        raise SaexError(f"{out} exists and is not a multi-layer activation store of these layers",
+                        "give --out a new or empty folder (nothing in an existing folder is overwritten)")
+    deepest = hooks[-1]
+    plan = _Plan(replace(cfg, layer=deepest.layer), lm)
+    if len(plan.windows) < cfg.n_windows:
+        print(f"note: the corpus gave only {len(plan.windows):,} windows ({len(plan.windows) * cfg.context_size:,} "
+              f"tokens) of the {cfg.n_windows:,} asked", file=sys.stderr)
+    earlier = _read_plan(out / subs[deepest.layer])
+    if cfg.compile == "auto":
+        expected = resolve(cfg.precision, lm.device)[0]
+        use_compile = (earlier["compiled"] if earlier and "compiled" in earlier else
+                       lm.device.type == "cpu"
+                       and len(plan.windows) * cfg.context_size >= COMPILE_MIN_TOKENS[expected])
+    else:
+        use_compile = cfg.compile == "yes"
+    reader = ResidualReader(lm, deepest, precision=cfg.precision, compile=use_compile,
+                            calibration_ids=plan.calibration, layers=[h.layer for h in hooks])
+    calib = torch.cat([_read_batch(reader, plan.calibration[i:i + cfg.batch_size], cfg.batch_size)
+                       for i in range(0, len(plan.calibration), cfg.batch_size)])
+    special = torch.isin(plan.calibration, plan.special_ids)
+    thresholds, docs, dirs = [], [], []
+    for j, hook in enumerate(hooks):
+        threshold = _norm_threshold(cfg, calib[:, :, j].norm(dim=-1), special)
+        layer_cfg = replace(cfg, out=str(out / subs[hook.layer]), layer=hook.layer)
+        layer_plan = copy.copy(plan)
+        layer_plan.cfg, layer_plan.hook = layer_cfg, hook
+        doc = _describe(layer_cfg, layer_plan, reader, threshold) | {"compiled": reader.compiled}
+        _check_existing(out / subs[hook.layer], doc)
+        thresholds.append(threshold)
+        docs.append(doc)
+    ensure_writable_dir(out, "activation store")
+    try:
+        for hook, doc in zip(hooks, docs):
+            store = ensure_writable_dir(out / subs[hook.layer], "activation store")
+            dirs.append(ensure_writable_dir(store / "shards", "activation store"))
+            remove_stale_temps(store)
+            remove_stale_temps(dirs[-1])
+            if not (store / "plan.json").exists():
+                write_bytes_atomic(store / "tokens.npy", npy_bytes(plan.windows))
+                write_json_atomic(store / "plan.json", doc)
+        mine = [k for k in range(plan.n_shards) if k % world == rank]
+        todo = [k for k in mine if not all(shard_complete(d, k) for d in dirs)]
+        n_tok = sum(plan.shard_rows(k).stop - plan.shard_rows(k).start for k in todo) * cfg.context_size
+        names = ",".join(str(h.layer) for h in hooks)
+        bar = _progress(n_tok, cfg.progress, f"harvest layers {names}")
+        started = time.perf_counter()
+        for k in todo:
+            _harvest_shard(k, plan, reader, thresholds, dirs, bar)
+        bar.close()
+        if n_tok:
+            elapsed = time.perf_counter() - started
+            print(f"harvested {n_tok:,} tokens at {len(hooks)} layers in {elapsed:.0f} s "
+                  f"({n_tok / elapsed:,.0f} tok/s, {reader.precision}{', compiled' if reader.compiled else ''})",
+                  file=sys.stderr)
+        complete = True
+        for hook, doc, d in zip(hooks, docs, dirs):
+            if all(shard_complete(d, k) for k in range(plan.n_shards)):
+                if not (d.parent / "manifest.json").exists():
+                    write_manifest(d.parent, doc)
+            else:
+                complete = False
+        if complete:
+            write_json_atomic(out / LAYERS_FILE, _layers_doc(cfg, lm, hooks, width))
+    except OSError as e:
+        raise SaexError(f"could not write the activation store {out}: {e.strerror or e}",
+                        "free disk space or fix permissions, then rerun the same command: it resumes "
+                        "from the last complete shard") from None
+    return out

@@ -312,3 +312,20 @@ def parse_hook_point(spec: int | str | None, n_layers: int, layers_path: str) ->
             f"pick a layer between 0 and {n_layers - 1}; the default is the middle one, {n_layers // 2}",
         )
     return HookPoint(layer=layer, module_path=f"{layers_path}.{layer}")
+
+
+def parse_layers(spec: int | str | None, n_layers: int, layers_path: str) -> list[HookPoint] | None:
+    """Several hook points from "5,10,15" (any spellings `parse_hook_point` takes, comma-separated)
+    or "all"; None when `spec` names a single layer (or none). Sorted by depth, no repeats."""
+    if spec is None or isinstance(spec, int):
+        return None
+    s = str(spec).strip()
+    if s.lower() == "all":
+        return [HookPoint(layer=i, module_path=f"{layers_path}.{i}") for i in range(n_layers)]
+    if "," not in s:
+        return None
+    parts = [p for p in (x.strip() for x in s.split(",")) if p]
+    if not parts:
+        raise SaexError(f"no layer in {spec!r}", "give layers like 5,10,15 or all")
+    hooks = {h.layer: h for h in (parse_hook_point(p, n_layers, layers_path) for p in parts)}
+    return [hooks[k] for k in sorted(hooks)] if len(hooks) > 1 else None

@@ -14,6 +14,9 @@ A store is a folder:
 
 Every position is stored, excluded ones included, so the index and evaluation know
 where BOS and the massive-activation positions were; training reads only flag 0.
+A multi-layer harvest (`--layer 5,10,15` or `all`) writes one such store per layer into
+OUT/layer-LL/ from one forward pass, and OUT/layers.json (LAYERS_FILE) listing them once all
+are complete; readers take one layer's subfolder (`layer_store_path`).
 This module imports no model or corpus code: readers of a store need only numpy and torch.
 `sae.data.harvest` fills a store from a model; `write_store` fills one from arrays.
 """
@@ -38,6 +41,46 @@ FLAG_OUTLIER = 2
 STORAGE_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 NUMPY_DTYPES = {"bfloat16": np.uint16, "float16": np.float16, "float32": np.float32}
+LAYERS_FILE = "layers.json"  # the top-level manifest of a multi-layer store
+
+
+def layer_folder(layer: int, width: int = 2) -> str:
+    """Subfolder of one layer's store in a multi-layer store: layer-05, layer-15 ..."""
+    return f"layer-{layer:0{width}d}"
+
+
+def store_layers(path: str | Path) -> dict[int, Path] | None:
+    """{layer: its store folder} of a multi-layer store (complete or not); None for any other folder."""
+    path = Path(path).expanduser()
+    if (path / LAYERS_FILE).exists():
+        try:
+            doc = json.loads((path / LAYERS_FILE).read_text())
+            return {int(k): path / v for k, v in doc["stores"].items()}
+        except (json.JSONDecodeError, KeyError, ValueError):
+            raise SaexError(f"{path / LAYERS_FILE} is corrupt", f"delete {path} and harvest again") from None
+    if (path / "manifest.json").exists() or (path / "plan.json").exists() or not path.is_dir():
+        return None
+    found = {}
+    for p in path.glob("layer-*"):
+        if p.is_dir() and p.name[6:].isdigit() and (p / "plan.json").exists():
+            found[int(p.name[6:])] = p
+    return dict(sorted(found.items())) or None
+
+
+def layer_store_path(path: str | Path, layer: int | None = None) -> Path:
+    """The store folder to read: `path` itself for a single-layer store; for a multi-layer
+    store, the subfolder of `layer` (a clear error naming the layers when none or another is asked)."""
+    path = Path(path).expanduser()
+    layers = store_layers(path)
+    if layers is None:
+        return path
+    names = ", ".join(str(k) for k in layers)
+    if layer is None or int(layer) not in layers:
+        example = layers[int(layer)] if layer is not None and int(layer) in layers else next(iter(layers.values()))
+        problem = (f"{path} holds one activation store per layer (layers {names}), not a single store"
+                   if layer is None else f"{path} has no store of layer {layer} (layers {names})")
+        raise SaexError(problem, f"pick a layer: pass its subfolder, e.g. {example}")
+    return layers[int(layer)]
 
 
 def npy_bytes(arr: np.ndarray) -> bytes:
@@ -154,7 +197,7 @@ class ActivationStore:
     """Read access to a complete store; shards are memory-mapped, not loaded."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path).expanduser()
+        self.path = layer_store_path(path)  # a multi-layer store: a clear error naming its layers
         mpath = self.path / "manifest.json"
         if not mpath.exists():
             hint = ("its harvest has not finished: rerun the same harvest command to complete it"
@@ -264,7 +307,12 @@ class ActivationStore:
 
 
 def store_summary(path: str | Path) -> str:
-    """One line: tokens, usable vectors, outliers and where they sit."""
+    """One line: tokens, usable vectors, outliers and where they sit (one line per layer
+    for a multi-layer store)."""
+    layers = store_layers(path)
+    if layers is not None:
+        return "\n".join(f"layer {k} ({p}): " + (store_summary(p) if (p / "manifest.json").exists() else "incomplete")
+                         for k, p in layers.items())
     m = ActivationStore(path).manifest
     pos = m.get("outlier_positions", {})
     top = ", ".join(f"pos {p}: {c}" for p, c in sorted(pos.items(), key=lambda kv: -kv[1])[:3])

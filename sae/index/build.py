@@ -29,6 +29,8 @@ import numpy as np
 from sae.data.store import ActivationStore
 from sae.errors import SaexError
 from sae.fsutil import atomic_path, ensure_writable_dir, remove_stale_temps, sha256_file, write_json_atomic
+from sae.index.aligned import FILE as ALIGNED_FILE
+from sae.index.aligned import ArticleProfile, article_forms
 from sae.index.config import IndexConfig
 from sae.index.encoder import sparse_encoder
 from sae.index.reader import FEATURES_FILE, INDEX_FORMAT, MANIFEST_FILE, SEARCH_FILE, VOCAB_FILE, index_dir
@@ -114,11 +116,15 @@ def _load_state(path: Path, stats: FeatureStats, key: str) -> int:
     return int(meta["shards_done"])
 
 
-def _write(out: Path, feats: dict, search: dict, vocab: list[str], manifest: dict) -> None:
+def _write(out: Path, feats: dict, search: dict, vocab: list[str], manifest: dict,
+           aligned: dict | None = None) -> None:
     from safetensors.numpy import save_file
 
     files = {}
-    for name, arrays in ((FEATURES_FILE, feats), (SEARCH_FILE, search)):
+    (out / ALIGNED_FILE).unlink(missing_ok=True)  # an older build's, for other article ids or offsets
+    for name, arrays in ((FEATURES_FILE, feats), (SEARCH_FILE, search), (ALIGNED_FILE, aligned)):
+        if arrays is None:
+            continue
         with atomic_path(out / name) as tmp:
             save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
         files[name] = {"bytes": (out / name).stat().st_size, "arrays": sorted(arrays)}
@@ -141,7 +147,7 @@ def build_index(cfg: IndexConfig, sae: LoadedSAE | None = None, lm=None) -> Path
     store = _store_for(cfg, sae)
     lm = lm or _model_for(cfg, store)
     _check_model(lm, store)
-    out = index_dir(run)
+    out = Path(cfg.out).expanduser() if cfg.out else index_dir(run)
     key = _key(cfg, sae, store, lm)
     mpath = out / MANIFEST_FILE
     if mpath.exists() and not cfg.force:
@@ -157,9 +163,12 @@ def build_index(cfg: IndexConfig, sae: LoadedSAE | None = None, lm=None) -> Path
     remove_stale_temps(out)
     remove_stale_temps(partial)
     mpath.unlink(missing_ok=True)  # from here on the folder holds no complete index
+    forms, left_out = article_forms(lm.tokenizer)
+    profile = ArticleProfile(sae.d_sae, store.context_size, forms, cfg.aligned_before, cfg.aligned_after) \
+        if forms else None
     stats = FeatureStats(sae.d_sae, V, store.context_size, top_k=cfg.top_k, reservoir=cfg.reservoir,
                          before=cfg.context_before, after=cfg.context_after, lookahead=cfg.lookahead, seed=cfg.seed,
-                         edges=hist_edges())
+                         edges=hist_edges(), aligned=profile, max_pair_entries=cfg.max_pair_entries)
     state_path = partial / STATE_FILE
     done = 0 if cfg.force else _load_state(state_path, stats, key)
     if done:
@@ -181,7 +190,7 @@ def build_index(cfg: IndexConfig, sae: LoadedSAE | None = None, lm=None) -> Path
                       "context_size": store.context_size, "n_windows": store.n_windows},
             "model": {"spec": lm.spec, "weights_sha256": lm.weights_sha256, "vocab_size": V},
             "settings": cfg.content(), "offsets": stats.offsets.tolist(), "d_sae": sae.d_sae,
-            "tokens_indexed": int(stats.state["n_tokens"][0]),
+            "tokens_indexed": int(stats.state["n_tokens"][0]), "pair_entries": len(stats.state["pair_key"]),
             "encoder": {"kind": type(encoder).__name__, "precision": getattr(encoder, "precision", "fp32"),
                         "precision_reason": getattr(encoder, "precision_reason", None),
                         "dense_fallback_rows": getattr(encoder, "dense_rows", None)},
@@ -189,8 +198,11 @@ def build_index(cfg: IndexConfig, sae: LoadedSAE | None = None, lm=None) -> Path
             "stream_tokens_per_s": n_streamed / max(t2 - t1, 1e-9),
             "resumed_after_shard": done or None,
             "config": asdict(cfg),
+            "aligned": profile.describe(left_out) if profile else
+            {"file": None, "left_out": left_out,
+             "note": "no article-aligned profiles: ' a' and ' an' are not both single tokens of this model"},
         }
-        _write(out, feats, search, vocab, manifest)
+        _write(out, feats, search, vocab, manifest, profile.arrays(stats.state) if profile else None)
     except OSError as e:
         raise SaexError(f"could not write the feature index {out}: {e.strerror or e}",
                         "free disk space or fix permissions, then rerun the same command: it resumes "

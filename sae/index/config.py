@@ -13,9 +13,13 @@ class IndexConfig:
 
     run: str = ""
     """Run folder of the SAE (or a sae-lens release/sae_id, or a sparsify hookpoint folder: see docs/formats.md);
-    the index goes to RUN/index/."""
+    the index goes to RUN/index/ unless --out says otherwise."""
     store: str | None = None
-    """Held-out activation store; default: the run's training store with -train in its name replaced by -heldout."""
+    """Held-out activation store; default: the run's training store with -train in its name replaced by -heldout.
+    Any store of the SAE's model and hook works, the training store included (give --out then)."""
+    out: str | None = None
+    """Index folder; default RUN/index (the one the explorer opens). E.g. RUN/index-train for an index of the
+    training store beside the held-out one."""
     model: str | None = None
     """Model for token strings and output effects; default: the model the store was harvested from."""
     top_k: int = 20
@@ -42,6 +46,14 @@ class IndexConfig:
     """Decoder-cosine nearest neighbours kept per feature."""
     min_pair_count: int = 2
     """(feature, token, offset) pairs seen fewer times are left out of the search table."""
+    max_pair_entries: int = 100_000_000
+    """Bound on the upcoming-token count tables, in distinct (offset, token, feature) entries; a build peaks at
+    about 100 bytes per entry (the finishing sorts), so 100M is about 10 GB; one that passes the bound stops with a
+    message. The 2M-token demo training store needs 47M (4.7 GB peak; see docs/benchmarks.md)."""
+    aligned_before: int = 8
+    """Article-aligned profiles: offsets -aligned_before..+aligned_after around " a" / " an" (and " A" / " An")."""
+    aligned_after: int = 2
+    """Last offset of the article-aligned profiles (see aligned_before)."""
     chunk_tokens: int = 32768
     """Tokens encoded at once (whole windows); bounds memory."""
     seed: int = 0
@@ -57,17 +69,18 @@ class IndexConfig:
 
     # Settings that change the index's content (a complete index with others is rebuilt).
     CONTENT_FIELDS = ("top_k", "context_before", "context_after", "bands", "per_band", "reservoir", "lookahead",
-                      "top_tokens", "profile_min_count", "token_features", "neighbours", "min_pair_count", "seed")
+                      "top_tokens", "profile_min_count", "token_features", "neighbours", "min_pair_count",
+                      "aligned_before", "aligned_after", "seed")
 
     def __post_init__(self):
         if not self.run:
             raise SaexError("no run folder given", "pass the folder of a trained SAE: saex index RUN")
         for name in ("top_k", "bands", "per_band", "reservoir", "top_tokens", "token_features", "neighbours",
-                     "min_pair_count", "chunk_tokens", "profile_min_count"):
+                     "min_pair_count", "chunk_tokens", "profile_min_count", "max_pair_entries"):
             if int(getattr(self, name)) < 1:
                 raise SaexError(f"{name} must be at least 1, got {getattr(self, name)}",
                                 f"pass a positive --{name.replace('_', '-')}")
-        for name in ("context_before", "context_after", "lookahead"):
+        for name in ("context_before", "context_after", "lookahead", "aligned_before", "aligned_after"):
             if int(getattr(self, name)) < 0:
                 raise SaexError(f"{name} must be >= 0, got {getattr(self, name)}",
                                 f"pass --{name.replace('_', '-')} 0 or more")

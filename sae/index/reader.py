@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from sae.errors import SaexError
+from sae.index.aligned import ARTICLE_OF, onset, summarise
+from sae.index.aligned import FILE as ALIGNED_FILE
 from sae.runs.files import INDEX_DIR
 
 INDEX_FORMAT = 1
@@ -69,6 +71,37 @@ class TokenStat:
 
 
 @dataclass
+class ArticleRow:
+    """A feature's activation around one article (or one article form), per offset:
+    n = occurrences with that offset inside the window on an indexed token, fired = how
+    many of them the feature fired at, mean over all n (0 where it did not fire), lo/hi its
+    95% interval (normal approximation; NaN with fewer than 2 occurrences)."""
+
+    article: str
+    forms: list[str]
+    n: list[int]
+    fired: list[int]
+    mean: list[float]
+    lo: list[float]
+    hi: list[float]
+
+
+@dataclass
+class AlignedProfile:
+    """A feature's activation at offsets around " a" / " an" (0 = the article, -1 = the token
+    whose output chooses it). `articles`: "a" and "an", each pooling its forms (" a" + " A",
+    " an" + " An", those that are single tokens); `forms`: each form alone. Onsets: the
+    earliest offset where one article's mean exceeds the other's beyond a one-sided z bound,
+    Bonferroni-corrected over the offsets (None if never)."""
+
+    offsets: list[int]
+    articles: dict[str, ArticleRow]
+    forms: dict[str, ArticleRow]
+    onset_an_over_a: int | None
+    onset_a_over_an: int | None
+
+
+@dataclass
 class Feature:
     """Everything the index holds about one feature."""
 
@@ -86,6 +119,7 @@ class Feature:
     neighbours: list[tuple[int, float]]  # (feature, decoder cosine)
     following: dict[int, list[TokenStat]] = field(default_factory=dict)  # offset -> by count
     following_by_lift: dict[int, list[TokenStat]] = field(default_factory=dict)  # offset -> by lift
+    aligned: AlignedProfile | None = None  # None: the index has no article-aligned profiles (see aligned_note)
 
 
 class FeatureIndex:
@@ -117,6 +151,14 @@ class FeatureIndex:
             raise SaexError(f"the feature index in {self.path} is damaged ({e})",
                             f"rebuild it: saex index {run} --force yes") from None
         self._cache: dict[str, np.ndarray] = {}
+        self._a, self._a_small = None, {}
+        if (self.path / ALIGNED_FILE).exists():
+            try:
+                self._a = safe_open(str(self.path / ALIGNED_FILE), framework="np")
+            except Exception as e:
+                raise SaexError(f"the feature index in {self.path} is damaged ({e})",
+                                f"rebuild it: saex index {run} --force yes") from None
+        self._run = run
 
     # ------------------------------------------------------------------ basics
 
@@ -145,6 +187,40 @@ class FeatureIndex:
 
     def _row(self, name: str, i: int, src=None) -> np.ndarray:
         return (src or self._f).get_slice(name)[i:i + 1][0]
+
+    @property
+    def aligned_note(self) -> str | None:
+        """Why the index has no article-aligned profiles (None when it has them)."""
+        if self._a is not None:
+            return None
+        entry = self.manifest.get("aligned")
+        if entry is None:
+            return (f"this index was built before article-aligned profiles existed: rebuild it with "
+                    f"`saex index {self._run} --force yes`")
+        return entry.get("note") or "this index has no article-aligned profiles"
+
+    def aligned(self, i: int) -> AlignedProfile | None:
+        """Feature i's activation profile around the articles (None: see `aligned_note`)."""
+        if self._a is None:
+            return None
+        i = self._check(i)
+        if not self._a_small:
+            self._a_small.update({n: self._a.get_tensor(n) for n in ("aligned_offsets", "aligned_count")})
+        offsets = self._a_small["aligned_offsets"].tolist()
+        count = self._a_small["aligned_count"]  # "G O"
+        fired, s, s2 = (self._a.get_slice(n)[i:i + 1][0] for n in ("aligned_fired", "aligned_sum", "aligned_sumsq"))
+        names = list(self.manifest["aligned"]["forms"])
+
+        def row(article, idx):
+            st = summarise(count[idx].sum(0), fired[idx].sum(0), s[idx].sum(0), s2[idx].sum(0))
+            return st, ArticleRow(article, [names[j] for j in idx], st["n"].tolist(), st["fired"].tolist(),
+                                  *(np.round(st[k], 6).tolist() for k in ("mean", "lo", "hi")))
+
+        forms = {name: row(name, [j])[1] for j, name in enumerate(names)}
+        pooled = {art: row(art, [j for j, n in enumerate(names) if ARTICLE_OF[n] == art]) for art in ("a", "an")}
+        return AlignedProfile(offsets, {k: v[1] for k, v in pooled.items()}, forms,
+                              onset(pooled["an"][0], pooled["a"][0], offsets),
+                              onset(pooled["a"][0], pooled["an"][0], offsets))
 
     def _search_slice(self, name: str, lo: int, hi: int) -> np.ndarray:
         return self._s.get_slice(name)[lo:hi]
@@ -228,7 +304,8 @@ class FeatureIndex:
             top_examples=[e for j in range(K) if (e := top_make(j)) is not None], bands=bands,
             boosted=toks("boost"), suppressed=toks("suppress"),
             neighbours=[(int(a), float(c)) for a, c in zip(self._row("neighbour", i), self._row("neighbour_cos", i))],
-            following=self._profile("follow", i), following_by_lift=self._profile("follow_by_lift", i))
+            following=self._profile("follow", i), following_by_lift=self._profile("follow_by_lift", i),
+            aligned=self.aligned(i))
 
     def _profile(self, name: str, i: int) -> dict[int, list[TokenStat]]:
         ids, counts, lifts = (self._row(f"{name}_{k}", i) for k in ("token", "count", "lift"))

@@ -10,7 +10,10 @@
 - `neighbours(index, 17)`: features whose decoder directions are closest to feature 17's.
 
 A token is given by id or by its exact text, leading space included (`index.token_ids`
-says which ids a text names; all of them are searched together).
+says which ids a text names; all of them are searched together). A word that is several
+tokens is searched on its first piece: `first_piece(index, " astronomer", tokenizer)` splits
+it (with the model's tokenizer, `model_tokenizer(spec)`, or else greedily on the index's
+vocabulary) and says so; `no_hits_sentence` explains an empty result with its numbers.
 """
 
 from __future__ import annotations
@@ -24,6 +27,119 @@ from sae.errors import SaexError
 from sae.index.reader import FeatureIndex
 
 RANKS = ("precision", "recall", "lift", "count", "f1")
+
+
+# --------------------------------------------------------------------------- words of several tokens
+
+
+@dataclass
+class Piece:
+    """What a token search runs on: `query` (an id, or a token's exact text) and, for a word
+    of several tokens, the pieces it splits into and a note saying the first one is used."""
+
+    text: str
+    query: int | str
+    ids: list[int]
+    pieces: list[str]
+    note: str | None = None
+
+
+def model_tokenizer(spec: str | None):
+    """The tokenizer of a model spec loaded alone (no weights), from local files only: the
+    built-in model's cached folder, a model folder, a .gguf file, or the HF cache for a hub
+    id. None when it cannot be had that way (callers fall back on the index's vocabulary)."""
+    if not spec:
+        return None
+    try:
+        from pathlib import Path
+
+        from transformers import AutoTokenizer
+
+        from sae.data.models import _BUILTIN
+        from sae.fsutil import cache_dir
+
+        if spec.lower() in _BUILTIN:
+            folder = cache_dir() / "models" / spec.lower() / "hf"
+            return AutoTokenizer.from_pretrained(str(folder), local_files_only=True) \
+                if (folder / "saex_source.json").exists() else None
+        path = Path(spec).expanduser()
+        if spec.endswith(".gguf") and path.is_file():
+            return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        return AutoTokenizer.from_pretrained(str(path) if path.is_dir() else spec, local_files_only=True)
+    except Exception:  # no local tokenizer files: transformers raises many types
+        return None
+
+
+def _greedy_pieces(index: FeatureIndex, text: str) -> list[int]:
+    """Split text into the longest vocabulary strings that prefix what is left."""
+    by_text = index._ids_by_text
+    longest = max((len(t) for t in by_text), default=0)
+    ids, rest = [], text
+    while rest:
+        for n in range(min(len(rest), longest), 0, -1):
+            if rest[:n] in by_text:
+                ids.append(by_text[rest[:n]][0])
+                rest = rest[n:]
+                break
+        else:
+            raise SaexError(f"{text!r} cannot be split into tokens of the index's vocabulary (at {rest[:10]!r})",
+                            "give a token's exact text or its id")
+    return ids
+
+
+def first_piece(index: FeatureIndex, text: int | str, tokenizer=None) -> Piece:
+    """The token to search for `text`: itself when it is one token (an id, or a token's exact
+    text); else the first of the tokens it splits into, with a note such as "' astronomer' is
+    2 tokens (' astr', 'onomer'); searching on the first, ' astr'". Split by `tokenizer` (the
+    model's: what the model reads) when given, else greedily by the longest vocabulary string
+    that prefixes what is left (which may differ from the model's split: the note says so)."""
+    if isinstance(text, (int, np.integer)):
+        ids = index.token_ids(int(text))
+        return Piece(str(text), ids[0], ids, [index.text(ids[0])])
+    if not text:
+        raise SaexError("no token given", "type a word or token (leading space included), or a token id")
+    if text in index._ids_by_text:
+        return Piece(text, text, index.token_ids(text), [text])
+    if tokenizer is not None:
+        ids = [int(i) for i in tokenizer.encode(text, add_special_tokens=False)]
+        how = "by the model's tokenizer"
+        if not ids or max(ids) >= index.vocab_size:
+            raise SaexError(f"the tokenizer turns {text!r} into {ids}, outside this index's vocabulary",
+                            "check that the index was built for this model")
+    else:
+        ids = _greedy_pieces(index, text)
+        how = "by the index's vocabulary, longest piece first: the model's tokenizer may split it differently"
+    pieces = [index.text(i) for i in ids]
+    if len(ids) == 1:
+        return Piece(text, ids[0], ids, pieces, f"{text!r} is the token {pieces[0]!r} (id {ids[0]})")
+    note = (f"{text!r} is {len(ids)} tokens ({', '.join(map(repr, pieces))}); searching on the first, "
+            f"{pieces[0]!r} (split {how})")
+    if not text.startswith(" ") and " " + text in index._ids_by_text:
+        note += f". With its leading space, {' ' + text!r} is a single token"
+    return Piece(text, ids[0], ids, pieces, note)
+
+
+def no_hits_sentence(index: FeatureIndex, token: int | str, offset: int, min_count: int) -> str:
+    """Why a token search found nothing, in one sentence with the numbers: how often the
+    token occurs at that offset in the indexed text, against the minimum count."""
+    ids = index.token_ids(token)
+    name = repr(index.text(ids[0]))
+    j = index.offsets.index(offset) if offset in index.offsets else None
+    if j is None:
+        return f"offset {offset} is not in this index (it has {index.offsets})"
+    n = int(index.array("token_count")[j][ids].sum())
+    stored = int(index.manifest["settings"]["min_pair_count"])
+    where = (f"on the {index.tokens_indexed:,} indexed tokens" if offset == 0 else
+             f"{offset} token{'s' if offset > 1 else ''} after an indexed token "
+             f"({index.tokens_indexed:,} indexed tokens)")
+    if n == 0:
+        return (f"{name} never occurs {where}, so no feature can be found for it; index more text "
+                f"(e.g. the training store: saex index RUN --store STORE --out RUN/index-train).")
+    rule = (f"a feature needs to fire {'on it' if offset == 0 else f'{offset} token(s) before it'} at least "
+            f"{min_count} times to be listed (the index stores pairs seen at least {stored} times)")
+    if n < min_count:
+        return f"{name} occurs only {n:,} times {where}: fewer than the minimum, since {rule}."
+    return f"{name} occurs {n:,} times {where}, but no feature passes the minimum: {rule}."
 
 
 @dataclass

@@ -11,7 +11,8 @@ into running state whose size does not grow with the store (apart from the spars
   the smallest `sample_priority(position, feature, seed)` (a bottom-k sample: the same
   set whatever the chunking, so a resumed build equals an uninterrupted one);
 - for offsets 0..lookahead: how often each token sits d positions after a firing of each
-  feature (and, for the base rates, after any indexed position); see `pair_tables`.
+  feature (and, for the base rates, after any indexed position); see `pair_tables`;
+- optionally, article-aligned sums around " a" / " an" (`sae.index.aligned.ArticleProfile`).
 
 Examples keep their context activations (the feature's value at each position of the
 window from `before` tokens before to `after` tokens after), taken from the chunk in
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from sae.errors import SaexError
 from sae.index.encoder import bit_width, value_key
 
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
@@ -138,7 +140,8 @@ class FeatureStats:
 
     def __init__(self, d_sae: int, vocab_size: int, context_size: int, top_k: int = 20, reservoir: int = 40,
                  before: int = 10, after: int = 5, lookahead: int = 3, seed: int = 0,
-                 edges: np.ndarray | None = None, pair_buckets: int = 64, bucket_budget: int = 1_000_000):
+                 edges: np.ndarray | None = None, pair_buckets: int = 64, bucket_budget: int = 1_000_000,
+                 aligned=None, max_pair_entries: int | None = None):
         self.d_sae, self.vocab, self.T = d_sae, vocab_size, context_size
         self.K, self.R, self.before, self.after = top_k, reservoir, before, after
         self.offsets = np.arange(lookahead + 1)
@@ -166,6 +169,10 @@ class FeatureStats:
             "pair_count": np.zeros(0, np.int64),
             "token_count": np.zeros((len(self.offsets), vocab_size + 1), np.int64),
         }
+        self.max_pair_entries = max_pair_entries
+        self.aligned = aligned  # a sae.index.aligned.ArticleProfile, or None
+        if aligned is not None:
+            self.state.update(aligned.init_state())
         # The (offset, token, feature) counts live in key-range buckets between flushes: each
         # chunk's sorted run is split among them, and a bucket merges its pending runs once
         # they pass `bucket_budget` entries, so merging is spread over the pass in pieces that
@@ -198,6 +205,15 @@ class FeatureStats:
         nb = s["hist"].shape[1]
         s["hist"] += np.bincount(f * nb + hist_bins(v, self.edges), minlength=F * nb).reshape(F, nb)
         self._add_pairs(tok, ordinary, f, p)
+        if self.max_pair_entries is not None and (n := self.pair_entries()) > self.max_pair_entries:
+            cap = self.max_pair_entries
+            raise SaexError(f"the upcoming-token tables reached {n:,} (offset, token, feature) entries, more than "
+                            f"max_pair_entries = {cap:,} (a build peaks at about 100 bytes per entry: "
+                            f"{100 * cap / 1e9:.0f} GB at the bound)", "pass a larger --max-pair-entries if the "
+                            "memory is there (a rerun resumes after the last saved shard), a smaller --lookahead, "
+                            "or a smaller store")
+        if self.aligned is not None:
+            self.aligned.add(s, tok, ordinary, f, p, v)
         lookup = None
 
         def ctx(ff, pp):
@@ -291,6 +307,12 @@ class FeatureStats:
         key, count = np.concatenate(parts_k), np.concatenate(parts_c)
         return {"pair_key": key, "pair_count": count, "fires_at": fires_at,
                 "token_count": s["token_count"][:, :V], "positions_at": s["token_count"][:, :V].sum(1)}
+
+    def pair_entries(self) -> int:
+        """Entries the (offset, token, feature) count tables hold now, pending runs included
+        (what the build's memory grows with: 16 bytes each here, about 100 at the finishing sorts)."""
+        merged = len(self.state["pair_key"]) if self._buckets is None else sum(len(k) for k, _ in self._buckets)
+        return merged + int(self._pending_n.sum())
 
     def flush(self) -> None:
         """Merge every bucket's pending runs, and the buckets into the state's sorted

@@ -33,6 +33,11 @@ def answer(r: dict) -> dict:
         if name in r["behaviour"]:
             g = r["behaviour"][name]["gap"]
             lines.append(f"Control {name}: gap {_num(g['value'])} (95% CI {_num(g['ci'][0])} to {_num(g['ci'][1])}).")
+    if "chat" in r["behaviour"]:
+        bc = r["behaviour"]["chat"]
+        g = bc["gap"]
+        lines.append(f"As chat questions (answer starting 'An'/'A'): gap {_num(g['value'])} (95% CI {_num(g['ci'][0])} "
+                     f"to {_num(g['ci'][1])}), mean P(An) {_num(bc['mean_p_an'])}, P(A) {_num(bc['mean_p_a'])}.")
     for src in ("riddles", "corpus"):
         sep = r["profiles"]["sources"].get(src, {}).get("separating_at_minus1")
         if sep:

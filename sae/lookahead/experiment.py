@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, replace
-from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -44,11 +43,14 @@ from sae.lookahead.interventions import (
 )
 from sae.lookahead.plots import plot_report
 from sae.lookahead.prompts import (
-    COUNT_NOUN_LEXNAMES,
     Prompt,
+    chat_articles_ok,
+    chat_prompt,
     controls,
+    corpus_nouns,
     load_prompt_file,
     noun_prompts,
+    riddle_question,
     riddle_set,
     wordnet_nouns,
     write_prompt_file,
@@ -112,6 +114,9 @@ class LookaheadConfig:
     """Random sets steered the same way, as the dose-response control."""
     profile_before: int = 8
     """Profiles cover offsets -K..+2 around the article."""
+    chat: bool = True
+    """Also put the generated test riddles and the target noun's riddles to the model as chat questions ("What do
+    you call ...?", answer starting "An"/"A"; models with a chat template): reported as the set "chat"."""
     corpus: str = "builtin:gcide,wordnet"
     """Corpus for natural 'a/an + noun' occurrences in the profiles (held-out split); none to skip."""
     corpus_occurrences: int = 64
@@ -159,15 +164,20 @@ class LookaheadConfig:
 
 
 def _load(cfg: LookaheadConfig):
+    return load_model_and_sae(cfg.run, cfg.model, cfg.device)
+
+
+def load_model_and_sae(run: str, model: str | None = None, device: str = "auto"):
+    """The SAE of `run` and the model it was trained on (or `model`), checked to match."""
     from sae.data.models import load_model, resolve_device
     from sae.runs.load import load_sae
 
-    dev = resolve_device(cfg.device)
-    sae = load_sae(cfg.run, device=dev)
-    spec = cfg.model or sae.model_spec
+    dev = resolve_device(device)
+    sae = load_sae(run, device=dev)
+    spec = model or sae.model_spec
     if not spec:
         note = ((sae.run or {}).get("model") or {}).get("note")
-        raise SaexError(f"the SAE in {cfg.run} does not record its model" + (f" ({note})" if note else ""),
+        raise SaexError(f"the SAE in {run} does not record its model" + (f" ({note})" if note else ""),
                         "pass --model")
     lm = load_model(spec, device=dev)
     if sae.model_weights_sha256 and lm.weights_sha256 != sae.model_weights_sha256:
@@ -219,6 +229,10 @@ def prompt_sets(cfg: LookaheadConfig, tokenizer) -> tuple[dict[str, list[Prompt]
                     for name, ps in controls(riddles).items():
                         sets[name] = ps
                         sources[name] = f"control for the test nouns: {name}"
+                    chat = chat_forms(tokenizer, sets["test"]) if cfg.chat else []
+                    if chat:
+                        sets["chat"] = chat
+                        sources["chat"] = "the test riddles as chat questions (the answer starts with 'An'/'A')"
     for split, given in (("select", cfg.select_prompts), ("test", cfg.test_prompts)):
         if given is not None:
             sets[split] = load_prompt_file(given)
@@ -236,6 +250,16 @@ def prompt_sets(cfg: LookaheadConfig, tokenizer) -> tuple[dict[str, list[Prompt]
                             for n, a in seen.items()]
         sources["explicit"] = "control for the test nouns: explicit"
     return sets, sources, synsets
+
+
+def chat_forms(tokenizer, prompts: list[Prompt]) -> list[Prompt]:
+    """Riddles ("... is called") as chat questions; [] for a model without a chat template or
+    whose tokenizer splits "A"/"An"."""
+    if not chat_articles_ok(tokenizer):
+        return []
+    out = [chat_prompt(tokenizer, riddle_question(p.prompt), p.noun, p.article, p.source) for p in prompts
+           if p.condition in ("riddle", "classic")]
+    return [p for p in out if p is not None]
 
 
 # --------------------------------------------------------------------------- the analysis
@@ -269,6 +293,8 @@ def run_lookahead(cfg: LookaheadConfig) -> dict:
     tok = lm.tokenizer
     sets, sources, synsets = prompt_sets(cfg, tok)
     target = noun_prompts(cfg.target_noun.strip(), synsets or ()) if cfg.target_noun else None
+    if target and cfg.chat:
+        target += chat_forms(tok, target)
     for name in ("select", "test"):
         write_prompt_file(out_dir / f"prompts-{name}.jsonl", sets[name])
     clock.tick("load")
@@ -306,8 +332,8 @@ def run_lookahead(cfg: LookaheadConfig) -> dict:
                            "grad_per_unit_at_minus1": float(grad_last[f]),
                            "typical_activation": float(typical_activation(prep["select"], [f])[0])}
                           for f in selected]
-    corpus_nouns = {p.noun for ps in sets.values() for p in ps} | (_corpus_nouns() if synsets is not None else set())
-    report["profiles"] = _profiles(cfg, iv, sets["test"], selected, tok, corpus_nouns)
+    nouns = {p.noun for ps in sets.values() for p in ps} | (corpus_nouns() if synsets is not None else set())
+    report["profiles"] = _profiles(cfg, iv, sets["test"], selected, tok, nouns)
     clock.tick("profiles")
     if target:
         report["target"] = _target(cfg, iv, target, prep["test"], directions, tok)
@@ -400,7 +426,7 @@ def _test(cfg, iv: Intervener, prep: dict[str, Prepared], clean: dict[str, Outco
         "p_permutation": float((1 + (r >= sel_removed).sum()) / (1 + len(r))),
     }
     causal["controls"] = {}
-    for name in (n for n in ("explicit", "in_context") if n in prep):
+    for name in (n for n in ("explicit", "in_context", "chat") if n in prep):
         cc = clean[name]
         ctrl_random = [_effect(cfg, cc, run(prep[name], s))["removed"] for s in sets[:3]]
         causal["controls"][name] = {"ablation": _effect(cfg, cc, run(prep[name], selected)),
@@ -461,14 +487,6 @@ def _profiles(cfg, iv: Intervener, test_prompts: list[Prompt], features: list[in
         rep["separating_at_minus1"] = separating  # over every latent, chosen or not
         out["sources"][name] = rep
     return out
-
-
-@lru_cache(maxsize=1)
-def _corpus_nouns() -> frozenset[str]:
-    """Count nouns (WordNet head words of the riddle lexicographer files) for corpus hits."""
-    synsets, first = wordnet_nouns()
-    return frozenset(s.lemmas[0] for s in synsets if s.lexname in COUNT_NOUN_LEXNAMES
-                     and first.get(s.lemmas[0]) == s.offset and s.lemmas[0].isalpha())
 
 
 def _corpus_docs(spec: str):

@@ -28,7 +28,7 @@ import torch
 from sae.data.forward import ResidualReader, UpperForward
 from sae.data.models import LoadedModel
 from sae.errors import SaexError
-from sae.lookahead.prompts import Prompt
+from sae.lookahead.prompts import Prompt, article_text
 from sae.runs.load import LoadedSAE
 
 OPS = ("ablate", "clamp", "steer", "scale")
@@ -37,14 +37,15 @@ NAMED_POSITIONS = ("prompt", "last", "before", "article", "all", "sinks")
 SINK_FACTOR = 6.0
 
 
-def article_ids(tokenizer) -> tuple[int, int]:
-    """Token ids of " a" and " an" (each must be one token)."""
+def article_ids(tokenizer, form: str = " a") -> tuple[int, int]:
+    """Token ids of the article written as `form` (" a" -> " a", " an"; "A" -> "A", "An"):
+    each must be one token."""
     out = []
-    for text in (" a", " an"):
+    for text in (article_text("a", form), article_text("an", form)):
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) != 1:
             raise SaexError(f"the tokenizer splits {text!r} into {len(ids)} tokens",
-                            "the a/an analysis needs a model whose tokenizer has ' a' and ' an' as single tokens")
+                            f"the a/an analysis needs a model whose tokenizer has {text!r} as a single token")
         out.append(ids[0])
     return out[0], out[1]
 
@@ -60,6 +61,8 @@ class Encoded:
     ids: list[int]
     article_pos: int  # index of the article token in ids
     noun_id: int  # first token of " noun": P(noun | prompt, article) is read at article_pos
+    a_id: int = -1  # the two articles as this prompt writes them (Prompt.form)
+    an_id: int = -1
 
 
 def encode_prompts(tokenizer, prompts: Sequence[Prompt], completion: bool = False,
@@ -69,21 +72,25 @@ def encode_prompts(tokenizer, prompts: Sequence[Prompt], completion: bool = Fals
     `suffix` (one for all, or one per prompt) follow the article, for activation
     profiles after it."""
     suffixes = [suffix] * len(prompts) if isinstance(suffix, str) else list(suffix)
-    a_id, an_id = article_ids(tokenizer)
+    forms: dict[str, tuple[int, int]] = {}
     bos = getattr(tokenizer, "bos_token_id", None)
-    head = [bos] if bos is not None else []
     out = []
     for p, tail in zip(prompts, suffixes):
         if p.article not in ("a", "an"):
             raise SaexError(f"prompt {p.prompt!r} has article {p.article!r}", "use 'a' or 'an'")
+        if p.form not in forms:
+            forms[p.form] = article_ids(tokenizer, p.form)
+        a_id, an_id = forms[p.form]
         body = tokenizer(p.prompt, add_special_tokens=False)["input_ids"]
         if not body:
             raise SaexError(f"prompt for {p.noun!r} is empty", "give a non-empty prompt")
+        # A chat-template text starts with its own BOS-like token; a second one would be unseen input.
+        head = [bos] if bos is not None and body[0] != bos else []
         noun = tokenizer(" " + p.noun, add_special_tokens=False)["input_ids"]
         ids = head + body + [an_id if p.article == "an" else a_id]
         if completion:
             ids += noun + (tokenizer(tail, add_special_tokens=False)["input_ids"] if tail else [])
-        out.append(Encoded(p, ids, len(head) + len(body), noun[0]))
+        out.append(Encoded(p, ids, len(head) + len(body), noun[0], a_id, an_id))
     return out
 
 
@@ -156,6 +163,18 @@ class Batch:
     @property
     def ordinary(self) -> torch.Tensor:
         return self.valid & ~self.special & ~self.sink
+
+    def article_logit_diff(self, logits: torch.Tensor) -> torch.Tensor:
+        """ "b vocab" logits at the article's choice -> logit(an) - logit(a), each prompt's
+        articles written its own way (" an"/" a", or "An"/"A" in a chat answer)."""
+        an = torch.tensor([e.an_id for e in self.items], device=logits.device)
+        a = torch.tensor([e.a_id for e in self.items], device=logits.device)
+        return logits.gather(-1, an[:, None]).squeeze(-1) - logits.gather(-1, a[:, None]).squeeze(-1)
+
+    def article_ids(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """ "b" ids of each prompt's " a" and " an" (in its form)."""
+        return (torch.tensor([e.a_id for e in self.items], device=device),
+                torch.tensor([e.an_id for e in self.items], device=device))
 
 
 def position_mask(batch: Batch, positions: str, include_sinks: bool = False) -> torch.Tensor:
@@ -335,9 +354,10 @@ class Intervener:
             logits = self._logits(b, h)
             logp = logits.log_softmax(-1)
             noun = torch.tensor([e.noun_id for e in b.items], device=logits.device)
-            rows["ld"].append(logits[:, 0, self.an_id] - logits[:, 0, self.a_id])
-            rows["logp_a"].append(logp[:, 0, self.a_id])
-            rows["logp_an"].append(logp[:, 0, self.an_id])
+            a_ids, an_ids = b.article_ids(logits.device)
+            rows["ld"].append(b.article_logit_diff(logits[:, 0]))
+            rows["logp_a"].append(logp[:, 0].gather(-1, a_ids[:, None]).squeeze(-1))
+            rows["logp_an"].append(logp[:, 0].gather(-1, an_ids[:, None]).squeeze(-1))
             rows["logp_noun"].append(logp[:, 1].gather(-1, noun[:, None]).squeeze(-1))
         out = {k: torch.cat(v).cpu() for k, v in rows.items()}
         return Outcome(**out, is_an=prepared.is_an)
@@ -368,7 +388,7 @@ class Intervener:
                 # Equal to h at `leaf == acts`; the path through decode carries the gradient.
                 h = b.h + (decode(leaf) - base)
                 logits = self._logits(b, h)
-                ld = logits[:, 0, self.an_id] - logits[:, 0, self.a_id]
+                ld = b.article_logit_diff(logits[:, 0])
                 (grad,) = torch.autograd.grad(ld.sum(), leaf)
             ga = (grad * acts).cpu()
             ordinary = (b.ordinary & (b.offsets <= -1)).cpu()
@@ -385,6 +405,26 @@ class Intervener:
             row += len(b.items)
         return Attribution(offsets, attr, sink_attr, grad_sum, grad_count, torch.cat(lds))
 
+    def attribute_noun(self, prepared: Prepared) -> torch.Tensor:
+        """ "prompt d_sae": gradient x activation of every latent for logit(noun's first token)
+        at the article (offset 0), summed over the ordinary positions up to and including the
+        article: ablating a latent lowers that logit by about its attribution."""
+        out = []
+        decode = self.sae.sae.decode
+        for b in prepared.batches:
+            acts = b.acts.detach()
+            leaf = acts.clone().requires_grad_(True)
+            with torch.no_grad():
+                base = decode(acts)
+            noun = torch.tensor([e.noun_id for e in b.items], device=acts.device)
+            with torch.enable_grad():
+                h = b.h + (decode(leaf) - base)
+                logits = self.upper.logits_at(b.ids, h, b.article_pos[:, None])[:, 0]
+                (grad,) = torch.autograd.grad(logits.gather(-1, noun[:, None]).sum(), leaf)
+            keep = (b.ordinary & (b.offsets <= 0)).unsqueeze(-1)
+            out.append((grad * acts * keep).sum(1).detach().cpu())
+        return torch.cat(out)
+
     @torch.no_grad()
     def clean_logits(self, prepared: Prepared, edit: Edit | None = None) -> list[torch.Tensor]:
         """Full logits "pos vocab" per prompt (up to its length), with `edit` applied: for tests
@@ -399,14 +439,39 @@ class Intervener:
         return out
 
 
+def subset(prepared: Prepared, rows: Sequence[int]) -> Prepared:
+    """The prompts `rows` (indices in prepared.items order) of a prepared set, as their own
+    set: their residuals and latents are reused, nothing is recomputed."""
+    rows = sorted(int(r) for r in rows)
+    batches, start = [], 0
+    for b in prepared.batches:
+        mine = [r - start for r in rows if start <= r < start + len(b.items)]
+        start += len(b.items)
+        if not mine:
+            continue
+        idx = torch.tensor(mine, device=b.ids.device)
+        width = int(b.valid[idx].sum(1).max())
+        batches.append(Batch([b.items[i] for i in mine], b.ids[idx, :width], b.offsets[idx, :width],
+                             b.valid[idx, :width], b.special[idx, :width], b.sink[idx, :width],
+                             b.h[idx, :width], b.acts[idx, :width]))
+    n_sinks = sum(int(b.sink.sum()) for b in batches)
+    return Prepared(batches, len(rows), prepared.sink_threshold, prepared.sink_threshold_source, n_sinks)
+
+
 # --------------------------------------------------------------------------- controls
 
 
 def decoder_directions(sae: LoadedSAE) -> torch.Tensor:
     """ "d_sae d_in": what one unit of each latent adds to the reconstruction (W_dec for
     most SAEs; divided by the row norm when sae-lens rescales by decoder norm)."""
-    eye = torch.eye(sae.d_sae, device=sae.device)
-    return sae.decode(eye) - sae.decode(torch.zeros(1, sae.d_sae, device=sae.device))
+    base = sae.decode(torch.zeros(1, sae.d_sae, device=sae.device))
+    rows = []
+    for start in range(0, sae.d_sae, 4096):  # an identity of d_sae rows at once is d_sae^2 floats
+        n = min(4096, sae.d_sae - start)
+        eye = torch.zeros(n, sae.d_sae, device=sae.device)
+        eye[torch.arange(n), torch.arange(start, start + n)] = 1.0
+        rows.append(sae.decode(eye) - base)
+    return torch.cat(rows)
 
 
 def density_matched_sets(log_density: torch.Tensor, target: Sequence[int], n_sets: int, seed: int = 0,

@@ -35,6 +35,16 @@ from sae.errors import SaexError
 from sae.fsutil import iter_jsonl
 
 ARTICLES = ("a", "an")
+# How the article is written: " a"/" an" mid-sentence, " A"/" An" after a full stop, "A"/"An"
+# at the start of a chat answer (no leading space).
+ARTICLE_FORMS = (" a", " A", "A", "a")
+
+
+def article_text(article: str, form: str = " a") -> str:
+    """The article as the model writes it: article_text("an", "A") == "An"."""
+    if form not in ARTICLE_FORMS:
+        raise SaexError(f"unknown article form {form!r}", f"use one of {', '.join(map(repr, ARTICLE_FORMS))}")
+    return form + ("n" if article == "an" else "")
 
 # --------------------------------------------------------------------------- pronunciation
 
@@ -111,6 +121,7 @@ class Prompt:
     condition: str = "user"  # riddle, explicit, in_context, classic, user
     pair: str | None = None  # riddles: "an-noun|a-noun" of the counterpart pair
     source: str = ""  # where it came from (WordNet synset, file:line ...)
+    form: str = " a"  # how the article is written (ARTICLE_FORMS): "A" for a chat answer's first word
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -160,9 +171,32 @@ def in_context_prompt(riddle: Prompt, gloss: str) -> Prompt:
                   riddle.pair, riddle.source)
 
 
+def riddle_question(riddle: str) -> str:
+    """ "A person who studies the stars is called" -> "What do you call a person who studies the stars?" """
+    body = riddle.strip().removesuffix(" is called").rstrip(" .")
+    return f"What do you call {body[:1].lower()}{body[1:]}?"
+
+
+def chat_articles_ok(tokenizer) -> bool:
+    """Whether "A" and "An" (a chat answer's first word) are single tokens here."""
+    return all(len(tokenizer(t, add_special_tokens=False)["input_ids"]) == 1 for t in ("A", "An"))
+
+
+def chat_prompt(tokenizer, question: str, noun: str, article: str, source: str = "") -> Prompt | None:
+    """`question` as the user's turn of the model's chat template, ending where the
+    assistant's answer starts, so the answer's first word is the article ("An"/"A", no
+    leading space). None when the tokenizer has no chat template (a base model)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    text = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                         add_generation_prompt=True)
+    return Prompt(text, noun, article, "chat", source=source or "chat template", form="A")
+
+
 def load_prompt_file(path: str | Path) -> list[Prompt]:
     """A user prompt set: JSONL, one {"prompt", "noun", "article"} object per line
-    (optional: "condition", "pair"). Trailing whitespace of a prompt is dropped, since
+    (optional: "condition", "pair", "form": how the article is written, see ARTICLE_FORMS).
+    Trailing whitespace of a prompt is dropped, since
     the article token carries its own leading space."""
     path = Path(path).expanduser()
     if not path.is_file():
@@ -180,8 +214,12 @@ def load_prompt_file(path: str | Path) -> list[Prompt]:
         cond = rec.get("condition", "user")
         if not isinstance(cond, str) or not cond:
             raise SaexError(f"{path} line {lineno}: condition must be a string", fix)
+        form = rec.get("form", " a")
+        if form not in ARTICLE_FORMS:
+            raise SaexError(f"{path} line {lineno}: form {form!r} is not one of {', '.join(map(repr, ARTICLE_FORMS))}",
+                            'leave "form" out for " a"/" an", or give "A" for a chat answer\'s first word')
         out.append(Prompt(rec["prompt"].rstrip(), rec["noun"].strip(), art, cond, rec.get("pair"),
-                          f"{path.name}:{lineno}"))
+                          f"{path.name}:{lineno}", form))
     if not out:
         raise SaexError(f"prompt file {path} holds no prompts", fix)
     return out
@@ -383,3 +421,12 @@ def noun_prompts(noun: str, synsets: Sequence[NounSynset] = ()) -> list[Prompt]:
     first, gloss = riddles[0]
     return [p for p, _ in riddles] + [explicit_prompt(noun, art),
                                       in_context_prompt(first, gloss[0].lower() + gloss[1:])]
+
+
+@lru_cache(maxsize=1)
+def corpus_nouns() -> frozenset[str]:
+    """Count nouns (WordNet head words of the riddle lexicographer files, in their first
+    sense): the nouns whose corpus occurrences after a/an are used as texts and controls."""
+    synsets, first = wordnet_nouns()
+    return frozenset(s.lemmas[0] for s in synsets if s.lexname in COUNT_NOUN_LEXNAMES
+                     and first.get(s.lemmas[0]) == s.offset and s.lemmas[0].isalpha())
