@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 PAGES = [("overview", "", "Training curves"), ("feature", "&feature={feature}", "Top activations"),
          ("search", "", "find features by"), ("finder", "&word=astronomer", "evidence side by side"),
-         ("prompt_lab", "", "Prompt lab"), ("lookahead", "", "Lookahead"),
+         ("prompt_lab", "", "Prompt lab"), ("lookahead", "", "Lookahead"), ("depth", "", "Against depth"),
          ("annotations", "", "Export / import")]
 
 

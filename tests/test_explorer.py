@@ -297,4 +297,4 @@ def test_search_page_splits_a_word_and_explains_an_empty_result(monkeypatch, ind
                 and len(index.token_ids(index.vocab[t])) == 1)
     at.text_input(key="token").input(str(rare)).run()
     assert not at.exception
-    assert any("never occurs 3 tokens after an indexed token" in i.value for i in at.info)
+    assert any("never occurs at distance 3 after an indexed token" in i.value for i in at.info)

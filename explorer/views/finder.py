@@ -62,7 +62,7 @@ if go:
     bar.progress(1.0, text=f"done in {report['seconds']['total']:.0f} s")
 st.query_params["word"] = report["word"]
 
-verdict = {"found": "found: a feature fires before the word and the model uses it",
+verdict = {"found": "found: a feature fires before the word and moves its probability in a causal test",
            "fires, no causal effect": "features fire before the word, but none passes the causal check",
            "none": "null: no feature fires before the word more than on the controls"}[report["answer"]["verdict"]]
 st.markdown(f"### {verdict}")

@@ -129,17 +129,18 @@ def no_hits_sentence(index: FeatureIndex, token: int | str, offset: int, min_cou
         return f"offset {offset} is not in this index (it has {index.offsets})"
     n = int(index.array("token_count")[j][ids].sum())
     stored = int(index.manifest["settings"]["min_pair_count"])
-    where = (f"on the {index.tokens_indexed:,} indexed tokens" if offset == 0 else
-             f"{offset} token{'s' if offset > 1 else ''} after an indexed token "
-             f"({index.tokens_indexed:,} indexed tokens)")
+    where = (f"in the {index.tokens_indexed:,} indexed tokens" if offset == 0 else
+             f"at distance {offset} after an indexed token ({index.tokens_indexed:,} indexed tokens)")
+    times = "once" if n == 1 else f"{n:,} times"
     if n == 0:
         return (f"{name} never occurs {where}, so no feature can be found for it; index more text "
                 f"(e.g. the training store: saex index RUN --store STORE --out RUN/index-train).")
-    rule = (f"a feature needs to fire {'on it' if offset == 0 else f'{offset} token(s) before it'} at least "
-            f"{min_count} times to be listed (the index stores pairs seen at least {stored} times)")
+    before = "on it" if offset == 0 else f"{offset} token{'s' if offset > 1 else ''} before it"
+    rule = (f"a feature needs to fire {before} at least {min_count} times to be listed (the index stores pairs "
+            f"seen at least {stored} times)")
     if n < min_count:
-        return f"{name} occurs only {n:,} times {where}: fewer than the minimum, since {rule}."
-    return f"{name} occurs {n:,} times {where}, but no feature passes the minimum: {rule}."
+        return f"{name} occurs only {times} {where}: fewer than the minimum, since {rule}."
+    return f"{name} occurs {times} {where}, but no feature passes the minimum: {rule}."
 
 
 @dataclass
