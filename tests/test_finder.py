@@ -374,3 +374,22 @@ def test_chat_questions_read_the_capitalised_article(tmp_path):
         logits = lm.model(input_ids=torch.tensor([enc.ids])).logits[0, enc.article_pos - 1].float()
     assert float(out.ld[0]) == pytest.approx(float(logits[An[0]] - logits[A[0]]), abs=1e-3)
 
+
+
+@pytest.mark.integration
+def test_a_word_absent_from_the_corpus_is_asked_with_riddles_only(text_corpus):
+    """The real WordNet and GCIDE definitions and the default model's chat template: a word
+    the corpus never has after a/an gets riddles and chat questions, and a note that says so."""
+    from sae.data.corpus import open_corpus
+    from sae.data.models import load_model
+    from sae.lookahead.contexts import gather
+
+    tok = load_model("smollm2-135m", device="cpu").tokenizer
+    wc = gather("xylophonist", tok, open_corpus(str(text_corpus)).documents(), controls_per_article=8)
+    counts = wc.counts()
+    assert set(counts) == {"riddle", "chat"} and counts["riddle"] >= 2 and counts["chat"] >= 2
+    assert any("'xylophonist' never follows a/an in the corpus" in n for n in wc.notes)
+    assert all(p.article == "a" and p.noun == "xylophonist" for p in wc.contexts)
+    assert any(p.prompt == "Someone who plays a xylophone is called" for p in wc.contexts)
+    assert {p.form for p in wc.contexts if p.condition == "chat"} == {"A"}
+    assert {p.article for p in wc.controls} == {"a", "an"} and all(p.noun != "xylophonist" for p in wc.controls)
