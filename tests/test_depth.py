@@ -179,6 +179,13 @@ def test_depth_command_with_an_sae(run_dir, tiny_model_dir, tiny_lm, tmp_path, c
     assert r["layers"] == [0, 1, 2]  # the SAE's layer joins the sweep
     assert "1" in r["sae"] and len(r["sae"]["1"]["features"]) == 3 and r["sae"]["1"]["random"]["n"] == 20
     assert "SAE at layer 1" in printed and "report:" in printed
+    stamp = (out / "report.json").stat().st_mtime_ns
+    args = ["depth", "--run", str(run_dir), "--model", str(tiny_model_dir), "--layers", "0,2", "--prompts",
+            str(tmp_path / "p.jsonl"), "--out", str(out), "--random-directions", "20", "--sae-features", "3",
+            "--progress", "no", "--device", "cpu"]
+    assert main(args) == 0 and (out / "report.json").stat().st_mtime_ns == stamp  # same settings: reused
+    assert main(args + ["--force", "yes"]) == 0 and (out / "report.json").stat().st_mtime_ns > stamp
+    assert json.loads((out / "report.json").read_text())["lens"] == r["lens"]  # recomputed, same numbers
     assert main(["depth", "--model", str(tiny_model_dir), "--layers", "0,9", "--prompts", str(tmp_path / "p.jsonl"),
                  "--out", str(tmp_path / "e")]) == 2
     assert "out of range" in capsys.readouterr().err

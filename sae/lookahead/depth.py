@@ -112,6 +112,8 @@ class DepthConfig:
     """Seed for riddle sampling, shuffles, random directions and bootstrap."""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
+    force: bool = False
+    """Recompute even when a complete report with the same settings exists."""
     progress: bool = True
     """Show progress."""
 
@@ -127,7 +129,7 @@ class DepthConfig:
 
     def key(self) -> dict:
         """What a reusable report must have been made with."""
-        return {k: v for k, v in asdict(self).items() if k not in ("progress", "device", "out")}
+        return {k: v for k, v in asdict(self).items() if k not in ("progress", "device", "out", "force")}
 
 
 # --------------------------------------------------------------------------- prompts
@@ -631,7 +633,7 @@ def run_depth(cfg: DepthConfig, lm: LoadedModel | None = None) -> dict:
     t0 = time.perf_counter()
     out_dir = default_out(cfg)
     old = read_report(out_dir)
-    if old is not None and old.get("config_key") == cfg.key():
+    if old is not None and old.get("config_key") == cfg.key() and not cfg.force:
         if cfg.progress:
             print(f"reusing the complete report {out_dir / REPORT_FILE} (same settings)", file=sys.stderr)
         return old
