@@ -521,8 +521,10 @@ def test_kill_9_during_a_build_then_rerun_gives_the_same_index(tmp_path, tiny_mo
     import time
 
     g = torch.Generator().manual_seed(seed)
-    acts = torch.randn(120, T, D, generator=g)
-    tokens = np.random.default_rng(seed).integers(3, 40, size=(120, T)).astype(np.int32)
+    # Long enough (240 windows, 120 shards) that a kill up to 0.1 s after the first saved
+    # state always lands mid-build, however fast the machine.
+    acts = torch.randn(240, T, D, generator=g)
+    tokens = np.random.default_rng(seed).integers(3, 40, size=(240, T)).astype(np.int32)
     store = write_store(tmp_path / "acts-heldout", acts, shard_windows=2, tokens=tokens)
     runs = []
     for name in ("whole", "killed"):
@@ -541,7 +543,7 @@ def test_kill_9_during_a_build_then_rerun_gives_the_same_index(tmp_path, tiny_mo
     deadline = time.time() + 120
     while not state.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.002)
-    time.sleep(random.Random(seed).uniform(0, 0.3))
+    time.sleep(random.Random(seed).uniform(0, 0.1))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (runs[1] / "index" / "manifest.json").exists(), "the build finished before the kill: make it longer"
