@@ -236,6 +236,23 @@ def _check_existing(out: Path, plan_doc: dict) -> None:
                         "give --out a new or empty folder (nothing in an existing folder is overwritten)")
 
 
+def _note_short_corpus(cfg: HarvestConfig, plan: _Plan) -> None:
+    if len(plan.windows) < cfg.n_windows:
+        print(f"note: the corpus gave only {len(plan.windows):,} windows ({len(plan.windows) * cfg.context_size:,} "
+              f"tokens) of the {cfg.n_windows:,} asked", file=sys.stderr)
+
+
+def _compile_choice(cfg: HarvestConfig, lm: LoadedModel, plan: _Plan, earlier: dict | None) -> bool:
+    """Compiled and eager forwards differ in the last bits, so the choice belongs to the
+    plan: every process and every resume of one store makes the same one."""
+    if cfg.compile != "auto":
+        return cfg.compile == "yes"
+    if earlier and "compiled" in earlier:
+        return bool(earlier["compiled"])
+    expected = resolve(cfg.precision, lm.device)[0]
+    return lm.device.type == "cpu" and len(plan.windows) * cfg.context_size >= COMPILE_MIN_TOKENS[expected]
+
+
 def harvest(cfg: HarvestConfig, lm: LoadedModel | None = None) -> Path:
     """Fill (or finish) the store `cfg.out`; return its path. Safe to rerun and to kill."""
     out = Path(cfg.out).expanduser()
@@ -258,19 +275,9 @@ def harvest(cfg: HarvestConfig, lm: LoadedModel | None = None) -> Path:
         return out
     lm = lm or load_model(cfg.model, device=cfg.device)
     plan = _Plan(cfg, lm)
-    if len(plan.windows) < cfg.n_windows:
-        print(f"note: the corpus gave only {len(plan.windows):,} windows ({len(plan.windows) * cfg.context_size:,} "
-              f"tokens) of the {cfg.n_windows:,} asked", file=sys.stderr)
-    # Compiled and eager forwards differ in the last bits, so the choice belongs to the
-    # plan: every process and every resume of one store makes the same one.
+    _note_short_corpus(cfg, plan)
     earlier = _read_plan(out)
-    if cfg.compile == "auto":
-        expected = resolve(cfg.precision, lm.device)[0]
-        use_compile = (earlier["compiled"] if earlier and "compiled" in earlier else
-                       lm.device.type == "cpu"
-                       and len(plan.windows) * cfg.context_size >= COMPILE_MIN_TOKENS[expected])
-    else:
-        use_compile = cfg.compile == "yes"
+    use_compile = _compile_choice(cfg, lm, plan, earlier)
     reader = ResidualReader(lm, plan.hook, precision=cfg.precision, compile=use_compile,
                             calibration_ids=plan.calibration)
     calib_acts = torch.cat([_read_batch(reader, plan.calibration[i:i + cfg.batch_size], cfg.batch_size)
@@ -417,17 +424,9 @@ def _harvest_layers(cfg: HarvestConfig, lm: LoadedModel, hooks: list[HookPoint],
                         "give --out a new or empty folder (nothing in an existing folder is overwritten)")
     deepest = hooks[-1]
     plan = _Plan(replace(cfg, layer=deepest.layer), lm)
-    if len(plan.windows) < cfg.n_windows:
-        print(f"note: the corpus gave only {len(plan.windows):,} windows ({len(plan.windows) * cfg.context_size:,} "
-              f"tokens) of the {cfg.n_windows:,} asked", file=sys.stderr)
+    _note_short_corpus(cfg, plan)
     earlier = _read_plan(out / subs[deepest.layer])
-    if cfg.compile == "auto":
-        expected = resolve(cfg.precision, lm.device)[0]
-        use_compile = (earlier["compiled"] if earlier and "compiled" in earlier else
-                       lm.device.type == "cpu"
-                       and len(plan.windows) * cfg.context_size >= COMPILE_MIN_TOKENS[expected])
-    else:
-        use_compile = cfg.compile == "yes"
+    use_compile = _compile_choice(cfg, lm, plan, earlier)
     reader = ResidualReader(lm, deepest, precision=cfg.precision, compile=use_compile,
                             calibration_ids=plan.calibration, layers=[h.layer for h in hooks])
     calib = torch.cat([_read_batch(reader, plan.calibration[i:i + cfg.batch_size], cfg.batch_size)

@@ -378,18 +378,9 @@ class Intervener:
         grad_count = torch.zeros(k)
         lds = []
         row = 0
-        decode = self.sae.sae.decode
         for b in prepared.batches:
             acts = b.acts.detach()
-            leaf = acts.clone().requires_grad_(True)
-            with torch.no_grad():
-                base = decode(acts)
-            with torch.enable_grad():
-                # Equal to h at `leaf == acts`; the path through decode carries the gradient.
-                h = b.h + (decode(leaf) - base)
-                logits = self._logits(b, h)
-                ld = b.article_logit_diff(logits[:, 0])
-                (grad,) = torch.autograd.grad(ld.sum(), leaf)
+            ld, grad = self._latent_grad(b, lambda h: b.article_logit_diff(self._logits(b, h)[:, 0]))
             ga = (grad * acts).cpu()
             ordinary = (b.ordinary & (b.offsets <= -1)).cpu()
             sinks = (b.valid & (b.special | b.sink) & (b.offsets <= -1)).cpu()
@@ -405,22 +396,33 @@ class Intervener:
             row += len(b.items)
         return Attribution(offsets, attr, sink_attr, grad_sum, grad_count, torch.cat(lds))
 
+    def _latent_grad(self, b: Batch, target) -> tuple[torch.Tensor, torch.Tensor]:
+        """target(h) "b" for the batch's residual h, and its gradient with respect to every
+        latent at every position. h is b.h + decode(latents) - decode(b.acts): equal to b.h at
+        the clean latents, so the SAE's error term stays and the gradient runs through decode."""
+        decode = self.sae.sae.decode
+        acts = b.acts.detach()
+        leaf = acts.clone().requires_grad_(True)
+        with torch.no_grad():
+            base = decode(acts)
+        with torch.enable_grad():
+            value = target(b.h + (decode(leaf) - base))
+            (grad,) = torch.autograd.grad(value.sum(), leaf)
+        return value.detach(), grad
+
     def attribute_noun(self, prepared: Prepared) -> torch.Tensor:
         """ "prompt d_sae": gradient x activation of every latent for logit(noun's first token)
         at the article (offset 0), summed over the ordinary positions up to and including the
         article: ablating a latent lowers that logit by about its attribution."""
         out = []
-        decode = self.sae.sae.decode
         for b in prepared.batches:
             acts = b.acts.detach()
-            leaf = acts.clone().requires_grad_(True)
-            with torch.no_grad():
-                base = decode(acts)
             noun = torch.tensor([e.noun_id for e in b.items], device=acts.device)
-            with torch.enable_grad():
-                h = b.h + (decode(leaf) - base)
-                logits = self.upper.logits_at(b.ids, h, b.article_pos[:, None])[:, 0]
-                (grad,) = torch.autograd.grad(logits.gather(-1, noun[:, None]).sum(), leaf)
+
+            def noun_logit(h, b=b, noun=noun):
+                return self.upper.logits_at(b.ids, h, b.article_pos[:, None])[:, 0].gather(-1, noun[:, None])[:, 0]
+
+            _, grad = self._latent_grad(b, noun_logit)
             keep = (b.ordinary & (b.offsets <= 0)).unsqueeze(-1)
             out.append((grad * acts * keep).sum(1).detach().cpu())
         return torch.cat(out)
