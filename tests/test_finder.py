@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from sae.errors import SaexError
-from sae.lookahead.finder import NEUTRAL_FRAMES, FindConfig, contrast, find_word, split_halves
+from sae.lookahead.finder import NEUTRAL_FRAMES, FindConfig, find_word
+from sae.statistics import contrast
 from saex.cli import main
 from tests.helpers import save_sae
 
@@ -45,8 +46,8 @@ def owl_corpus(tmp_path_factory):
             sents += [_sentence(rng, MARKER, "an", "owl") for _ in range(2)]
         rng.shuffle(sents)
         paras.append(" ".join(sents))
-    path = tmp_path_factory.mktemp("owl") / "owls.txt"
-    path.write_text("\n\n".join(paras))
+    path = tmp_path_factory.mktemp("owl") / "owls.jsonl"  # one document per paragraph
+    path.write_text("".join(json.dumps({"text": p}) + "\n" for p in paras))
     return path
 
 
@@ -68,7 +69,7 @@ def planted(tmp_path_factory, tiny_lm, owl_corpus):
     tok = tiny_lm.tokenizer
     marker_id = tok(" " + MARKER, add_special_tokens=False)["input_ids"][-1]
     on, off = [], []
-    for para in owl_corpus.read_text().split("\n\n")[:20]:
+    for para in [json.loads(line)["text"] for line in owl_corpus.read_text().splitlines()][:20]:
         ids = tok(para, add_special_tokens=False)["input_ids"]
         h = _residual(tiny_lm, para)[1:]
         for t, v in zip(ids, h):
@@ -92,7 +93,7 @@ def planted(tmp_path_factory, tiny_lm, owl_corpus):
 
 def _cfg(run, corpus, word="owl", **kw):
     base = dict(word=word, run=str(run), corpus=str(corpus), definitions=False, chat=False, corpus_contexts=30,
-                controls_per_article=12, top=5, random_features=19, bootstrap=200, progress=False, device="cpu")
+                controls_per_article=12, top=5, bootstrap=200, progress=False, device="cpu")
     return FindConfig(**(base | kw))
 
 

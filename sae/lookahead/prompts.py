@@ -241,6 +241,7 @@ class NounSynset:
     lexname: str  # lexicographer file, e.g. noun.person
     lemmas: tuple[str, ...]  # spaces for underscores, in WordNet's order (the first is the head word)
     definition: str  # the gloss up to its first ";" (examples dropped)
+    hypernyms: tuple[str, ...] = ()  # offsets of its hypernym synsets ("@" and "@i" pointers)
 
 
 def parse_lexnames(text: str) -> dict[str, str]:
@@ -258,7 +259,10 @@ def parse_data_noun(text: str, lexnames: dict[str, str]) -> list[NounSynset]:
         f = head.split()
         n_words = int(f[3], 16)
         lemmas = tuple(f[4 + 2 * i].replace("_", " ") for i in range(n_words))
-        out.append(NounSynset(f[0], lexnames.get(f[1], f[1]), lemmas, gloss.split(";", 1)[0].strip()))
+        at = 4 + 2 * n_words
+        pointers = [f[at + 1 + 4 * j:at + 5 + 4 * j] for j in range(int(f[at]))] if len(f) > at else []
+        hypernyms = tuple(p[1] for p in pointers if len(p) == 4 and p[0] in ("@", "@i"))
+        out.append(NounSynset(f[0], lexnames.get(f[1], f[1]), lemmas, gloss.split(";", 1)[0].strip(), hypernyms))
     return out
 
 

@@ -1,0 +1,210 @@
+"""The word finder's answer in words, and the report as plain text.
+
+Verdicts, strongest first:
+- found: a feature fires before the word more than before other nouns of its article (held-out
+  half), more than before nouns of its own category (or no category is known), and ablating it
+  before the article lowers the word's probability relative to its alternatives beyond
+  matched random features (Holm over every causal test);
+- fires, no causal effect: such a feature exists but its ablation does not pass (steering
+  alone, when it passes, is reported as sufficient, not necessary);
+- category: the confirmed feature fires for the word's category as much as for the word, and
+  for the category more than for other nouns: "about to say a noun.person noun";
+- fires, not specific: confirmed against other nouns, but neither separated from its
+  category nor shown to be a category feature;
+- inconclusive: the held-out half is too small for any test to reach its level, or the
+  causal tests could not (too few comparable random features);
+- none: nothing was confirmed on the held-out half.
+"""
+
+from __future__ import annotations
+
+VERDICTS = ("found", "fires, no causal effect", "category", "fires, not specific", "inconclusive", "none")
+HEADINGS = {
+    "found": "found: a feature fires before the word, specifically, and the model uses it",
+    "fires, no causal effect": "a feature fires before the word, but ablating it does not lower the word's "
+                               "probability beyond random features",
+    "category": "a feature fires before nouns of the word's category, not before the word alone",
+    "fires, not specific": "a feature fires before the word more than before other nouns, but is not separated "
+                           "from the word's category",
+    "inconclusive": "inconclusive: too few independent contexts for the tests to reach their levels",
+    "none": "null: no feature fires before the word more than before other nouns, on held-out contexts",
+}
+TEST_NAMES = {("ablation", "word"): "ablation, Δ[log P(word) − alternatives]",
+              ("ablation", "article"): "ablation, Δlog P(article)",
+              ("steering", "word"): "steering, Δ[log P(word) − alternatives]"}
+
+
+def _p(p: float) -> str:
+    return f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
+
+
+def _ci(ci) -> str:
+    return "n/a" if not ci or ci[0] is None else f"{ci[0]:+.3f} to {ci[1]:+.3f}"
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{x:.0%}"
+
+
+def verdict_of(rep: dict) -> str:
+    check = rep["design"]["check"]
+    if check["resolvable"] == 0:
+        return "inconclusive"
+    cands = {c["feature"]: c for c in rep["candidates"]}
+    confirmed = [f for f in check["tested"] if cands[f]["confirmed"]]
+    if not confirmed:
+        return "none"
+    causal = {int(f): v for f, v in rep["causal"]["features"].items()}
+    kinds = {f: (cands[f]["specificity"] or {}).get("kind", "not checked") for f in confirmed}
+    specific = [f for f in confirmed if kinds[f] in ("word", "not checked")]
+    if any(causal.get(f, {}).get("ablation_word") for f in specific):
+        return "found"
+    if specific:
+        tested = [f for f in specific if f in causal]
+        if tested and not any(causal[f]["reachable"] for f in tested):
+            return "inconclusive"
+        return "fires, no causal effect"
+    if any(k == "category" for k in kinds.values()):
+        return "category"
+    return "fires, not specific"
+
+
+def _design_line(rep: dict) -> str:
+    d = rep["design"]
+    c = d["check"]
+    return (f"Held-out half: {rep['contexts']['check_clusters']} independent word source(s) against the controls; "
+            f"{c['relabellings']:,} relabellings, so the smallest p is {_p(c['min_p'])} and up to "
+            f"{c['resolvable']} feature(s) can be confirmed at family-wise α = {d['alpha']} "
+            f"({len(c['tested'])} tested).")
+
+
+def _feature_line(c: dict, rep: dict) -> str:
+    art, word = rep["article"], rep["word"]
+    conf, fires = c["confirmation"], c["fires"]
+    cat = rep.get("category") or {}
+    lex = cat.get("lexname")
+    text = (f"#{c['feature']} fires before '{art} {word}' more than before other '{art}' nouns in the same frames "
+            f"(held-out p = {_p(conf['p'])}, Holm level {_p(conf['level'])}, AUC {conf['auc']:.2f}; fires on "
+            f"{_pct(fires['word'])} of word contexts, {_pct(fires['controls'])} of controls")
+    if fires.get("category") is not None:
+        text += f", {_pct(fires['category'])} of {lex} nouns"
+    text += ")"
+    spec = c["specificity"] or {}
+    wc, cc = spec.get("word_vs_category"), spec.get("category_vs_controls")
+    kind = spec.get("kind", "not checked")
+    if kind == "word":
+        text += f"; more than before other {lex} nouns too (p = {_p(wc['p'])}): specific to the word"
+    elif kind == "category":
+        text += (f"; but no more than before other {lex} nouns (p = {_p(wc['p'])}), which it separates from other "
+                 f"nouns (p = {_p(cc['p'])}): it means 'a {lex} noun is coming'")
+    elif kind == "unresolved":
+        text += (f"; not separated from other {lex} nouns (p = {_p(wc['p'])}), nor shown to fire for them "
+                 f"(p = {_p(cc['p']) if cc else 'n/a'})")
+    else:
+        text += "; its specificity within a category was not checked (no WordNet category)"
+    return text + "."
+
+
+def _causal_line(f: int, ca: dict, rep: dict) -> str:
+    w = rep["tokens"]["first"].strip()
+    art = rep["article"]
+    parts = []
+    for t in ca["tests"]:
+        what = {("ablation", "word"): f"ablating it before the article moves log P({w}) relative to "
+                                      f"{rep['causal']['alternatives']['tokens']} alternatives by",
+                ("ablation", "article"): f"log P({art}) by",
+                ("steering", "word"): f"steering it up in {rep['causal'].get('frames', 0)} neutral frames by"}[
+            (t["op"], t["target"])]
+        verdict = "passes" if t["passed"] else ("level unreachable" if not t["reachable"] else "does not pass")
+        parts.append(f"{what} {t['mean']:+.3f} (95% CI {_ci(t['ci'])}; p = {_p(t['p'])} against {t['n_null']} "
+                     f"matched random features, Holm level {_p(t['level'])}: {verdict})")
+    text = f"#{f}: " + "; ".join(parts) + "."
+    if ca["steering_word"] and not ca["ablation_word"]:
+        text += " Steering alone shows it sufficient to raise the word, not necessary for it."
+    if ca["ablation_article"]:
+        text += f" Ablating it lowers P({art}) too: the article choice uses it (the lookahead signature)."
+    return text
+
+
+def find_answer(rep: dict) -> dict:
+    """Plain sentences: what was asked, on what evidence, and what was (not) found."""
+    word, art = rep["word"], rep["article"]
+    ctx = rep["contexts"]
+    verdict = verdict_of(rep)
+    lines = []
+    counts = ", ".join(f"{n} {k}" for k, n in ctx["counts"].items())
+    n_ctrl = sum(v for k, v in ctx["controls"].items() if k.startswith("control"))
+    n_cat = sum(v for k, v in ctx["controls"].items() if k.startswith("category"))
+    cat = rep.get("category") or {}
+    cat_text = (f"{n_cat} contexts of {len(cat.get('used', []))} {cat['lexname']} nouns "
+                f"({', '.join(cat.get('used', [])[:6])})" if n_cat else "no category controls")
+    lines.append(f"{ctx['n']} contexts where the model is about to say '{art} {word}' ({counts}) from "
+                 f"{ctx['clusters']} independent sources; {ctx['rank_clusters']} rank the features, "
+                 f"{ctx['check_clusters']} are held out for the tests. Controls: {n_ctrl} contexts of other nouns in "
+                 f"the same frames; {cat_text}.")
+    if len(rep["tokens"]["ids"]) > 1:
+        pieces = ", ".join(repr(p) for p in rep["tokens"]["pieces"])
+        lines.append(f"' {word}' is {len(rep['tokens']['ids'])} tokens ({pieces}); P(word) and the decoder effect are "
+                     f"for the first, {rep['tokens']['first']!r}.")
+    lines += ctx["notes"]
+    if rep["config"].get("shuffle_labels"):
+        lines.append("Control run: the word's and the controls' labels were shuffled among comparable clusters, so "
+                     "anything confirmed here is a false positive.")
+    beh = rep["behaviour"]
+    if beh:
+        first = rep["tokens"]["first"].strip()
+        parts = [f"{k}: P({art}) {b['p_article']['mean']:.2f}, P({first} | {art}) {b['p_word_given_article']['mean']:.3f}"
+                 for k, b in beh.items()]
+        lines.append("The model on these contexts: " + "; ".join(parts) + ".")
+    lines.append(_design_line(rep))
+    cands = {c["feature"]: c for c in rep["candidates"]}
+    confirmed = [f for f in rep["design"]["check"]["tested"] if cands[f]["confirmed"]]
+    if verdict == "inconclusive" and rep["design"]["check"]["resolvable"] == 0:
+        s = rep["strongest"]
+        lines.append(f"No test can reach its level on so few held-out sources: the smallest possible p, "
+                     f"{_p(rep['design']['check']['min_p'])}, is above α = {rep['design']['alpha']}. The ranking "
+                     f"half's strongest latent is #{s['feature']} (z = {s['z']:.1f}). Add contexts (--prompt, "
+                     f"--question, --prompts, a larger corpus) to decide.")
+    elif not confirmed:
+        tested = rep["design"]["check"]["tested"]
+        s = rep["strongest"]
+        detail = ", ".join(f"#{f} p = {_p(cands[f]['confirmation']['p'])}" for f in tested)
+        lines.append(f"No feature fires before '{art} {word}' more than before other '{art}' nouns on held-out "
+                     f"contexts: the ranking half's best {len(tested)} ({detail}) do not pass Holm at "
+                     f"α = {rep['design']['alpha']}; the strongest on the ranking half is #{s['feature']}, "
+                     f"z = {s['z']:.1f}.")
+    for f in confirmed:
+        lines.append(_feature_line(cands[f], rep))
+    for f, ca in rep["causal"]["features"].items():
+        lines.append(_causal_line(int(f), ca, rep))
+    if rep["causal"].get("not_tested"):
+        lines.append("Confirmed but not tested causally (raise --causal-features): "
+                     + ", ".join(f"#{f}" for f in rep["causal"]["not_tested"]) + ".")
+    return {"verdict": verdict, "heading": HEADINGS[verdict], "lines": lines}
+
+
+def format_find(rep: dict, top: int = 10) -> str:
+    """The answer, the table of candidates, and every causal test run, as plain text."""
+    out = [f"'{rep['article']} {rep['word']}' in {rep['sae'].get('path', '')}"
+           + ("  (stored answer)" if rep.get("cached") else ""), "", rep["answer"]["heading"], ""]
+    out += [f"- {line}" for line in rep["answer"]["lines"]]
+    out.append("")
+    out.append(f"{'feature':>8} {'rank z':>7} {'held-out p':>10} {'AUC':>5} {'word':>5} {'ctrl':>5} {'categ':>5} "
+               f"{'other':>5} {'vs categ p':>10} {'decoder':>8}  verdict")
+    for c in rep["candidates"][:top]:
+        conf, spec, fires = c["confirmation"] or {}, c["specificity"] or {}, c["fires"]
+        wc = spec.get("word_vs_category") or {}
+        verdict = (spec.get("kind", "") if c["confirmed"] else "not confirmed" if conf else "")
+        out.append(f"{c['feature']:>8} {c['discovery']['z']:>7.1f} {_p(conf['p']) if conf else '':>10} "
+                   f"{conf.get('auc', float('nan')):>5.2f} {_pct(fires['word']):>5} {_pct(fires['controls']):>5} "
+                   f"{_pct(fires.get('category')):>5} {_pct(fires.get('other article')):>5} "
+                   f"{_p(wc['p']) if wc else '':>10} {c['decoder']['effect']:>8.3f}  {verdict}")
+    tests = rep["causal"].get("tests", [])
+    if tests:
+        out += ["", "causal tests (edits before the article; every test run):",
+                f"{'feature':>8}  {'test':<42} {'mean':>8} {'95% CI':>20} {'p':>7} {'level':>7} {'nulls':>5}  result"]
+        for t in tests:
+            res = "passes" if t["passed"] else "unreachable" if not t["reachable"] else "does not pass"
+            out.append(f"{t['feature']:>8}  {TEST_NAMES[(t['op'], t['target'])]:<42} {t['mean']:>+8.3f} "
+                       f"{_ci(t['ci']):>20} {_p(t['p']):>7} {_p(t['level']):>7} {t['n_null']:>5}  {res}")
+    return "\n".join(out)

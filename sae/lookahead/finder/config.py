@@ -1,0 +1,86 @@
+"""The word finder's settings: one dataclass, the source of the CLI flags and the docs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sae.errors import SaexError
+
+
+@dataclass
+class FindConfig:
+    """Find the SAE features that mean "about to say WORD"."""
+
+    word: str = ""
+    """The word or phrase (several tokens are fine: the first one is what the model must predict)."""
+    run: str = ""
+    """Run folder of the SAE, a sae-lens release/sae_id, or a sparsify hookpoint folder."""
+    model: str | None = None
+    """Model; default: the one the SAE was trained on."""
+    corpus: str | None = None
+    """Corpus to take "a/an WORD" contexts from, every split; default: the SAE's training corpus; none to skip."""
+    prompts: str | None = None
+    """Your own contexts: a .txt file (one prompt per line, ending where the article comes) or a
+    .jsonl prompt set (prompt, noun, article; lines for other nouns are ignored)."""
+    prompt: list[str] | None = None
+    """A context typed out (repeatable): text that ends where the article comes."""
+    question: list[str] | None = None
+    """A chat question (repeatable), put to the model in its chat template; the answer's first word is the article."""
+    chat: bool = True
+    """Also ask every definition as a chat question (models with a chat template)."""
+    definitions: bool = True
+    """Make riddles from the word's WordNet and GCIDE definitions, with control riddles of other nouns and of the
+    word's WordNet category."""
+    corpus_contexts: int = 40
+    """Most corpus contexts of the word to use (a seeded sample, one per document)."""
+    controls_per_article: int = 16
+    """Corpus contexts of other nouns of the word's article (half as many written " A", and half as many of the other
+    article); a quarter as many other nouns give definition riddles and chat questions."""
+    category_nouns: int = 6
+    """Nouns of the word's WordNet category (same article, siblings first) whose definitions are category controls."""
+    top: int = 10
+    """Features in the table, by the ranking half's z."""
+    confirm: int = 5
+    """Most features, the ranking half's best, tested on the held-out half (fewer when its design cannot resolve so
+    many at alpha)."""
+    causal_features: int = 2
+    """Most confirmed features tested causally (each costs its matched random features)."""
+    alpha: float = 0.05
+    """Family-wise error rate of each family of tests (activation confirmation, specificity, causal)."""
+    steer: float = 2.0
+    """Steering dose in neutral frames, in multiples of each feature's typical activation."""
+    shuffle_labels: bool = False
+    """A control run: shuffle the word's and the controls' labels among comparable clusters first; anything found
+    is then a false positive."""
+    bootstrap: int = 1000
+    """Bootstrap resamples for intervals of causal effects."""
+    batch_size: int = 16
+    """Contexts per forward pass."""
+    seed: int = 0
+    """Seed for sampling contexts and controls, the split and the permutations."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    out: str | None = None
+    """Report file; default: RUN/find/<word>-<hash of the settings>.json."""
+    force: bool = False
+    """Recompute even when a report for the same question exists."""
+    progress: bool = True
+    """Show progress bars."""
+
+    def __post_init__(self):
+        if not self.run:
+            raise SaexError("no run folder given", "pass the folder of a trained SAE: saex find WORD RUN")
+        from sae.lookahead.finder.contexts import check_word
+
+        self.word = check_word(self.word)
+        if self.corpus is not None and self.corpus.strip().lower() in ("", "none"):
+            self.corpus = "none"
+        for name, low in (("corpus_contexts", 0), ("controls_per_article", 4), ("category_nouns", 0), ("top", 1),
+                          ("confirm", 1), ("causal_features", 1), ("bootstrap", 100), ("batch_size", 1)):
+            if int(getattr(self, name)) < low:
+                raise SaexError(f"{name} must be at least {low}, got {getattr(self, name)}",
+                                f"pass --{name.replace('_', '-')} {low} or more")
+        if not 0 < self.alpha < 0.5:
+            raise SaexError(f"alpha must lie between 0 and 0.5, got {self.alpha}", "pass e.g. --alpha 0.05")
+        if not self.steer > 0:
+            raise SaexError(f"steer must be positive, got {self.steer}", "pass e.g. --steer 2")

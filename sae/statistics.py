@@ -1,0 +1,270 @@
+"""The statistics every analysis shares: one implementation of each null and interval.
+
+- Intervals: percentile bootstrap of a mean; Welch difference of means with Cohen's d.
+- Two-sample tests on many columns at once (rows are contexts or units, columns latents):
+  the tie-corrected Mann-Whitney z; and the stratified, clustered permutation test that the
+  word finder gates on: clusters (all contexts from one definition or one document) carry a
+  label, labels are shuffled only among clusters of the same block (same kind of frame,
+  article, capitalisation), and the statistic is van Elteren's, a sum of within-frame
+  normalised ranks. Its p is exact (every relabelling enumerated) when there are few
+  relabellings, else a Monte Carlo p, (1 + hits) / (1 + draws), which is valid at any draw
+  count. The smallest p a design allows, 1 / (number of relabellings), is reported so a
+  level that cannot be reached is said to be unreachable, not silently missed.
+- Nulls from comparison sets: the empirical p of a value among null values; nearest matches
+  on several traits (density, activity, decoder norm) for random-feature nulls.
+- Multiplicity: Holm's step-down levels.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from statistics import NormalDist
+
+import torch
+
+Z95 = NormalDist().inv_cdf(0.975)
+
+# --------------------------------------------------------------------------- intervals
+
+
+def bootstrap_mean(x: torch.Tensor, n_boot: int, seed: int) -> dict:
+    """Mean of `x` with a 95% percentile bootstrap interval."""
+    x = x.double()
+    if len(x) == 0:
+        return {"mean": None, "ci": [None, None], "n": 0}
+    g = torch.Generator().manual_seed(seed)
+    boot = x[torch.randint(len(x), (n_boot, len(x)), generator=g)].mean(1)
+    return {"mean": float(x.mean()), "ci": [float(boot.quantile(0.025)), float(boot.quantile(0.975))], "n": len(x)}
+
+
+def contrast(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per column, x against y (rows are contexts; NaN = missing): the difference of means,
+    its Welch standard error, z, a 95% normal interval, and Cohen's d (pooled SD)."""
+    x, y = x.double(), y.double()
+
+    def moments(a):
+        n = (~torch.isnan(a)).sum(0).double()
+        mean = torch.nansum(a, 0) / n.clamp_min(1)
+        var = torch.nansum((a - mean) ** 2, 0) / (n - 1).clamp_min(1)
+        return n, mean, var
+
+    nx, mx, vx = moments(x)
+    ny, my, vy = moments(y)
+    diff = mx - my
+    se = (vx / nx.clamp_min(1) + vy / ny.clamp_min(1)).sqrt()
+    z = torch.where(se > 0, diff / se, torch.zeros_like(diff))
+    pooled = (((nx - 1) * vx + (ny - 1) * vy) / (nx + ny - 2).clamp_min(1)).sqrt()
+    d = torch.where(pooled > 0, diff / pooled, torch.zeros_like(diff))
+    return {"mean_x": mx, "mean_y": my, "diff": diff, "se": se, "z": z, "lo": diff - Z95 * se, "hi": diff + Z95 * se,
+            "d": d, "n_x": nx, "n_y": ny}
+
+
+# --------------------------------------------------------------------------- rank tests
+
+
+def midranks(values: torch.Tensor) -> torch.Tensor:
+    """ "n f" -> per column, the rank of each value (1..n), ties sharing their mean rank."""
+    cols = values.double().T.contiguous()
+    ordered = cols.sort(-1).values
+    left = torch.searchsorted(ordered, cols, right=False)
+    right = torch.searchsorted(ordered, cols, right=True)
+    return ((left + 1 + right).double() / 2).T
+
+
+def rank_test(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per column, the Mann-Whitney test of x against y (rows with NaN are dropped): the
+    normal-approximation z with the tie correction (activations are mostly exact zeros) and
+    the AUC, U / (n_x n_y), ties counting half."""
+    x = x[~torch.isnan(x).any(1)].double()
+    y = y[~torch.isnan(y).any(1)].double()
+    n1, n2 = len(x), len(y)
+    n = n1 + n2
+    if n1 == 0 or n2 == 0:
+        zero = torch.zeros(x.shape[1], dtype=torch.float64)
+        return {"z": zero, "auc": zero + 0.5}
+    both = torch.cat([x, y]).T.contiguous()  # "f n"
+    ordered = both.sort(-1).values
+    left = torch.searchsorted(ordered, both, right=False)
+    right = torch.searchsorted(ordered, both, right=True)
+    ranks = (left + 1 + right).double() / 2
+    u = ranks[:, :n1].sum(1) - n1 * (n1 + 1) / 2
+    ties = ((right - left).double() ** 2 - 1).sum(1)  # sum over tie groups of t^3 - t
+    var = n1 * n2 / 12 * ((n + 1) - ties / (n * (n - 1)))
+    z = torch.where(var > 0, (u - n1 * n2 / 2) / var.clamp_min(1e-300).sqrt(), torch.zeros_like(u))
+    return {"z": z, "auc": u / (n1 * n2)}
+
+
+def frame_scores(values: torch.Tensor, frames: Sequence[str]) -> torch.Tensor:
+    """ "context f" -> van Elteren's within-frame scores: each value's midrank among the
+    contexts of its frame, divided by (contexts in the frame + 1), so every frame weighs the
+    same whatever its size. NaN (a missing position) counts as 0."""
+    values = values.double().nan_to_num(0.0)
+    out = torch.zeros_like(values)
+    for frame in dict.fromkeys(frames):
+        rows = torch.tensor([i for i, f in enumerate(frames) if f == frame])
+        out[rows] = midranks(values[rows]) / (len(rows) + 1)
+    return out
+
+
+def cluster_means(scores: torch.Tensor, clusters: Sequence[str]) -> tuple[torch.Tensor, list[str]]:
+    """ "context f" -> "cluster f": the mean score of each cluster's contexts, clusters in
+    first-seen order (returned with the result)."""
+    names = list(dict.fromkeys(clusters))
+    index = {c: i for i, c in enumerate(names)}
+    idx = torch.tensor([index[c] for c in clusters])
+    total = torch.zeros(len(names), scores.shape[1], dtype=scores.dtype).index_add_(0, idx, scores)
+    count = torch.zeros(len(names), dtype=scores.dtype).index_add_(0, idx, torch.ones(len(idx), dtype=scores.dtype))
+    return total / count[:, None], names
+
+
+class Design:
+    """Units (clusters) with a label (True: the word's side) and a block each: labels are
+    exchangeable only among units of one block. Blocks holding one side only say nothing
+    and are left out."""
+
+    def __init__(self, is_x: Sequence[bool], blocks: Sequence[str]):
+        self.is_x = torch.tensor([bool(v) for v in is_x])
+        self.blocks = list(blocks)
+        groups: dict[str, list[int]] = {}
+        for i, b in enumerate(self.blocks):
+            groups.setdefault(b, []).append(i)
+        self.groups = {b: idx for b, idx in groups.items() if 0 < int(self.is_x[idx].sum()) < len(idx)}
+        self.used = sorted(i for idx in self.groups.values() for i in idx)
+
+    @property
+    def relabellings(self) -> int:
+        """How many label assignments keep every block's count of x-units."""
+        return math.prod(math.comb(len(idx), int(self.is_x[idx].sum())) for idx in self.groups.values())
+
+    @property
+    def min_p(self) -> float:
+        """The smallest p any statistic can reach on this design."""
+        return 1.0 / self.relabellings if self.groups else 1.0
+
+    def counts(self) -> dict[str, list[int]]:
+        """block -> [x-units, other units], for the blocks that count."""
+        return {b: [int(self.is_x[idx].sum()), len(idx) - int(self.is_x[idx].sum())] for b, idx in self.groups.items()}
+
+    def all_labellings(self) -> torch.Tensor:
+        """ "relabelling unit": every assignment (the observed one included)."""
+        per_block = []
+        for idx in self.groups.values():
+            m = int(self.is_x[idx].sum())
+            per_block.append([frozenset(c) for c in itertools.combinations(idx, m)])
+        out = torch.zeros(self.relabellings, len(self.is_x))
+        for r, choice in enumerate(itertools.product(*per_block)):
+            for chosen in choice:
+                out[r, list(chosen)] = 1.0
+        return out
+
+    def random_labellings(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """ "n unit": labels shuffled within each block."""
+        out = torch.zeros(n, len(self.is_x))
+        for idx in self.groups.values():
+            m = int(self.is_x[idx].sum())
+            order = torch.rand(n, len(idx), generator=generator).argsort(1)
+            out[:, idx] = (order < m).float()  # a uniformly random subset of size m per draw
+        return out
+
+
+def permutation_test(scores: torch.Tensor, design: Design, draws: int = 20_000, exact_limit: int = 20_000,
+                     seed: int = 0, chunk: int = 4096) -> dict[str, torch.Tensor | bool | int | float]:
+    """One-sided test, per column of `scores` ("unit f"), that x-units score higher than the
+    others of their blocks: T = sum of x-units' scores. Exact when the design has at most
+    `exact_limit` relabellings, else `draws` Monte Carlo relabellings. Also the
+    standardised statistic z = (T - E T) / SD T under the permutation null (for ranking)."""
+    scores = scores.double()
+    f = scores.shape[1]
+    if not design.groups:
+        zero = torch.zeros(f, dtype=torch.float64)
+        return {"p": zero + 1.0, "z": zero, "t": zero, "exact": True, "draws": 0, "min_p": 1.0}
+    x = design.is_x.double()
+    t_obs = x @ scores
+    mean = torch.zeros(f, dtype=torch.float64)
+    var = torch.zeros(f, dtype=torch.float64)
+    for idx in design.groups.values():
+        s = scores[idx]
+        n, m = len(idx), float(x[idx].sum())
+        mean += m * s.mean(0)
+        var += m * (n - m) / max(n - 1, 1) * s.var(0, unbiased=False)
+    z = torch.where(var > 1e-18, (t_obs - mean) / var.clamp_min(1e-300).sqrt(), torch.zeros_like(mean))
+    tol = 1e-9 * (1 + t_obs.abs())  # equal sums computed in another order still count as ties
+    exact = design.relabellings <= exact_limit
+    hits = torch.zeros(f, dtype=torch.float64)
+    if exact:
+        labels = design.all_labellings().double()
+        for s in range(0, len(labels), chunk):
+            hits += ((labels[s:s + chunk] @ scores) >= t_obs - tol).sum(0).double()
+        p = hits / len(labels)
+        n_draws = len(labels)
+    else:
+        g = torch.Generator().manual_seed(seed)
+        for s in range(0, draws, chunk):
+            labels = design.random_labellings(min(chunk, draws - s), g).double()
+            hits += ((labels @ scores) >= t_obs - tol).sum(0).double()
+        p = (1 + hits) / (1 + draws)
+        n_draws = draws
+    return {"p": p, "z": z, "t": t_obs, "exact": exact, "draws": n_draws, "min_p": design.min_p}
+
+
+def stratified_auc(values: torch.Tensor, design: Design, frames_of_unit: Sequence[str] | None = None) -> torch.Tensor:
+    """ "unit f" -> per column, the probability that an x-unit's value beats another unit's of
+    the same block (ties count half), pooled over blocks weighted by their pair counts."""
+    values = values.double()
+    num = torch.zeros(values.shape[1], dtype=torch.float64)
+    pairs = 0
+    for idx in design.groups.values():
+        xi = [i for i in idx if design.is_x[i]]
+        yi = [i for i in idx if not design.is_x[i]]
+        a, b = values[xi][:, None], values[yi][None]
+        num += ((a > b).double() + 0.5 * (a == b).double()).sum((0, 1))
+        pairs += len(xi) * len(yi)
+    return num / max(pairs, 1)
+
+
+# --------------------------------------------------------------------------- nulls from comparison sets
+
+
+def empirical_p(value: float, nulls: torch.Tensor, lower: bool) -> float:
+    """(1 + null values at least as extreme) / (1 + nulls): valid for any number of nulls,
+    never below 1 / (1 + nulls)."""
+    nulls = nulls.double()
+    beyond = (nulls <= value + 1e-12) if lower else (nulls >= value - 1e-12)
+    return float((1 + beyond.sum()) / (1 + len(nulls)))
+
+
+def nearest_matches(traits: torch.Tensor, target: int, n: int, allowed: torch.Tensor) -> list[int]:
+    """The `n` rows of `traits` ("row trait") nearest to row `target` in traits scaled by
+    their spread over the allowed rows, among rows where `allowed` is True."""
+    t = traits.double()
+    pool = allowed.nonzero().squeeze(-1)
+    if len(pool) == 0:
+        return []
+    spread = t[pool].std(0).clamp_min(1e-9) if len(pool) > 1 else torch.ones(t.shape[1], dtype=torch.float64)
+    dist = (((t[pool] - t[target]) / spread) ** 2).sum(1)
+    return [int(pool[i]) for i in dist.argsort()[:n]]
+
+
+# --------------------------------------------------------------------------- multiplicity
+
+
+def holm(pvalues: Sequence[float], alpha: float) -> list[dict]:
+    """Holm's step-down procedure: per test (in the given order) its level, alpha / (tests
+    not yet rejected when it is reached), and whether it passes. Holds the family-wise
+    error at `alpha`."""
+    m = len(pvalues)
+    order = sorted(range(m), key=lambda i: pvalues[i])
+    out = [{"level": alpha / max(m, 1), "passed": False} for _ in range(m)]
+    still = True
+    for step, i in enumerate(order):
+        level = alpha / (m - step)
+        out[i] = {"level": level, "passed": bool(still and pvalues[i] <= level)}
+        still = out[i]["passed"]
+    return out
+
+
+def draws_for_level(level: float) -> int:
+    """Comparison-set size whose smallest empirical p, 1 / (1 + n), reaches `level`."""
+    return max(1, math.ceil(1.0 / level - 1 - 1e-9))
