@@ -14,7 +14,6 @@ import torch
 
 from sae.errors import SaexError
 from sae.lookahead.finder import NEUTRAL_FRAMES, FindConfig, find_word
-from sae.statistics import contrast
 from saex.cli import main
 from tests.helpers import save_sae
 
@@ -59,41 +58,80 @@ def _residual(lm, text: str) -> torch.Tensor:
     return out.hidden_states[LAYER + 1][0]
 
 
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory, tiny_lm, owl_corpus):
-    """A random SAE with feature 7 planted: it fires on the marker token (so, before "an
-    owl") and nowhere else, and its decoder raises " owl"."""
-    from safetensors.torch import load_file, save_file
-
-    run = save_sae(tmp_path_factory.mktemp("planted") / "run", tiny_lm, seed=3)
-    tok = tiny_lm.tokenizer
+def _marker_direction(lm, corpus: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The unit direction separating the marker token's residual (blocks.1) from every other
+    token's, and the residuals on each side."""
+    tok = lm.tokenizer
     marker_id = tok(" " + MARKER, add_special_tokens=False)["input_ids"][-1]
     on, off = [], []
-    for para in [json.loads(line)["text"] for line in owl_corpus.read_text().splitlines()][:20]:
+    for para in [json.loads(line)["text"] for line in corpus.read_text().splitlines()][:20]:
         ids = tok(para, add_special_tokens=False)["input_ids"]
-        h = _residual(tiny_lm, para)[1:]
-        for t, v in zip(ids, h):
+        for t, v in zip(ids, _residual(lm, para)[1:]):
             (on if t == marker_id else off).append(v)
     on, off = torch.stack(on), torch.stack(off)
-    w = load_file(str(run / "sae_weights.safetensors"))
     u = on.mean(0) - off.mean(0)
-    u = u / u.norm()
+    # orthogonal to the mean direction of ordinary tokens, so that they read about zero along it
+    m = off.mean(0) / off.mean(0).norm()
+    u = u - (u @ m) * m
+    return u / u.norm(), on, off
+
+
+@pytest.fixture(scope="module")
+def planner_lm(tmp_path_factory, owl_corpus):
+    """The tiny model with a planted lookahead circuit: block 2's attention attends evenly to
+    every earlier position, reads the marker direction there and writes the unembedding of
+    " owl" and " an". So the model says " an" and then " owl" more after the marker, through
+    what it computed before the article: the mechanism the word finder looks for."""
+    from sae.data.models import load_model
+    from tests.conftest import build_tiny_llama
+
+    folder = build_tiny_llama(tmp_path_factory.mktemp("planner"))
+    lm = load_model(str(folder), device="cpu")
+    u, _, _ = _marker_direction(lm, owl_corpus)
+    tok = lm.tokenizer
+    emb = lm.model.get_output_embeddings().weight.detach()
+    write = sum(emb[tok(w, add_special_tokens=False)["input_ids"][0]] for w in (" owl", " an"))
+    attn = lm.model.model.layers[LAYER + 1].self_attn
+    with torch.no_grad():
+        attn.q_proj.weight.zero_()  # every score 0: even attention over the prefix
+        attn.v_proj.weight.zero_()
+        attn.v_proj.weight[0] = u
+        attn.o_proj.weight.zero_()
+        attn.o_proj.weight[:, 0] = 400 * write / write.norm()
+    lm.model.save_pretrained(folder)
+    return load_model(str(folder), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory, planner_lm, owl_corpus):
+    """A random SAE (512 latents) made sparse (each latent fires on about 3% of ordinary
+    tokens) with feature 7 planted: it reads the marker direction above the midpoint between
+    the marker's residuals and the others', and its decoder writes that direction back, so
+    ablating it takes the marker's excess out of the residual. No other latent fires on the
+    marker, so #7 alone carries it."""
+    from safetensors.torch import load_file, save_file
+
+    run = save_sae(tmp_path_factory.mktemp("planted") / "run", planner_lm, seed=3, d_sae=512)
+    w = load_file(str(run / "sae_weights.safetensors"))
+    u, on, off = _marker_direction(planner_lm, owl_corpus)
+    pre_off = (off - w["b_dec"]) @ w["W_enc"] + w["b_enc"]
+    w["b_enc"] -= pre_off.quantile(0.97, dim=0)
+    pre_on = (on - w["b_dec"]) @ w["W_enc"] + w["b_enc"]
+    w["b_enc"][(pre_on > 0).any(0)] = -1e4  # latents that fire on the marker would share its role
     proj_on, proj_off = (on - w["b_dec"]) @ u, (off - w["b_dec"]) @ u
     assert float(proj_on.min()) > float(proj_off.max()), "the marker is not linearly separable here"
     cut = (float(proj_on.min()) + float(proj_off.max())) / 2
     scale = 2.0 / float(proj_on.mean() - cut)
     w["W_enc"][:, 7] = u * scale
     w["b_enc"][7] = -cut * scale
-    owl = tok(" owl", add_special_tokens=False)["input_ids"][0]
-    emb = tiny_lm.model.get_output_embeddings().weight.detach()[owl]
-    w["W_dec"][7] = 3 * emb / emb.norm()
+    w["W_dec"][7] = u * float(proj_on.mean()) / 2.0  # its typical activation, 2, writes the marker's projection
     save_file({k: v.contiguous() for k, v in w.items()}, str(run / "sae_weights.safetensors"))
     return run
 
 
 def _cfg(run, corpus, word="owl", **kw):
     base = dict(word=word, run=str(run), corpus=str(corpus), definitions=False, chat=False, corpus_contexts=30,
-                controls_per_article=12, top=5, bootstrap=200, progress=False, device="cpu")
+                controls_per_article=16, top=5, causal_features=3, bootstrap=200, progress=False, device="cpu")
     return FindConfig(**(base | kw))
 
 
@@ -102,61 +140,76 @@ def owl_report(planted, owl_corpus):
     return find_word(_cfg(planted, owl_corpus))
 
 
-def test_planted_feature_comes_first_and_qualifies(owl_report):
+def test_planted_lookahead_feature_is_found(owl_report):
     rep = owl_report
-    assert rep["contexts"]["counts"]["corpus"] >= 12
-    first = rep["candidates"][0]
-    assert first["feature"] == 7
-    assert first["fires_before"] and first["activation"]["z"] > rep["bonferroni_z"]
-    assert first["activation"]["fires_controls"] == 0.0
-    assert first["decoder"]["percentile"] == 1.0  # its decoder boosts " owl" most
-    assert first["causal"]["steering"]["delta_logp_word"]["mean"] > 0
-    assert rep["answer"]["verdict"] in ("found", "fires, no causal effect")
-    assert any("#7 fires before 'an owl'" in line for line in rep["answer"]["lines"]) or \
-        any("#7 (z =" in line for line in rep["answer"]["lines"])
-    profile = rep["profiles"]["features"]["7"]
-    assert profile["onset"] == -1  # the marker sits right before the article
+    assert rep["contexts"]["counts"]["corpus"] >= 20 and rep["contexts"]["check_clusters"] >= 10
+    assert rep["answer"]["verdict"] == "found"
+    row = next(c for c in rep["candidates"] if c["feature"] == 7)
+    assert row["confirmed"] and row["fires"]["controls"] == 0.0 and row["fires"]["word"] > 0.9
+    ca = rep["causal"]["features"]["7"]
+    assert ca["ablation_word"] and ca["ablation_article"]  # it carries the word and picks the article
+    assert ca["steering_word"]
+    assert any(line.startswith("#7 fires before 'an owl'") for line in rep["answer"]["lines"])
+    assert any("the lookahead signature" in line for line in rep["answer"]["lines"])
+    assert rep["profiles"]["features"]["7"]["onset"] == -1  # the marker sits right before the article
+    for c in rep["candidates"]:  # no other latent's ablation moves the word beyond its random features
+        if str(c["feature"]) in rep["causal"]["features"] and c["feature"] != 7:
+            assert not rep["causal"]["features"][str(c["feature"])]["ablation_word"]
 
 
-def test_effect_sizes_equal_brute_force(owl_report, tiny_lm, planted):
-    """Activation at -1 of every candidate: plain transformers + the SAE's own encode, then
-    numpy's Welch z and Cohen's d, and scipy's Mann-Whitney U (the ranking's z and AUC)."""
-    from scipy.stats import mannwhitneyu, norm
+def test_activation_statistics_equal_a_recomputation(owl_report, planner_lm, planted):
+    """Activations at -1 recomputed with plain transformers and the SAE's own encode: the
+    firing rates and means per group, and the ranking half's van Elteren z from scipy's ranks
+    with the permutation mean and variance written out."""
+    from scipy.stats import rankdata
 
     from sae.runs.load import load_sae
 
     sae = load_sae(planted)
     items = owl_report["contexts"]["items"]
-    rank = [it["prompt"] for it in items if it["half"] == "rank"]
-    ctrl = [it["prompt"] for it in owl_report["contexts"]["control_items"]]
-
-    def at_minus1(texts):
-        with torch.no_grad():
-            return np.stack([sae.encode(_residual(tiny_lm, t)[-1][None])[0].numpy() for t in texts]).astype(np.float64)
-
-    x, y = at_minus1(rank), at_minus1(ctrl)
+    feats = [c["feature"] for c in owl_report["candidates"]]
+    with torch.no_grad():
+        acts = np.stack([sae.encode(_residual(planner_lm, it["prompt"])[-1][None])[0].numpy()
+                         for it in items]).astype(np.float64)
     assert owl_report["contexts"]["sink_positions"] == 0
+    word = np.array([it["role"] == "word" for it in items])
+    ctrl = np.array([it["role"] == "control" and it["article"] == "an" for it in items])
     for c in owl_report["candidates"]:
         f = c["feature"]
-        a, b = x[:, f], y[:, f]
-        diff = a.mean() - b.mean()
-        se = np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
-        pooled = np.sqrt(((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / (len(a) + len(b) - 2))
-        got = c["activation"]
-        assert got["diff"] == pytest.approx(diff, rel=1e-4, abs=1e-5)
-        assert got["welch_z"] == pytest.approx(diff / se if se > 0 else 0.0, rel=1e-3, abs=1e-4)
-        u = mannwhitneyu(a, b, alternative="two-sided", use_continuity=False, method="asymptotic")
-        assert got["auc"] == pytest.approx(u.statistic / (len(a) * len(b)), abs=1e-6)
-        if a.std() + b.std() > 0:  # scipy's z from its p: |z| = Phi^-1(1 - p/2), signed like U - mean
-            z = norm.isf(u.pvalue / 2) * np.sign(u.statistic - len(a) * len(b) / 2)
-            assert got["z"] == pytest.approx(z, rel=1e-3, abs=1e-3)
-        assert got["d"] == pytest.approx(diff / pooled if pooled > 0 else 0.0, rel=1e-3, abs=1e-4)
-        assert got["fires_word"] == pytest.approx((a > 0).mean())
+        assert c["fires"]["word"] == pytest.approx((acts[word, f] > 0).mean())
+        assert c["fires"]["controls"] == pytest.approx((acts[ctrl, f] > 0).mean())
+        assert c["mean"]["word"] == pytest.approx(acts[word, f].mean(), rel=1e-4, abs=1e-6)
+
+    rank = [i for i, it in enumerate(items) if it["half"] == "rank" and (word[i] or ctrl[i])]
+    for f in feats:
+        score = np.zeros(len(items))
+        for frame in {items[i]["frame"] for i in rank}:
+            rows = [i for i in rank if items[i]["frame"] == frame]
+            score[rows] = rankdata(acts[rows, f]) / (len(rows) + 1)
+        clusters = {}
+        for i in rank:
+            clusters.setdefault(items[i]["cluster"], []).append(i)
+        unit = {k: score[v].mean() for k, v in clusters.items()}
+        is_x = {k: items[v[0]]["role"] == "word" for k, v in clusters.items()}
+        blocks = {}
+        for k, v in clusters.items():  # exchangeable: same origin and the same set of frames
+            blocks.setdefault((items[v[0]]["origin"], frozenset(items[i]["frame"] for i in v)), []).append(k)
+        t = mean = var = 0.0
+        for ks in blocks.values():
+            s = np.array([unit[k] for k in ks])
+            m = sum(is_x[k] for k in ks)
+            if 0 < m < len(ks):
+                t += sum(unit[k] for k in ks if is_x[k])
+                mean += m * s.mean()
+                var += m * (len(ks) - m) / (len(ks) - 1) * s.var()
+        want = (t - mean) / np.sqrt(var) if var > 0 else 0.0
+        got = next(c for c in owl_report["candidates"] if c["feature"] == f)["discovery"]["z"]
+        assert got == pytest.approx(want, rel=1e-6, abs=1e-9)
 
 
 def _logp(lm, ids, edit=None):
-    """log-softmax at the last two positions of a plain forward, with `edit(h)` applied to
-    the output of block LAYER."""
+    """log-softmax at every position of a plain forward, with `edit(h)` applied to the output
+    of block LAYER."""
     block = lm.model.model.layers[LAYER]
 
     def hook(_m, _i, out):
@@ -174,88 +227,68 @@ def _logp(lm, ids, edit=None):
     return logits.log_softmax(-1)
 
 
-def test_causal_numbers_equal_hand_edits(owl_report, tiny_lm, planted):
+def test_causal_numbers_equal_hand_edits(owl_report, planner_lm, planted):
     """Ablation on the held-out contexts and steering in the neutral frames, redone with a
-    forward hook that edits the hidden state by hand: h - a_f(h) W_dec[f] (ablation) or
-    h + value W_dec[f] (steering) at every position but BOS."""
+    forward hook that edits the hidden state by hand before the article only (positions 1 ..
+    article - 1): h - a_f(h) W_dec[f] or h + value W_dec[f]; the word's log P is read
+    relative to the mean over the alternatives' first tokens; p is the rank among the nulls."""
     from sae.runs.load import load_sae
 
     sae = load_sae(planted)
-    tok = tiny_lm.tokenizer
+    tok = planner_lm.tokenizer
     bos = tok.bos_token_id
     an = tok(" an", add_special_tokens=False)["input_ids"][0]
     owl = tok(" owl", add_special_tokens=False)["input_ids"][0]
+    alts = [tok(" " + n, add_special_tokens=False)["input_ids"][0]
+            for n in owl_report["causal"]["alternatives"]["nouns"]]
+    alts = list(dict.fromkeys(a for a in alts if a != owl))
+    assert len(alts) == owl_report["causal"]["alternatives"]["tokens"] >= 2
     f = 7
-    row = next(c for c in owl_report["candidates"] if c["feature"] == f)
+    ca = owl_report["causal"]["features"]["7"]
+    tests = {(t["op"], t["target"]): t for t in ca["tests"]}
     w_dec = sae.sae.W_dec.detach()[f]
 
-    def ablate(h):
-        a = sae.encode(h[0])[:, f]
-        out = h.clone()
-        out[0, 1:] -= a[1:, None] * w_dec
-        return out
+    def rel(logp, at):
+        return float(logp[at, owl] - logp[at, alts].mean())
 
-    deltas_word, deltas_art = [], []
-    for it in (i for i in owl_report["contexts"]["items"] if i["half"] == "check"):
+    d_word, d_art = [], []
+    for it in (i for i in owl_report["contexts"]["items"] if i["half"] == "check" and i["role"] == "word"):
         ids = [bos] + tok(it["prompt"], add_special_tokens=False)["input_ids"] + [an]
-        clean, edited = _logp(tiny_lm, ids), _logp(tiny_lm, ids, ablate)
-        deltas_word.append(float(edited[-1, owl] - clean[-1, owl]))
-        deltas_art.append(float(edited[-2, an] - clean[-2, an]))
-    got = row["causal"]["ablation"]
-    assert got["delta_logp_word"]["mean"] == pytest.approx(np.mean(deltas_word), abs=2e-4)
-    assert got["delta_logp_article"]["mean"] == pytest.approx(np.mean(deltas_art), abs=2e-4)
-    assert got["contexts_fired"] == sum(d != 0 for d in deltas_word)
+        art = len(ids) - 1
 
-    value = row["causal"]["steering"]["added"]
+        def ablate(h, art=art):
+            a = sae.encode(h[0])[:, f]
+            out = h.clone()
+            out[0, 1:art] -= a[1:art, None] * w_dec
+            return out
 
-    def steer(h):
-        out = h.clone()
-        out[0, 1:] += value * w_dec
-        return out
+        clean, edited = _logp(planner_lm, ids), _logp(planner_lm, ids, ablate)
+        d_word.append(rel(edited, art) - rel(clean, art))
+        d_art.append(float(edited[art - 1, an] - clean[art - 1, an]))
+    assert tests[("ablation", "word")]["mean"] == pytest.approx(np.mean(d_word), abs=2e-4)
+    assert tests[("ablation", "article")]["mean"] == pytest.approx(np.mean(d_art), abs=2e-4)
+    assert tests[("ablation", "word")]["contexts_fired"] == sum(d != 0 for d in d_word)
 
+    value = ca["steer_added"]
     steered = []
     for frame in NEUTRAL_FRAMES:
         ids = [bos] + tok(frame, add_special_tokens=False)["input_ids"] + [an]
-        steered.append(float(_logp(tiny_lm, ids, steer)[-1, owl] - _logp(tiny_lm, ids)[-1, owl]))
-    assert row["causal"]["steering"]["delta_logp_word"]["mean"] == pytest.approx(np.mean(steered), abs=2e-4)
-    null = owl_report["random"]["ablation_delta_logp_word"]["values"]
-    assert len(null) == 19 and len(set(owl_report["random"]["features"]) & {c["feature"] for c in
-                                                                             owl_report["candidates"]}) == 0
-    p = (1 + sum(v <= got["delta_logp_word"]["mean"] for v in null)) / 20
-    assert got["p"] == pytest.approx(p)
+        art = len(ids) - 1
 
+        def steer(h, art=art):
+            out = h.clone()
+            out[0, 1:art] += value * w_dec
+            return out
 
-def test_rank_test_equals_scipy_with_ties_and_missing_rows():
-    from scipy.stats import mannwhitneyu, norm
+        steered.append(rel(_logp(planner_lm, ids, steer), art) - rel(_logp(planner_lm, ids), art))
+    assert tests[("steering", "word")]["mean"] == pytest.approx(np.mean(steered), abs=2e-4)
 
-    from sae.lookahead.finder import rank_test
-
-    g = torch.Generator().manual_seed(0)
-    x = torch.relu(torch.randn(12, 5, generator=g) + 0.3)  # zero-inflated, like SAE activations
-    y = torch.relu(torch.randn(40, 5, generator=g) - 0.5)
-    x[3] = float("nan")  # a sink position: the whole row is missing
-    got = rank_test(x, y)
-    xs = x[~torch.isnan(x).any(1)].numpy()
-    for f in range(5):
-        u = mannwhitneyu(xs[:, f], y[:, f].numpy(), use_continuity=False, method="asymptotic")
-        assert float(got["auc"][f]) == pytest.approx(u.statistic / (len(xs) * len(y)))
-        z = norm.isf(u.pvalue / 2) * np.sign(u.statistic - len(xs) * len(y) / 2)
-        assert float(got["z"][f]) == pytest.approx(z, rel=1e-6, abs=1e-9)
-    assert float(rank_test(torch.zeros(4, 1), torch.zeros(6, 1))["z"][0]) == 0.0  # all tied: no evidence
-
-
-def test_contrast_and_split_by_hand():
-    x = torch.tensor([[1.0, 0.0], [3.0, float("nan")], [2.0, 1.0]])
-    y = torch.tensor([[0.0, 0.0], [1.0, 2.0]])
-    c = contrast(x, y)
-    assert float(c["diff"][0]) == pytest.approx(2.0 - 0.5)
-    se0 = np.sqrt(np.var([1, 3, 2], ddof=1) / 3 + np.var([0, 1], ddof=1) / 2)
-    assert float(c["z"][0]) == pytest.approx(1.5 / se0)
-    assert int(c["n_x"][1]) == 2 and float(c["mean_x"][1]) == pytest.approx(0.5)  # NaN is missing, not zero
-    rank, check = split_halves(["corpus"] * 5 + ["riddle"] * 2 + ["user"], seed=0)
-    assert sorted(rank + check) == list(range(8)) and not set(rank) & set(check)
-    assert len([i for i in rank if i < 5]) == 3 and len([i for i in check if i < 5]) == 2
-    assert 7 in rank  # a kind with one context ranks
+    t = tests[("ablation", "word")]
+    null = t["null_values"]
+    assert len(null) == t["n_null"] and 1 / (1 + len(null)) <= t["level"]
+    assert t["p"] == pytest.approx((1 + sum(v <= t["mean"] + 1e-12 for v in null)) / (1 + len(null)))
+    matched = owl_report["causal"]["random"]["features"]["7"]
+    assert f not in matched and len(set(matched)) == len(matched) == len(null)
 
 
 def test_a_word_without_a_feature_gets_a_null(planted, owl_corpus):
@@ -265,11 +298,19 @@ def test_a_word_without_a_feature_gets_a_null(planted, owl_corpus):
     assert f"#{rep['strongest']['feature']}, z = " in line
 
 
+def test_shuffled_labels_find_nothing(planted, owl_corpus):
+    """The same question with the word's and the controls' labels shuffled among comparable
+    clusters: the planted feature no longer separates anything."""
+    rep = find_word(_cfg(planted, owl_corpus, shuffle_labels=True))
+    assert rep["answer"]["verdict"] in ("none", "inconclusive")
+    assert any(line.startswith("Control run") for line in rep["answer"]["lines"])
+
+
 def test_multi_token_word_from_typed_prompts(planted, owl_corpus, tiny_lm):
     word = "xylophone"
     pieces = tiny_lm.tokenizer(" " + word, add_special_tokens=False)["input_ids"]
     assert len(pieces) > 1
-    rep = find_word(_cfg(planted, owl_corpus, word=word, random_features=19,
+    rep = find_word(_cfg(planted, owl_corpus, word=word,
                          prompt=["the song of the music was played on", "her music and his song were on",
                                  "in the dark the king played", "the queen and the bird heard"]))
     assert rep["tokens"]["ids"] == pieces
@@ -298,7 +339,7 @@ def test_no_context_is_one_clear_error(planted, owl_corpus, capsys):
 
 def test_cli_prints_the_answer_and_table(planted, owl_corpus, owl_report, capsys):
     code = main(["find", "owl", str(planted), "--corpus", str(owl_corpus), "--definitions", "no", "--chat", "no",
-                 "--corpus-contexts", "30", "--controls-per-article", "12", "--top", "5", "--random-features", "19",
+                 "--corpus-contexts", "30", "--controls-per-article", "16", "--top", "5", "--causal-features", "3",
                  "--bootstrap", "200", "--progress", "no", "--device", "cpu"])
     out = capsys.readouterr().out
     assert code == 0 and "stored answer" in out  # same settings as the fixture: read from the cache
@@ -335,15 +376,18 @@ def test_finder_page_shows_the_stored_answer(monkeypatch, planted, owl_report, t
 def test_chat_forms_need_a_template_and_single_token_articles(tiny_lm):
     import copy
 
-    from sae.lookahead.contexts import chat_versions
-    from sae.lookahead.prompts import Prompt, chat_prompt
+    from sae.lookahead.finder.contexts import Definition, definition_contexts
+    from sae.lookahead.prompts import chat_prompt
 
     tok = copy.deepcopy(tiny_lm.tokenizer)
-    riddle = [Prompt("A bird that hoots is called", "owl", "an", "riddle")]
+    riddle = [Definition("A bird that hoots", "owl", "an", "wordnet", "wordnet:1")]
     assert chat_prompt(tok, "What do you call a bird?", "owl", "an") is None  # no template: no chat form
+    got = definition_contexts(riddle, "word", tok)
+    assert [c.prompt.prompt for c in got] == ["A bird that hoots is called", "A bird that hoots is known as"]
+    assert len({c.cluster for c in got}) == 1 and len({c.frame for c in got}) == 2
     tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     assert len(tok("An", add_special_tokens=False)["input_ids"]) > 1
-    assert chat_versions(tok, riddle) == []  # "An" splits here: no chat form rather than an error later
+    assert len(definition_contexts(riddle, "word", tok)) == 2  # "An" splits here: no chat form, not an error later
 
 
 @pytest.mark.integration
@@ -352,14 +396,15 @@ def test_chat_questions_read_the_capitalised_article(tmp_path):
     articles are "An"/"A" (no space), no second BOS is added, and logit(An) - logit(A)
     equals the plain model's."""
     from sae.data.models import load_model
-    from sae.lookahead.contexts import chat_versions
+    from sae.lookahead.finder.contexts import Definition, definition_contexts
     from sae.lookahead.interventions import Intervener, encode_prompts
-    from sae.lookahead.prompts import Prompt
     from sae.runs.load import load_sae
 
     lm = load_model("smollm2-135m", device="cpu")
     tok = lm.tokenizer
-    chats = chat_versions(tok, [Prompt("A person who studies the stars is called", "astronomer", "an", "riddle")])
+    chats = [c.prompt for c in definition_contexts([Definition("A person who studies the stars", "astronomer", "an",
+                                                                "classic", "hand-written")], "word", tok)
+             if c.prompt.condition == "chat"]
     assert [p.prompt.split("<|im_start|>user\n")[1].split("<|im_end|>")[0] for p in chats] == [
         "What do you call a person who studies the stars?", "What is a person who studies the stars called?"]
     p = chats[0]
@@ -380,17 +425,28 @@ def test_chat_questions_read_the_capitalised_article(tmp_path):
 @pytest.mark.integration
 def test_a_word_absent_from_the_corpus_is_asked_with_riddles_only(text_corpus):
     """The real WordNet and GCIDE definitions and the default model's chat template: a word
-    the corpus never has after a/an gets riddles and chat questions, and a note that says so."""
+    the corpus never has after a/an gets riddles and chat questions, and a note that says so;
+    its category (noun.person) gives controls of the same article, siblings first."""
     from sae.data.corpus import open_corpus
     from sae.data.models import load_model
-    from sae.lookahead.contexts import gather
+    from sae.lookahead.finder.controls import gather
 
     tok = load_model("smollm2-135m", device="cpu").tokenizer
     wc = gather("xylophonist", tok, open_corpus(str(text_corpus)).documents(), controls_per_article=8)
     counts = wc.counts()
     assert set(counts) == {"riddle", "chat"} and counts["riddle"] >= 2 and counts["chat"] >= 2
     assert any("'xylophonist' never follows a/an in the corpus" in n for n in wc.notes)
-    assert all(p.article == "a" and p.noun == "xylophonist" for p in wc.contexts)
-    assert any(p.prompt == "Someone who plays a xylophone is called" for p in wc.contexts)
-    assert {p.form for p in wc.contexts if p.condition == "chat"} == {"A"}
-    assert {p.article for p in wc.controls} == {"a", "an"} and all(p.noun != "xylophonist" for p in wc.controls)
+    assert all(c.prompt.article == "a" and c.prompt.noun == "xylophonist" for c in wc.contexts)
+    assert any(c.prompt.prompt == "Someone who plays a xylophone is called" for c in wc.contexts)
+    assert {c.prompt.form for c in wc.contexts if c.prompt.condition == "chat"} == {"A"}
+    assert {c.prompt.article for c in wc.controls} == {"a", "an"}
+    assert all(c.prompt.noun != "xylophonist" for c in wc.controls)
+    assert wc.category["lexname"] == "noun.person" and "musician" in wc.category["hypernyms"]
+    cat = [c for c in wc.controls if c.role == "category"]
+    assert cat and all(c.prompt.article == "a" for c in cat)
+    assert set(wc.category["used"]) <= set(wc.category["nouns"]) and wc.category["used"][0] in wc.category["siblings"]
+    clusters = {}
+    for c in wc.contexts + wc.controls:  # each definition is one cluster of one role, in frames of its article
+        clusters.setdefault(c.cluster, set()).add(c.role)
+        assert f"| {c.prompt.article} |" in c.frame
+    assert all(len(roles) == 1 for roles in clusters.values())

@@ -51,10 +51,11 @@ def _brute_force_p(values: np.ndarray, frames, clusters, is_x_cluster: dict, blo
 
 
 def _small_case(seed: int):
-    """Two blocks, clusters of one or two contexts in two frames, many exact zeros."""
+    """Two blocks, clusters of one or two contexts in two frames, many exact zeros, and a
+    third block with word clusters only (it must not count)."""
     rng = np.random.default_rng(seed)
     clusters, frames, block_of, is_x = [], [], {}, {}
-    for b, (n_x, n_y) in {"riddle": (2, 4), "corpus": (3, 3)}.items():
+    for b, (n_x, n_y) in {"riddle": (2, 4), "corpus": (3, 3), "user": (2, 0)}.items():
         for j in range(n_x + n_y):
             k = f"{b}{j}"
             block_of[k], is_x[k] = b, j < n_x

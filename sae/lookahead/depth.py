@@ -61,6 +61,7 @@ from sae.lookahead.prompts import (
     split_of_noun,
 )
 from sae.lookahead.statistics import bootstrap_gap, gap_change
+from sae.statistics import empirical_p
 
 REPORT_FORMAT = 1
 DEPTH_DIR = "depth"
@@ -434,9 +435,9 @@ def binomial_p(correct: int, n: int, chance: float) -> float:
 
 
 def _accuracy_ci(hits: torch.Tensor, n_boot: int, seed: int) -> list[float]:
-    g = torch.Generator().manual_seed(seed)
-    boot = hits.float()[torch.randint(len(hits), (n_boot, len(hits)), generator=g)].mean(1)
-    return [float(boot.quantile(0.025)), float(boot.quantile(0.975))]
+    from sae.statistics import bootstrap_mean
+
+    return bootstrap_mean(hits.float(), n_boot, seed)["ci"]
 
 
 def _shuffled(y: torch.Tensor, seed: int) -> torch.Tensor:
@@ -525,7 +526,7 @@ def compare_to_random(clean: torch.Tensor, edited: torch.Tensor, random: torch.T
                    "fraction_removed_mean": mean / g_clean if g_clean > 0 else None,
                    "removed_q95": float(removed_random.quantile(0.95)),
                    "z": (removed - mean) / sd if sd > 0 else None,
-                   "p_permutation": float((1 + (removed_random >= removed - 1e-9).sum()) / (1 + len(removed_random)))}}
+                   "p_permutation": empirical_p(removed, removed_random, lower=False)}}
 
 
 def _random_units(n: int, d: int, seed: int) -> torch.Tensor:

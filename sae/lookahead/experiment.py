@@ -69,6 +69,7 @@ from sae.lookahead.statistics import (
     unembedding,
 )
 from sae.runs.files import LOOKAHEAD_DIR, REPORT_FILE, SPARSITY_FILE
+from sae.statistics import empirical_p
 
 REPORT_FORMAT = 1
 DEFAULT_DOSES = (-1.0, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0)  # multipliers of the chosen features' activations
@@ -423,7 +424,7 @@ def _test(cfg, iv: Intervener, prep: dict[str, Prepared], clean: dict[str, Outco
         "sets": sets, "removed": removed, "removed_mean": float(r.mean()), "removed_std": std,
         "fraction_removed_mean": float(r.mean()) / gap if gap and gap > 0 else None,
         "z": (sel_removed - float(r.mean())) / std if std and std > 0 else None,
-        "p_permutation": float((1 + (r >= sel_removed).sum()) / (1 + len(r))),
+        "p_permutation": empirical_p(sel_removed, r, lower=False),
     }
     causal["controls"] = {}
     for name in (n for n in ("explicit", "in_context", "chat") if n in prep):

@@ -123,7 +123,6 @@ def activation_tests(values: torch.Tensor, contexts: Sequence[Context], article:
     scores, design, _ = _units(values, contexts, rank_rows, "word")
     disc = permutation_test(scores, design, draws=2000, exact_limit=2000, seed=seed)
     z = disc["z"]
-    d_sae = values.shape[1]
 
     check_scores_all, check_design, _ = _units(values, contexts, check_rows, "word", torch.arange(1))
     resolvable = int(math.floor(alpha * check_design.relabellings + 1e-9)) if check_design.groups else 0

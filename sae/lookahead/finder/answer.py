@@ -153,8 +153,8 @@ def find_answer(rep: dict) -> dict:
     beh = rep["behaviour"]
     if beh:
         first = rep["tokens"]["first"].strip()
-        parts = [f"{k}: P({art}) {b['p_article']['mean']:.2f}, P({first} | {art}) {b['p_word_given_article']['mean']:.3f}"
-                 for k, b in beh.items()]
+        parts = [f"{k}: P({art}) {b['p_article']['mean']:.2f}, "
+                 f"P({first} | {art}) {b['p_word_given_article']['mean']:.3f}" for k, b in beh.items()]
         lines.append("The model on these contexts: " + "; ".join(parts) + ".")
     lines.append(_design_line(rep))
     cands = {c["feature"]: c for c in rep["candidates"]}

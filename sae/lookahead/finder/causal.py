@@ -163,7 +163,8 @@ def causal_tests(iv, held, frames, candidates: Sequence[int], word_id: int, alt_
                          "n": est["n"], "contexts_fired": abl[f][2] if op == "ablation" else None,
                          "null_mean": float(nulls.mean()) if len(nulls) else None,
                          "null_sd": float(nulls.std()) if len(nulls) > 1 else None,
-                         "n_null": len(nulls), "p": p, "min_p": 1 / (1 + len(nulls)),
+                         "n_null": len(nulls), "null_values": [round(float(v), 6) for v in nulls], "p": p,
+                         "min_p": 1 / (1 + len(nulls)),
                          "direction": "lowers" if lower else "raises"})
             pvals.append(p)
     for r, h in zip(rows, holm(pvals, alpha)):
@@ -177,7 +178,7 @@ def causal_tests(iv, held, frames, candidates: Sequence[int], word_id: int, alt_
         mine = {(r["op"], r["target"]): r for r in rows if r["feature"] == f}
         t = tr[f]
         near = tr[matched[f]] if matched[f] else tr[:0]
-        features[f] = {"tests": [mine[k] for k in TESTS],
+        features[str(f)] = {"tests": [mine[k] for k in TESTS],
                        "ablation_word": mine[("ablation", "word")]["passed"],
                        "ablation_article": mine[("ablation", "article")]["passed"],
                        "steering_word": mine[("steering", "word")]["passed"],

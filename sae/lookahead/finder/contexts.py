@@ -153,8 +153,9 @@ def scan_corpus(docs: Iterable, word: str, limit: int, control_nouns: frozenset[
                 progress: bool = False, total: int | None = None) -> tuple[list[Context], list[Context], dict]:
     """One pass over `docs`: the word's occurrences after its article (a seeded sample of
     `limit` documents, the first MAX_PER_DOCUMENT of each, second ones kept while there are
-    fewer than `limit` contexts), and seeded samples of other nouns' occurrences
-    (one per document and role), `sizes[(role, article, written)]` of each: role "control"
+    fewer than `limit` contexts), and seeded samples of other nouns' occurrences (the first
+    usable one of each document that never names the word), `sizes[(role, article,
+    written)]` of each: role "control"
     for nouns in `control_nouns` (any when None) outside the category, "category" for
     `category_nouns`. The article must fit the noun's pronunciation ("an historian" is skipped)."""
     from tqdm.auto import tqdm
@@ -188,7 +189,8 @@ def scan_corpus(docs: Iterable, word: str, limit: int, control_nouns: frozenset[
                                     frame_key("corpus", "text", art, written), "corpus"))
         if mine:
             found.offer(mine)
-        taken: set[str] = set()
+        if mine or _names(text, word):
+            continue  # a document is one cluster: it gives the word's contexts or one other noun's, never both
         for m in _ANY_NOUN.finditer(text):
             a, noun = m.group(1).lower(), m.group(2)
             if noun == word or _names(noun, word):
@@ -198,7 +200,7 @@ def scan_corpus(docs: Iterable, word: str, limit: int, control_nouns: frozenset[
                 continue
             written = _written(m.group(1))
             key = (role, a, written)
-            if key not in pools or role in taken:
+            if key not in pools:
                 continue
             if noun not in sound:
                 sound[noun] = pronounce(noun).article
@@ -207,10 +209,10 @@ def scan_corpus(docs: Iterable, word: str, limit: int, control_nouns: frozenset[
             head = _context(text, m.start(), noun)
             if head is None:
                 continue
-            taken.add(role)
             pools[key].offer(Context(Prompt(head, noun, a, "corpus", source=source, form=written),
                                      _tail(text, m.end()), role, f"doc:{source}",
                                      frame_key("corpus", "text", a, written), "corpus"))
+            break
     info = {"documents": n_docs, "occurrences": n_hits, "wrong_article": n_wrong, "naming_the_word_before": n_named,
             "documents_with_the_word": found.seen}
     controls = [c for pool in pools.values() for c in pool.items]

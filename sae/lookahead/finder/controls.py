@@ -22,7 +22,6 @@ from functools import lru_cache
 from sae.errors import SaexError
 from sae.lookahead.finder.contexts import (
     CLASSIC_RIDDLES,
-    Context,
     Definition,
     WordContexts,
     chat_available,

@@ -198,7 +198,8 @@ def _compute(cfg: FindConfig, run: Path, on_step: Callable[[str, float], None], 
     clock.tick("activation tests")
 
     on_step("causal tests on held-out contexts against matched random features", 0.55)
-    order = sorted(act["confirmed"], key=lambda f: (_spec_rank(act, f), act["confirmation"][f]["p"]))
+    order = sorted(act["confirmed"], key=lambda f: (_spec_rank(act, f), -act["confirmation"][f]["auc"],
+                                                    act["confirmation"][f]["p"]))
     candidates = order[:cfg.causal_features]
     held_rows = [i for i in word_rows if half[everything[i].cluster] == "check"]
     alt_nouns = wc.category.get("used") or sorted({c.prompt.noun for c in everything
@@ -317,7 +318,8 @@ def _context_summary(wc, contexts, half, prep) -> dict:
             ctrl[k] = ctrl.get(k, 0) + 1
     clusters = {c.cluster for c in word}
     return {"counts": counts, "n": len(word), "clusters": len(clusters),
-            "rank": sum(half[c.cluster] == "rank" for c in word), "check": sum(half[c.cluster] == "check" for c in word),
+            "rank": sum(half[c.cluster] == "rank" for c in word),
+            "check": sum(half[c.cluster] == "check" for c in word),
             "rank_clusters": len({c.cluster for c in word if half[c.cluster] == "rank"}),
             "check_clusters": len({c.cluster for c in word if half[c.cluster] == "check"}),
             "controls": ctrl, "notes": list(wc.notes), "examples": _examples(word),
