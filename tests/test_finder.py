@@ -368,8 +368,14 @@ def test_finder_page_shows_the_stored_answer(monkeypatch, planted, owl_report, t
     shown = latest_report(planted, "owl")
     bullets = [m.value for m in at.markdown if m.value.startswith("- ")]
     assert bullets == [f"- {line}" for line in shown["answer"]["lines"]]
+    assert any(m.value == f"### {shown['answer']['heading']}" for m in at.markdown)
     table = at.dataframe[0].value
-    assert int(table["feature"].iloc[0]) == 7 and table["verdict"].iloc[0] in ("qualifies", "fires")
+    row = table[table["feature"] == 7].iloc[0]
+    assert row["verdict"] == "not checked" and row["fires (other nouns)"] == 0.0  # no category without definitions
+    tests = at.dataframe[2].value  # after the strata
+    assert list(tests["feature"]) == [t["feature"] for t in shown["causal"]["tests"]]
+    assert (tests["result"] == ["passes" if t["passed"] else "does not pass" if t["reachable"] else
+                                "level unreachable" for t in shown["causal"]["tests"]]).all()
     assert any(b.label == "recompute with the settings above" for b in at.button)
 
 
@@ -441,10 +447,11 @@ def test_a_word_absent_from_the_corpus_is_asked_with_riddles_only(text_corpus):
     assert {c.prompt.form for c in wc.contexts if c.prompt.condition == "chat"} == {"A"}
     assert {c.prompt.article for c in wc.controls} == {"a", "an"}
     assert all(c.prompt.noun != "xylophonist" for c in wc.controls)
-    assert wc.category["lexname"] == "noun.person" and "musician" in wc.category["hypernyms"]
+    assert wc.category["lexname"] == "noun.person" and wc.category["hypernyms"] == ["percussionist"]
     cat = [c for c in wc.controls if c.role == "category"]
     assert cat and all(c.prompt.article == "a" for c in cat)
-    assert set(wc.category["used"]) <= set(wc.category["nouns"]) and wc.category["used"][0] in wc.category["siblings"]
+    riddled = {c.prompt.noun for c in cat if c.prompt.condition == "riddle"}
+    assert riddled <= set(wc.category["nouns"][:6]) and wc.category["siblings"][0] in riddled  # siblings first
     clusters = {}
     for c in wc.contexts + wc.controls:  # each definition is one cluster of one role, in frames of its article
         clusters.setdefault(c.cluster, set()).add(c.role)

@@ -1,7 +1,7 @@
-"""Find a word: which SAE features mean "about to say WORD", with the evidence side by side
-(activation before the article against matched controls, decoder effect, attribution, a
-causal check on held-out contexts against random features), when each turns on relative
-to the article, and the contexts where it fires. Every number is sae/lookahead/finder.py's."""
+"""Find a word: which SAE features mean "about to say WORD". The verdict first, then the
+activation tests (ranking half, held-out half, the word's category), the strata they
+compared, every causal test run, when each feature turns on relative to the article, and
+the contexts where it fires. Every number is sae/lookahead/finder's."""
 
 from dataclasses import replace
 
@@ -15,7 +15,7 @@ from sae.lookahead.finder import FindConfig, cached_report, find_word, latest_re
 st.title("Find a word")
 st.caption("Which features fire before the model says a word, and does the model use them? Contexts come from the "
            "whole corpus, definition riddles, chat questions and your own prompts; controls are the same frames "
-           "with other nouns.")
+           "with other nouns, and with nouns of the word's own WordNet category.")
 run = state.require_run()
 
 c1, c2, c3 = st.columns([3, 1, 1])
@@ -62,51 +62,78 @@ if go:
     bar.progress(1.0, text=f"done in {report['seconds']['total']:.0f} s")
 st.query_params["word"] = report["word"]
 
-verdict = {"found": "found: a feature fires before the word and moves its probability in a causal test",
-           "fires, no causal effect": "features fire before the word, but none passes the causal check",
-           "none": "null: no feature fires before the word more than on the controls"}[report["answer"]["verdict"]]
-st.markdown(f"### {verdict}")
+st.markdown(f"### {report['answer']['heading']}")
 for line in report["answer"]["lines"]:
     st.markdown(f"- {line}")
-
 
 
 def _interval(ci) -> str:
     return "" if not ci or ci[0] is None else f"{ci[0]:+.3f} … {ci[1]:+.3f}"
 
 
-rows = []
+def _pval(p) -> str:
+    return "" if p is None else f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
+
+
 labels = report.get("labels", {})
+design = report["design"]
+rows = []
 for c in report["candidates"]:
-    a, ca = c["activation"], c["causal"] or {}
-    abl, ste = ca.get("ablation", {}), ca.get("steering", {})
+    conf, spec = c["confirmation"] or {}, c["specificity"] or {}
+    wc = spec.get("word_vs_category") or {}
     rows.append({
         "feature": c["feature"], "label": labels.get(str(c["feature"]), {}).get("label", ""),
-        "rank z": round(a["z"], 2), "AUC": round(a["auc"], 3), "d": round(a["d"], 2),
-        "mean (word)": a["mean_word"], "mean (controls)": a["mean_controls"],
-        "fires (word)": a["fires_word"], "fires (controls)": a["fires_controls"],
-        "z vs same article": round(a["z_vs_same_article"], 2), "z vs other article": round(a["z_vs_other_article"], 2),
-        "decoder → word": round(c["decoder"]["effect"], 3), "decoder percentile": round(c["decoder"]["percentile"], 3),
-        "attribution": round(c["attribution"]["mean"], 4),
-        "ablate Δlog P(word)": (abl.get("delta_logp_word") or {}).get("mean"),
-        "ablate 95% CI": _interval((abl.get("delta_logp_word") or {}).get("ci")),
-        "ablate p": abl.get("p"),
-        "steer Δlog P(word)": (ste.get("delta_logp_word") or {}).get("mean"),
-        "steer p": ste.get("p"),
-        "verdict": "qualifies" if c["qualifies"] else "fires" if c["fires_before"] else "",
+        "ranking z": round(c["discovery"]["z"], 2),
+        "held-out p": _pval(conf.get("p")), "Holm level": _pval(conf.get("level")),
+        "held-out AUC": conf.get("auc"),
+        "fires (word)": c["fires"]["word"], "fires (other nouns)": c["fires"]["controls"],
+        "fires (category)": c["fires"].get("category"), "fires (other article)": c["fires"].get("other article"),
+        "vs category p": _pval(wc.get("p")),
+        "decoder → word": round(c["decoder"]["effect"], 3), "attribution": round(c["attribution"]["mean"], 4),
+        "verdict": (spec.get("kind", "") if c["confirmed"] else "not confirmed" if conf else ""),
         "page": f"/feature?run={run.path}&feature={c['feature']}"})
-st.markdown("#### Candidates, evidence side by side")
-st.caption(f"rank z, AUC: Mann-Whitney test of the activation at the article's choice (offset −1), word contexts "
-           f"against controls (Bonferroni bound over {report['n_latents']:,} latents: {report['bonferroni_z']:.1f}); "
-           f"d: Cohen's d of the same activations; causal columns: "
-           f"on {report['random']['check_contexts']} held-out contexts (ablation) and "
-           f"{len(report['neutral_frames'])} neutral frames (steering), p against "
-           f"{len(report['random']['features'])} density-matched random features (Bonferroni level "
-           f"{report['random']['alpha']['features_firing_before']:.3f} for features that fire before the word).")
+st.markdown("#### Candidates: activation at the article's choice (offset −1)")
+check = design["check"]
+st.caption(f"Ranking z: van Elteren's stratified rank statistic on the ranking half, word clusters against other "
+           f"'{report['article']}' nouns frame by frame. Held-out p: the same test on clusters never used for "
+           f"ranking ({'exact' if check.get('exact', True) else 'Monte Carlo'}, smallest possible "
+           f"{_pval(check['min_p'])}), Holm over the {len(check['tested'])} tested at α = {design['alpha']}. "
+           f"vs category p: held-out word clusters against nouns of its WordNet category.")
+pct = st.column_config.NumberColumn(format="percent")
 st.dataframe(pd.DataFrame(rows), hide_index=True,
              column_config={"page": st.column_config.LinkColumn("page", display_text="open"),
-                            "fires (word)": st.column_config.NumberColumn(format="percent"),
-                            "fires (controls)": st.column_config.NumberColumn(format="percent")})
+                            "fires (word)": pct, "fires (other nouns)": pct, "fires (category)": pct,
+                            "fires (other article)": pct})
+
+with st.expander("strata: which clusters were compared with which"):
+    strata = []
+    for half, d in (("ranking", design["discovery"]), ("held-out", design["check"])):
+        for block, (n_word, n_ctrl) in d["design"].items():
+            strata.append({"half": half, "block (origin || frames)": block, "word clusters": n_word,
+                           "control clusters": n_ctrl})
+    for name, d in design["specificity"].items():
+        for block, (n_x, n_y) in ((d or {}).get("design") or {}).items():
+            strata.append({"half": name.replace("_", " "), "block (origin || frames)": block, "word clusters": n_x,
+                           "control clusters": n_y})
+    st.dataframe(pd.DataFrame(strata), hide_index=True)
+
+causal = report["causal"]
+if causal.get("tests"):
+    st.markdown("#### Causal tests: edits before the article only, every test run")
+    rnd = causal["random"]
+    st.caption(f"On {causal['held_out_contexts']} held-out word contexts (ablation) and {causal.get('frames', 0)} "
+               f"neutral frames (steering); the word's log P is taken relative to the mean over "
+               f"{causal['alternatives']['tokens']} alternatives ({causal['alternatives']['kind']} nouns). Each p ranks "
+               f"the effect among {rnd['per_candidate']} random features matched on activity, edit size and "
+               f"density; Holm over all {rnd['tests_in_family']} tests at α = {design['alpha']}.")
+    names = {("ablation", "word"): "ablation: Δ[log P(word) − alternatives]",
+             ("ablation", "article"): "ablation: Δlog P(article)",
+             ("steering", "word"): "steering: Δ[log P(word) − alternatives]"}
+    st.dataframe(pd.DataFrame([{
+        "feature": t["feature"], "test": names[(t["op"], t["target"])], "mean": t["mean"], "95% CI": _interval(t["ci"]),
+        "random features (mean)": t["null_mean"], "p": _pval(t["p"]), "Holm level": _pval(t["level"]),
+        "result": "passes" if t["passed"] else "level unreachable" if not t["reachable"] else "does not pass"}
+        for t in causal["tests"]]), hide_index=True)
 
 prof = report["profiles"]
 feats = [int(f) for f in prof["features"]]
@@ -116,7 +143,8 @@ pick = st.selectbox("feature", feats, format_func=lambda f: f"#{f} " + labels.ge
 entry = prof["features"][str(pick)]
 data = pd.DataFrame([{"offset": o, "group": g, "mean": entry[g]["mean"][j], "lo": entry[g]["lo"][j],
                       "hi": entry[g]["hi"][j], "n": entry[g]["n"][j]}
-                     for g in ("word", "same article", "other article") for j, o in enumerate(prof["offsets"])])
+                     for g in ("word", "controls", "category", "other article") if g in entry
+                     for j, o in enumerate(prof["offsets"])])
 st.altair_chart(render.profile_chart(data), use_container_width=True)
 onset = entry.get("onset")
 st.caption(f"onset (earliest offset where word contexts exceed the controls, Bonferroni over offsets): "

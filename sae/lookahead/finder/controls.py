@@ -45,6 +45,15 @@ def _wordnet():
         return [], {}
 
 
+def _tagged() -> dict[str, int]:
+    from sae.lookahead.prompts import wordnet_tagged_counts
+
+    try:
+        return wordnet_tagged_counts()
+    except SaexError:
+        return {}
+
+
 @lru_cache(maxsize=4)
 def _riddle_nouns() -> dict[str, object]:
     """Head word -> its first-sense synset, for single lower-case count nouns with a usable gloss."""
@@ -70,6 +79,7 @@ def word_category(word: str, seed: int = 0) -> dict:
     hyper = set(top.hypernyms)
     names = {s.offset: s.lemmas[0] for s in synsets if s.offset in hyper}
     rng = random.Random(f"saex-find-category-{seed}-{word}")
+    tagged = _tagged()
     siblings, same = [], []
     for noun, s in sorted(_riddle_nouns().items()):
         if noun == word.lower() or s.lexname != top.lexname or pronounce(noun).article != art:
@@ -77,6 +87,9 @@ def word_category(word: str, seed: int = 0) -> dict:
         (siblings if hyper & set(s.hypernyms) else same).append(noun)
     rng.shuffle(siblings)
     rng.shuffle(same)
+    # common nouns first (seen in SemCor), so the category reads as the word's peers, not rarities
+    siblings.sort(key=lambda n: tagged.get(n, 0) == 0)
+    same.sort(key=lambda n: tagged.get(n, 0) == 0)
     corpus = {s.lemmas[0] for s in synsets if s.lexname == top.lexname and first.get(s.lemmas[0]) == s.offset
               and re.fullmatch(r"[a-z]{3,}", s.lemmas[0]) and s.lemmas[0] != word.lower()
               and pronounce(s.lemmas[0]).article == art}
@@ -155,6 +168,8 @@ def gather(word: str, tokenizer, docs: Iterable | None, corpus_limit: int = 40, 
         rng = random.Random(f"saex-find-controls-{seed}-{word}")
         pool = [w for w in sorted(_riddle_nouns()) if w not in taken and w not in cat_corpus]
         rng.shuffle(pool)
+        tagged = _tagged()
+        pool.sort(key=lambda w: tagged.get(w, 0) == 0)
         per = max(1, n // 4)
         picked = [w for w in pool if pronounce(w).article == art][:per] + \
                  [w for w in pool if pronounce(w).article == other][:max(1, per // 2)]
