@@ -123,9 +123,9 @@ if causal.get("tests"):
     rnd = causal["random"]
     st.caption(f"On {causal['held_out_contexts']} held-out word contexts (ablation) and {causal.get('frames', 0)} "
                f"neutral frames (steering); the word's log P is taken relative to the mean over "
-               f"{causal['alternatives']['tokens']} alternatives ({causal['alternatives']['kind']} nouns). Each p ranks "
-               f"the effect among {rnd['per_candidate']} random features matched on activity, edit size and "
-               f"density; Holm over all {rnd['tests_in_family']} tests at α = {design['alpha']}.")
+               f"{causal['alternatives']['tokens']} alternatives ({causal['alternatives']['kind']} nouns). "
+               f"Each p ranks the effect among {rnd['per_candidate']} random features matched on activity, edit size "
+               f"and density; Holm over all {rnd['tests_in_family']} tests at α = {design['alpha']}.")
     names = {("ablation", "word"): "ablation: Δ[log P(word) − alternatives]",
              ("ablation", "article"): "ablation: Δlog P(article)",
              ("steering", "word"): "steering: Δ[log P(word) − alternatives]"}

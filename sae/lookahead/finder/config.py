@@ -43,8 +43,9 @@ class FindConfig:
     confirm: int = 5
     """Most features, the ranking half's best, tested on the held-out half (fewer when its design cannot resolve so
     many at alpha)."""
-    causal_features: int = 2
-    """Most confirmed features tested causally (each costs its matched random features)."""
+    causal_features: int = 1
+    """Most confirmed features tested causally, the most specific and separating first (each adds three tests to
+    the Holm family and its own matched random features: about 15 s on 2 CPU cores)."""
     alpha: float = 0.05
     """Family-wise error rate of each family of tests (activation confirmation, specificity, causal)."""
     steer: float = 2.0

@@ -110,7 +110,16 @@ _ANY_NOUN = re.compile(r"(?<=\s)(a|an|A|An) ([a-z]{3,})\b")
 
 
 def _names(text: str, word: str) -> bool:
-    return re.search(r"\b" + re.escape(word).replace(r"\ ", r"\s+") + r"(s|es)?\b", text, re.IGNORECASE) is not None
+    """Whether `text` holds `word` (or its plural) as a word; a substring test first, since
+    most texts do not hold it and a pattern per noun would be compiled anew each time."""
+    if word.lower() not in text.lower():
+        return False
+    return _name_pattern(word).search(text) is not None
+
+
+@lru_cache(maxsize=1 << 16)
+def _name_pattern(word: str) -> re.Pattern:
+    return re.compile(r"\b" + re.escape(word).replace(r"\ ", r"\s+") + r"(s|es)?\b", re.IGNORECASE)
 
 
 def _context(text: str, start: int, noun: str) -> str | None:

@@ -152,44 +152,69 @@ def _rows(contexts, keep) -> list[int]:
 
 
 def _compute(cfg: FindConfig, run: Path, on_step: Callable[[str, float], None], iv=None) -> dict:
-    from sae.data.corpus import open_corpus
-    from sae.lookahead.experiment import load_model_and_sae, log_densities
-    from sae.lookahead.finder.activation import activation_tests, shuffle_roles, split_clusters
-    from sae.lookahead.finder.answer import find_answer
-    from sae.lookahead.finder.causal import NEUTRAL_FRAMES, alternative_ids, causal_tests
-    from sae.lookahead.finder.controls import gather
-    from sae.lookahead.interventions import Intervener, encode_prompts, sink_threshold, subset
-    from sae.lookahead.prompts import Prompt
-    from sae.lookahead.statistics import aligned_activations
+    from sae.lookahead.experiment import load_model_and_sae
+    from sae.lookahead.interventions import Intervener, sink_threshold
 
     clock = _Clock()
     on_step("loading the model and the SAE", 0.0)
     if iv is None or cfg.model not in (None, iv.lm.spec):
         lm, sae = load_model_and_sae(str(run), cfg.model, cfg.device)
         iv = Intervener(lm, sae, *sink_threshold(sae), batch_size=cfg.batch_size, progress=cfg.progress)
-    lm, sae = iv.lm, iv.sae
-    tok = lm.tokenizer
-    pieces = tok(" " + cfg.word, add_special_tokens=False)["input_ids"]
     clock.tick("load model and SAE")
+    wc, everything, prep = read_contexts(cfg, iv, on_step, clock)
+    return analyse(cfg, iv, wc, everything, prep, on_step, clock, run)
 
-    spec = _corpus_spec(cfg, sae)
+
+def read_contexts(cfg: FindConfig, iv, on_step: Callable[[str, float], None] = lambda what, done: None,
+                  clock: _Clock | None = None) -> tuple:
+    """The word's contexts and the controls, read to the SAE's hook in one pass: (WordContexts,
+    contexts in order, Prepared)."""
+    from sae.data.corpus import open_corpus
+    from sae.lookahead.finder.controls import gather
+    from sae.lookahead.interventions import encode_prompts
+
+    clock = clock or _Clock()
+    tok = iv.lm.tokenizer
+    spec = _corpus_spec(cfg, iv.sae)
     on_step("gathering contexts (corpus, definitions, chat questions), controls and the word's category", 0.1)
     docs = open_corpus(spec).documents() if spec else None
     wc = gather(cfg.word, tok, docs, cfg.corpus_contexts, cfg.controls_per_article, cfg.category_nouns,
                 prompts=cfg.prompt or (), questions=cfg.question or (), prompt_file=cfg.prompts, chat=cfg.chat,
                 definitions=cfg.definitions, seed=cfg.seed, progress=cfg.progress)
-    everything = wc.contexts + wc.controls
+    wc.corpus["spec"] = spec
+    clock.tick("gather contexts")
+    on_step(f"reading {len(wc.contexts) + len(wc.controls)} contexts to the SAE's hook", 0.25)
+    both = wc.contexts + wc.controls
+    encoded = encode_prompts(tok, [c.prompt for c in both], completion=True, suffix=[c.tail for c in both])
+    order = sorted(range(len(both)), key=lambda i: len(encoded[i].ids))  # similar lengths batch with little padding
+    everything = [both[i] for i in order]
+    prep = iv.prepare([encoded[i] for i in order], desc="contexts")
+    clock.tick("read contexts")
+    return wc, everything, prep
+
+
+def analyse(cfg: FindConfig, iv, wc, everything, prep, on_step: Callable[[str, float], None] = lambda w, d: None,
+            clock: _Clock | None = None, run: Path | None = None) -> dict:
+    """Every test and the answer, from contexts already read (`read_contexts`); the SAE is
+    iv.sae and its activations those in `prep`."""
+    from sae.lookahead.experiment import log_densities
+    from sae.lookahead.finder.activation import activation_tests, shuffle_roles, split_clusters
+    from sae.lookahead.finder.answer import find_answer
+    from sae.lookahead.finder.causal import NEUTRAL_FRAMES, alternative_ids, causal_tests
+    from sae.lookahead.interventions import encode_prompts, subset
+    from sae.lookahead.prompts import Prompt
+    from sae.lookahead.statistics import aligned_activations
+
+    clock = clock or _Clock()
+    lm, sae = iv.lm, iv.sae
+    tok = lm.tokenizer
+    pieces = tok(" " + cfg.word, add_special_tokens=False)["input_ids"]
     if cfg.shuffle_labels:
         everything = shuffle_roles(everything, cfg.seed)
-    clock.tick("gather contexts")
-
-    on_step(f"reading {len(everything)} contexts to the SAE's hook", 0.25)
-    prep = iv.prepare(encode_prompts(tok, [c.prompt for c in everything], completion=True,
-                                     suffix=[c.tail for c in everything]), desc="contexts")
     word_rows = _rows(everything, lambda c: c.role == "word")
     clean_w = iv.run(subset(prep, word_rows))
     values = aligned_activations(prep, [-1])[:, 0].nan_to_num(0.0)  # "context d_sae" at the article's choice
-    clock.tick("read contexts")
+    clock.tick("clean outputs")
 
     on_step("activation tests: discovery, held-out confirmation, specificity", 0.4)
     half = split_clusters(everything, cfg.seed)
@@ -227,7 +252,7 @@ def _compute(cfg: FindConfig, run: Path, on_step: Callable[[str, float], None], 
         "tokens": {"ids": pieces, "pieces": [tok.decode([t]) for t in pieces], "first": tok.decode([pieces[0]])},
         "model": lm.spec, "sae": sae.describe(), "hook": lm.hook_point(sae.hook_name or sae.module_path).to_dict(),
         "config": {k: v for k, v in asdict(cfg).items() if k not in ("force", "progress")},
-        "corpus": {"spec": spec, **wc.corpus},
+        "corpus": dict(wc.corpus),
         "category": wc.category,
         "contexts": _context_summary(wc, everything, half, prep),
         "behaviour": _behaviour(clean_w, [everything[i] for i in word_rows], wc.article, cfg),
@@ -239,7 +264,7 @@ def _compute(cfg: FindConfig, run: Path, on_step: Callable[[str, float], None], 
         "causal": causal,
         "neutral_frames": list(NEUTRAL_FRAMES),
         "profiles": profiles,
-        "labels": _labels(run, [r["feature"] for r in table]),
+        "labels": _labels(run, [r["feature"] for r in table]) if run else {},
     }
     report["answer"] = find_answer(report)
     report["seconds"] = clock.steps
