@@ -1,7 +1,7 @@
 """Word finder speed: `saex find WORD RUN` from a fresh process (model and SAE loading
 included), asked for the first time and asked again (the stored answer), for a few words;
 then, in this process, the batched causal step against the plain loop it replaces (one
-Intervener.run per feature and edit), on the same contexts, with equal numbers checked.
+Intervener.run per feature and edit, edits before the article), on the same contexts, with equal numbers checked.
 
     python bench/find.py [RUN] [--words astronomer,owl,...]
 
@@ -47,8 +47,7 @@ def end_to_end(run: str, words: list[str]) -> None:
         cold.append(t_cold)
         warm.append(t_warm)
         first = next((line for line in out.splitlines() if line.startswith("- ")), "")
-        verdict = "found" if "fires before" in out and "qualifies" in out else \
-            "null" if "No feature fires" in out else "fires, not causal" if "none lowers" in out else "see report"
+        verdict = out.splitlines()[2].split(":")[0][:26] if len(out.splitlines()) > 2 else "see report"
         print(f"{w:<16} {t_cold:>8.1f} {t_warm:>8.2f} {verdict:<26} {first[2:70]}")
     print(f"median: first ask {statistics.median(cold):.1f} s, asked again {statistics.median(warm):.2f} s "
           f"(ratio {statistics.median(cold) / statistics.median(warm):.0f}x)")
@@ -60,15 +59,16 @@ def causal_ab(run: str, word: str) -> None:
     import torch
 
     from sae.data.corpus import open_corpus
-    from sae.lookahead.contexts import gather
     from sae.lookahead.experiment import load_model_and_sae
-    from sae.lookahead.finder import _edit_many
+    from sae.lookahead.finder.causal import edit_many
+    from sae.lookahead.finder.controls import gather
     from sae.lookahead.interventions import Edit, Intervener, decoder_directions, encode_prompts, sink_threshold
 
     lm, sae = load_model_and_sae(run, device="cpu")
     iv = Intervener(lm, sae, *sink_threshold(sae))
     wc = gather(word, lm.tokenizer, open_corpus("builtin").documents())
-    prep = iv.prepare(encode_prompts(lm.tokenizer, wc.contexts))
+    prep = iv.prepare(encode_prompts(lm.tokenizer, [c.prompt for c in wc.contexts]))
+    word_id = lm.tokenizer(" " + word, add_special_tokens=False)["input_ids"][0]
     g = torch.Generator().manual_seed(0)
     feats = torch.randperm(sae.d_sae, generator=g)[:32].tolist()
     fired = {int(f) for b in prep.batches for f in (b.acts[b.ordinary] != 0).any(0).nonzero().squeeze(-1)}
@@ -77,16 +77,16 @@ def causal_ab(run: str, word: str) -> None:
     values = dict.fromkeys(feats, 2.0)
 
     t = time.perf_counter()
-    batched_abl = _edit_many(iv, prep, feats, dirs, ablate=True)
-    batched_st = _edit_many(iv, prep, feats, dirs, values=values)
+    batched_abl = edit_many(iv, prep, feats, dirs, word_id, [], ablate=True)
+    batched_st = edit_many(iv, prep, feats, dirs, word_id, [], values=values)
     t_batched = time.perf_counter() - t
 
     t = time.perf_counter()
     clean = iv.run(prep)
     loop = {}
     for f in feats:
-        a = iv.run(prep, Edit((f,), "ablate", positions="all"))
-        s = iv.run(prep, Edit((f,), "steer", value=2.0, positions="all"))
+        a = iv.run(prep, Edit((f,), "ablate", positions="prompt"))
+        s = iv.run(prep, Edit((f,), "steer", value=2.0, positions="prompt"))
         loop[f] = (a.logp_noun - clean.logp_noun, s.logp_noun - clean.logp_noun)
     t_loop = time.perf_counter() - t
     err = max(max(float((batched_abl[f][0] - loop[f][0]).abs().max()),

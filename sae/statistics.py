@@ -10,8 +10,9 @@
   (1 + hits) / (1 + draws), which is valid at any draw count. The smallest p a design
   allows, 1 / (number of relabellings), is reported so a level that cannot be reached is
   said to be unreachable, not silently missed.
-- Nulls from comparison sets: the empirical p of a value among null values; nearest matches
-  on several traits (density, activity, decoder norm) for random-feature nulls.
+- Nulls from comparison sets: the empirical p of a value among null values; random feature
+  sets matched in firing density (the lookahead), nearest matches on several traits
+  (density, activity, edit size: the word finder) for random-feature nulls.
 - Multiplicity: Holm's step-down levels.
 """
 
@@ -23,6 +24,8 @@ from collections.abc import Sequence
 from statistics import NormalDist
 
 import torch
+
+from sae.errors import SaexError
 
 Z95 = NormalDist().inv_cdf(0.975)
 
@@ -189,6 +192,42 @@ def empirical_p(value: float, nulls: torch.Tensor, lower: bool) -> float:
     nulls = nulls.double()
     beyond = (nulls <= value + 1e-12) if lower else (nulls >= value - 1e-12)
     return (1 + int(beyond.sum())) / (1 + len(nulls))
+
+
+def density_matched_sets(log_density: torch.Tensor, target: Sequence[int], n_sets: int, seed: int = 0,
+                         tolerance: float = 0.1, min_pool: int = 8) -> tuple[list[list[int]], float]:
+    """`n_sets` random feature sets, each with one feature per target feature whose log10
+    firing density lies within `tolerance` of that target's (the `min_pool` nearest when
+    fewer qualify). Target features are never drawn, nor a feature twice in one set, nor a
+    never-firing one for a firing target. Returns the sets and the largest |log10 density
+    difference| of any drawn feature from its target."""
+    target = [int(f) for f in target]
+    ld = log_density.double().cpu()
+    dead = ld <= -9.5  # log10(0 + 1e-10): never fired in training
+    excluded = torch.zeros(len(ld), dtype=torch.bool)
+    excluded[target] = True
+    pools = []
+    for f in target:
+        dist = (ld - ld[f]).abs()
+        dist[excluded | (dead & ~dead[f])] = float("inf")
+        pool = (dist <= tolerance).nonzero().squeeze(-1)
+        if len(pool) < min_pool:
+            pool = dist.argsort()[:min_pool]
+            pool = pool[torch.isfinite(dist[pool])]
+        if len(pool) == 0:
+            raise SaexError("no feature is left to match a target feature's density", "use a larger SAE")
+        pools.append(pool)
+    g = torch.Generator().manual_seed(seed)
+    sets, worst = [], 0.0
+    for _ in range(n_sets):
+        chosen: list[int] = []
+        for f, pool in zip(target, pools):
+            free = pool[~torch.isin(pool, torch.tensor(chosen, dtype=torch.long))] if chosen else pool
+            pick = int(free[torch.randint(len(free), (1,), generator=g)]) if len(free) else int(pool[0])
+            chosen.append(pick)
+            worst = max(worst, float((ld[pick] - ld[f]).abs()))
+        sets.append(chosen)
+    return sets, worst
 
 
 def nearest_matches(traits: torch.Tensor, target: int, n: int, allowed: torch.Tensor) -> list[int]:

@@ -344,14 +344,17 @@ def build_parser() -> argparse.ArgumentParser:
     from sae.lookahead.finder import FindConfig
 
     fd = sub.add_parser("find", help="which SAE features mean 'about to say WORD': activation before its article "
-                        "against matched controls, decoder effect, attribution, and a causal check on held-out "
-                        "contexts; writes a report to RUN/find/",
+                        "against other nouns and the word's category, confirmed on held-out contexts, and a causal "
+                        "test before the article; writes a report to RUN/find/",
                         description="Gather contexts where the model is about to say WORD (corpus text, definition "
-                        "riddles, chat questions, your prompts) and controls for other nouns; rank SAE features by "
-                        "their activation at the article's choice against the controls, their decoder's effect on "
-                        "the word's first token and their attribution to it; check the top ones causally (ablation "
-                        "on held-out contexts, steering in neutral frames) against density-matched random features; "
-                        "profile them around the article. A repeated question is answered from RUN/find/.")
+                        "riddles, chat questions, your prompts) and controls: other nouns in the same frames, and "
+                        "nouns of the word's WordNet category. Rank SAE features on half of the independent sources "
+                        "by a stratified rank test at the article's choice, confirm the best on the other half "
+                        "(exact or Monte Carlo permutation p, Holm), compare them with the category, and ablate the "
+                        "best before the article on held-out contexts against random features matched in activity, "
+                        "edit size and density. Says found, fires without a causal effect, category, not specific, "
+                        "inconclusive (too few sources for the level) or none. A repeated question is answered "
+                        "from RUN/find/.")
     add_dataclass_flags(fd, FindConfig, skip=("run", "prompt", "question"), positional=("word",))
     fd.add_argument("run", nargs="?", default=None, help="run folder of the SAE, a sae-lens release/sae_id, or a "
                     "sparsify hookpoint folder (default: checkpoints/demo/sae, else the first run found)")

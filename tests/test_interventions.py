@@ -9,12 +9,12 @@ from sae.errors import SaexError
 from sae.lookahead.interventions import (
     Edit,
     Intervener,
-    density_matched_sets,
     encode_prompts,
     parse_positions,
     typical_activation,
 )
 from sae.lookahead.prompts import Prompt
+from sae.statistics import density_matched_sets
 
 LAYER = 1
 D_SAE = 96  # latents of conftest.py's `sae` fixture

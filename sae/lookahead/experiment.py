@@ -35,7 +35,6 @@ from sae.lookahead.interventions import (
     Outcome,
     Prepared,
     decoder_directions,
-    density_matched_sets,
     encode_prompts,
     parse_positions,
     sink_threshold,
@@ -69,7 +68,7 @@ from sae.lookahead.statistics import (
     unembedding,
 )
 from sae.runs.files import LOOKAHEAD_DIR, REPORT_FILE, SPARSITY_FILE
-from sae.statistics import empirical_p
+from sae.statistics import density_matched_sets, empirical_p
 
 REPORT_FORMAT = 1
 DEFAULT_DOSES = (-1.0, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0)  # multipliers of the chosen features' activations

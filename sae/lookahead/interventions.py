@@ -476,42 +476,6 @@ def decoder_directions(sae: LoadedSAE) -> torch.Tensor:
     return torch.cat(rows)
 
 
-def density_matched_sets(log_density: torch.Tensor, target: Sequence[int], n_sets: int, seed: int = 0,
-                         tolerance: float = 0.1, min_pool: int = 8) -> tuple[list[list[int]], float]:
-    """`n_sets` random feature sets, each with one feature per target feature whose log10
-    firing density lies within `tolerance` of that target's (the `min_pool` nearest when
-    fewer qualify). Target features are never drawn, nor a feature twice in one set, nor a
-    never-firing one for a firing target. Returns the sets and the largest |log10 density
-    difference| of any drawn feature from its target."""
-    target = [int(f) for f in target]
-    ld = log_density.double().cpu()
-    dead = ld <= -9.5  # log10(0 + 1e-10): never fired in training
-    excluded = torch.zeros(len(ld), dtype=torch.bool)
-    excluded[target] = True
-    pools = []
-    for f in target:
-        dist = (ld - ld[f]).abs()
-        dist[excluded | (dead & ~dead[f])] = float("inf")
-        pool = (dist <= tolerance).nonzero().squeeze(-1)
-        if len(pool) < min_pool:
-            pool = dist.argsort()[:min_pool]
-            pool = pool[torch.isfinite(dist[pool])]
-        if len(pool) == 0:
-            raise SaexError("no feature is left to match a target feature's density", "use a larger SAE")
-        pools.append(pool)
-    g = torch.Generator().manual_seed(seed)
-    sets, worst = [], 0.0
-    for _ in range(n_sets):
-        chosen: list[int] = []
-        for f, pool in zip(target, pools):
-            free = pool[~torch.isin(pool, torch.tensor(chosen, dtype=torch.long))] if chosen else pool
-            pick = int(free[torch.randint(len(free), (1,), generator=g)]) if len(free) else int(pool[0])
-            chosen.append(pick)
-            worst = max(worst, float((ld[pick] - ld[f]).abs()))
-        sets.append(chosen)
-    return sets, worst
-
-
 def typical_activation(prepared: Prepared, features: Sequence[int]) -> torch.Tensor:
     """Mean activation of each feature where it fires at ordinary prompt positions (the
     unit of steering doses); the mean over all firing features where one never fires."""
