@@ -81,7 +81,7 @@ def _values(ctx: list[Context], seed: int = 0) -> torch.Tensor:
 def planted():
     ctx = _design()
     half = split_clusters(ctx, seed=0)
-    return ctx, half, activation_tests(_values(ctx), ctx, "an", half, confirm=5, alpha=0.05, seed=0, top=10)
+    return ctx, half, activation_tests(_values(ctx), ctx, "an", half, confirm=5, alpha=0.05, seed=0)
 
 
 def test_the_word_feature_is_confirmed_and_specific(planted):
@@ -152,7 +152,7 @@ def test_null_design_rarely_confirms_anything():
         ctx = _design()
         g = torch.Generator().manual_seed(100 + seed)
         v = torch.relu(torch.randn(len(ctx), 200, generator=g) - 0.5)
-        act = activation_tests(v, ctx, "an", split_clusters(ctx, seed), confirm=5, alpha=0.05, seed=seed, top=5)
+        act = activation_tests(v, ctx, "an", split_clusters(ctx, seed), confirm=5, alpha=0.05, seed=seed)
         hits += bool(act["confirmed"])
     assert hits <= 6  # expected 2 at alpha = 0.05; 6 has probability < 1% under the binomial
 
@@ -161,10 +161,16 @@ def test_a_design_too_small_for_its_level_is_inconclusive():
     ctx = _design(n_word_docs=2, n_word_defs=1)
     ctx = [c for c in ctx if c.role != "control" or random.Random(c.cluster).random() < 0.15]
     half = split_clusters(ctx, 0)
-    act = activation_tests(_values(ctx), ctx, "an", half, confirm=5, alpha=0.05, seed=0, top=5)
+    act = activation_tests(_values(ctx), ctx, "an", half, confirm=5, alpha=0.05, seed=0)
     assert act["check"]["min_p"] > 0.05 and act["check"]["resolvable"] == 0 and act["check"]["tested"] == []
     rep = {"design": {"check": act["check"]}, "candidates": [], "causal": {"features": {}}}
     assert verdict_of(rep) == "inconclusive"
+
+
+def test_a_single_source_is_inconclusive_not_an_error():
+    ctx = _design(n_word_docs=1, n_word_defs=0)
+    act = activation_tests(_values(ctx), ctx, "an", split_clusters(ctx, 0), confirm=5, alpha=0.05, seed=0)
+    assert act["check"]["tested"] == [] and act["check"]["resolvable"] == 0 and act["confirmed"] == []
 
 
 def _report(kind: str, confirmed: bool = True, ablation: bool = False, reachable: bool = True) -> dict:

@@ -96,6 +96,8 @@ def _units(values: torch.Tensor, contexts: Sequence[Context], rows: Sequence[int
     v = values[list(rows)]
     if columns is not None:
         v = v[:, columns]
+    if not rows:
+        return v.double(), Design([], []), []
     scores = frame_scores(v, [c.frame for c in ctx])
     unit_scores, names = cluster_means(scores, [c.cluster for c in ctx])
     blocks = cluster_blocks(ctx)
@@ -110,7 +112,7 @@ def _raw_units(values: torch.Tensor, contexts: Sequence[Context], rows: Sequence
 
 
 def activation_tests(values: torch.Tensor, contexts: Sequence[Context], article: str, half: dict[str, str],
-                     confirm: int, alpha: float, seed: int, top: int) -> dict:
+                     confirm: int, alpha: float, seed: int) -> dict:
     """values: "context d_sae" activations at -1 for `contexts` (word, controls, category).
     Returns the discovery ranking, the confirmed latents, specificity, and the designs."""
     same = [i for i, c in enumerate(contexts) if c.prompt.article == article]

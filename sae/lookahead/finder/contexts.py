@@ -42,10 +42,8 @@ from sae.lookahead.prompts import (
 
 CONTEXT_CHARS = 160  # text kept before the article in a corpus context
 MAX_PER_DOCUMENT = 2  # word contexts from one document (one cluster)
-CHAT_CONDITION = "chat"
 RIDDLE_ENDINGS = (" is called", " is known as")
 CHAT_FORMS = ("what do you call", "what is it called")
-ROLES = ("word", "control", "category")
 
 
 @dataclass(frozen=True)

@@ -149,6 +149,9 @@ def gather(word: str, tokenizer, docs: Iterable | None, corpus_limit: int = 40, 
     if chat and word_defs and not chat_available(tokenizer):
         notes.append("no chat questions: the model has no chat template, or its tokenizer splits 'A'/'An'")
     users = user_contexts(tokenizer, word, art, prompts, questions, prompt_file)
+    if any(c.origin == "user" for c in users):
+        notes.append("typed questions share their wording with no control, so they enter no activation test; they "
+                     "count in the behaviour and, when held out, in the causal test")
     contexts = found + riddles + users
     if not contexts:
         raise SaexError(f"no context leads to '{word}': it does not follow a/an in the corpus, no WordNet or GCIDE "

@@ -218,7 +218,7 @@ def analyse(cfg: FindConfig, iv, wc, everything, prep, on_step: Callable[[str, f
 
     on_step("activation tests: discovery, held-out confirmation, specificity", 0.4)
     half = split_clusters(everything, cfg.seed)
-    act = activation_tests(values, everything, wc.article, half, cfg.confirm, cfg.alpha, cfg.seed, cfg.top)
+    act = activation_tests(values, everything, wc.article, half, cfg.confirm, cfg.alpha, cfg.seed)
     table = _table(cfg, iv, lm, sae, everything, values, half, act, wc.article, pieces[0], prep)
     clock.tick("activation tests")
 
