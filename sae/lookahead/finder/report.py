@@ -238,7 +238,7 @@ def analyse(cfg: FindConfig, iv, wc, everything, prep, on_step: Callable[[str, f
         causal = causal_tests(iv, subset(prep, held_rows), prep_n, candidates, pieces[0], alt_ids, log_d, None,
                               cfg.steer, cfg.alpha, cfg.bootstrap, cfg.seed, cfg.batch_size)
         causal["density_source"] = density_source
-    causal["alternatives"] = {"nouns": alt_nouns[:20], "tokens": len(alt_ids),
+    causal["alternatives"] = {"nouns": alt_nouns, "tokens": len(alt_ids),
                               "kind": "category" if wc.category.get("used") else "controls"}
     causal["not_tested"] = order[cfg.causal_features:]
     clock.tick("causal tests")
