@@ -14,9 +14,12 @@ runs four times on them:
   On a random 80% of the word's contexts, `dose` x the median residual norm times a unit
   direction v is added at offsets -2 and -1 (before the article), and one latent of a copy
   of the SAE (the least active on these contexts) is made to read exactly that: activation
-  `dose` x norm there, 0 elsewhere, decoder row v. v raises the word's first token against
-  its alternatives through the final norm and unembedding, so the model does use it: the
-  finder should say "found". The share found is the power.
+  `dose` x norm there, 0 elsewhere, decoder row v. v is the word's unembedding against its
+  alternatives (`--direction unembedding`, which the 15 blocks after the hook may or may not
+  carry to the article) or the gradient of that log-odds at the article with respect to the
+  residual at -2 and -1 (`--direction gradient`: a direction the model uses by
+  construction). The share found is the power; it is also given among the words where
+  ablating the injection lowers the word by 0.1 nats or more (the feature is used).
 
     python bench/finder_calibration.py [RUN] [--words w1,w2,...] [--dose 0.5] [--out FILE]
 
@@ -67,8 +70,38 @@ def with_path(sae, path: str):
     return out
 
 
-def planted(iv, prep, contexts, word: str, dose: float, seed: int):
-    """(Intervener over an SAE copy with latent j planted, the contexts with the injection, j)."""
+def used_direction(iv, prep, contexts, first: int, alts: list[int]):
+    """The unit direction at the hook, at offsets -2 and -1, along which the model most raises
+    log P(word) - mean log P(alternatives) at the article: the gradient, summed over the word's
+    contexts. A feature written along it is one the model uses to say the word."""
+    import torch
+
+    roles = [c.role for c in contexts]
+    total = torch.zeros(prep.batches[0].h.shape[-1], dtype=torch.float64)
+    alt = torch.tensor(alts, dtype=torch.long)
+    i = 0
+    for b in prep.batches:
+        rows = [r for r in range(len(b.items)) if roles[i + r] == "word"]
+        i += len(b.items)
+        if not rows:
+            continue
+        h = b.h.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            logp = iv.upper.logits_at(b.ids, h, b.article_pos[:, None])[:, 0].log_softmax(-1)
+            score = logp[:, first] - (logp[:, alt].mean(-1) if len(alt) else 0)
+            (grad,) = torch.autograd.grad(score[rows].sum(), h)
+        for r in rows:
+            for off in (-2, -1):
+                pos = int(b.items[r].article_pos) + off
+                if pos >= 1 and bool(b.ordinary[r, pos]):
+                    total += grad[r, pos].double().cpu()
+    return (total / total.norm()).float()
+
+
+def planted(iv, prep, contexts, word: str, dose: float, seed: int, direction: str = "unembedding"):
+    """(Intervener over an SAE copy with latent j planted, the contexts with the injection, j).
+    direction: "unembedding" (the word's unembedding minus its alternatives', through the
+    final norm) or "gradient" (used_direction)."""
     import torch
 
     from sae.lookahead.finder.causal import alternative_ids
@@ -78,9 +111,13 @@ def planted(iv, prep, contexts, word: str, dose: float, seed: int):
     tok = lm.tokenizer
     first = tok(" " + word, add_special_tokens=False)["input_ids"][0]
     alts = alternative_ids(tok, word, sorted({c.prompt.noun for c in contexts if c.role != "word"}))
-    u = unembedding(lm, [first] + alts)
-    v = u[0] - u[1:].mean(0)
-    v = (v / v.norm()).to(prep.batches[0].h.device)
+    if direction == "gradient":
+        v = used_direction(iv, prep, contexts, first, alts)
+    else:
+        u = unembedding(lm, [first] + alts)
+        v = u[0] - u[1:].mean(0)
+        v = v / v.norm()
+    v = v.to(prep.batches[0].h.device)
     fired = sum(((b.acts != 0) & b.valid[..., None]).sum((0, 1)).cpu() for b in prep.batches)
     j = int(fired.argmin())
     norms = torch.cat([b.h.norm(dim=-1)[b.ordinary] for b in prep.batches])
@@ -115,6 +152,10 @@ def main() -> None:
     ap.add_argument("run", nargs="?", default="checkpoints/demo/sae")
     ap.add_argument("--words", default=WORDS)
     ap.add_argument("--dose", type=float, default=0.5, help="planted injection, in median residual norms")
+    ap.add_argument("--direction", choices=("unembedding", "gradient"), default="unembedding",
+                    help="planted direction: the word's unembedding against its alternatives, or the gradient of "
+                    "that log-odds at the article with respect to the residual at -2 and -1")
+    ap.add_argument("--planted-only", action="store_true", help="skip the real, random-SAE and shuffled runs")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -134,7 +175,8 @@ def main() -> None:
     iv_random = copy.copy(iv)
     iv_random.sae = ctrl
     rows = []
-    print(f"{'word':<12} {'ctx':>4} {'src':>4} {'real':<24} {'random SAE':<24} {'shuffled':<24} {'planted':<24} s")
+    print(f"{'word':<12} {'ctx':>4} {'src':>4} {'real':<24} {'random SAE':<24} {'shuffled':<24} {'planted':<24} "
+          f"ablation s")
     for w in [x.strip() for x in args.words.split(",") if x.strip()]:
         t = time.perf_counter()
         cfg = FindConfig(word=w, run=args.run, progress=False, device="cpu")
@@ -144,15 +186,17 @@ def main() -> None:
             print(f"{w:<12} skipped: {e}")
             continue
         out = {"word": w, "contexts": len(wc.contexts), "sources": len({c.cluster for c in wc.contexts})}
-        out["real"] = analyse(cfg, iv, wc, ctx, prep)
-        out["random"] = analyse(cfg, iv_random, wc, ctx, reencoded(prep, ctrl))
-        out["shuffled"] = analyse(dataclasses.replace(cfg, shuffle_labels=True), iv, wc, ctx, prep)
-        pv, pprep, j = planted(iv, prep, ctx, w, args.dose, seed=0)
+        conditions = ("planted",) if args.planted_only else ("real", "random", "shuffled", "planted")
+        if not args.planted_only:
+            out["real"] = analyse(cfg, iv, wc, ctx, prep)
+            out["random"] = analyse(cfg, iv_random, wc, ctx, reencoded(prep, ctrl))
+            out["shuffled"] = analyse(dataclasses.replace(cfg, shuffle_labels=True), iv, wc, ctx, prep)
+        pv, pprep, j = planted(iv, prep, ctx, w, args.dose, seed=0, direction=args.direction)
         out["planted"] = analyse(cfg, pv, wc, ctx, pprep)
         out["planted_latent"] = j
         row = {"word": w, "contexts": out["contexts"], "sources": out["sources"], "planted_latent": j,
                "seconds": round(time.perf_counter() - t, 1)}
-        for k in ("real", "random", "shuffled", "planted"):
+        for k in conditions:
             rep = out[k]
             row[k] = rep["answer"]["verdict"]
             row[k + "_confirmed"] = [c["feature"] for c in rep["candidates"] if c["confirmed"]]
@@ -160,18 +204,29 @@ def main() -> None:
         row["planted_confirmed"] = j in row["planted_confirmed"]
         row["planted_ablation"] = p_ca["tests"][0]["mean"] if p_ca else None
         rows.append(row)
-        print(f"{w:<12} {row['contexts']:>4} {row['sources']:>4} {row['real']:<24} {row['random']:<24} "
-              f"{row['shuffled']:<24} {row['planted']:<24} {row['seconds']}", flush=True)
+        print(f"{w:<12} {row['contexts']:>4} {row['sources']:>4} {row.get('real', '-'):<24} "
+              f"{row.get('random', '-'):<24} {row.get('shuffled', '-'):<24} {row['planted']:<24} "
+              f"{row['planted_ablation'] if row['planted_ablation'] is None else round(row['planted_ablation'], 3)} "
+              f"{row['seconds']}", flush=True)
     n = len(rows)
     print(f"\n{n} words")
     for k, what in (("random", "false 'found', random-direction SAE"), ("shuffled", "false 'found', shuffled labels"),
                     ("planted", "'found', planted word feature (power)")):
+        if not rows or k not in rows[0]:
+            continue
         hits = sum(r[k] == "found" for r in rows)
         lo, hi = wilson(hits, n)
         print(f"{what:<42} {hits}/{n} = {hits / max(n, 1):.0%} (95% CI {lo:.0%} to {hi:.0%})")
     conf = sum(r["planted_confirmed"] for r in rows)
     print(f"{'planted feature confirmed by activation':<42} {conf}/{n}")
+    used = [r for r in rows if r["planted_ablation"] is not None and r["planted_ablation"] <= -0.1]
+    hits = sum(r["planted"] == "found" for r in used)
+    lo, hi = wilson(hits, len(used))
+    print(f"{'found, where ablating the injection lowers':<42} {hits}/{len(used)} = {hits / max(len(used), 1):.0%} "
+          f"(95% CI {lo:.0%} to {hi:.0%})\n{'  the word by 0.1 nats or more':<42}")
     for k in ("real", "random", "shuffled", "planted"):
+        if not rows or k not in rows[0]:
+            continue
         counts: dict[str, int] = {}
         for r in rows:
             counts[r[k]] = counts.get(r[k], 0) + 1
