@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 PAGES = [("overview", "", "Training curves"), ("feature", "&feature={feature}", "Top activations"),
-         ("search", "", "find features by"), ("finder", "&word=astronomer", "evidence side by side"),
+         ("search", "", "find features by"), ("finder", "&word=island", "every test run"),
          ("prompt_lab", "", "Prompt lab"), ("lookahead", "", "Lookahead"), ("depth", "", "Against depth"),
          ("annotations", "", "Export / import")]
 
@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--feature", type=int, default=None, help="feature to show (default: the densest)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "img"))
     ap.add_argument("--port", type=int, default=8599)
+    ap.add_argument("--pages", default=None, help="comma-separated page names to retake (default: all)")
     args = ap.parse_args()
 
     from selenium import webdriver
@@ -64,6 +65,8 @@ def main() -> None:
         d = webdriver.Chrome(options=opts, service=Service("/usr/bin/chromedriver"))
         for name, extra, marker in PAGES:
             if not (ROOT / "explorer" / "views" / f"{name}.py").exists():
+                continue
+            if args.pages and name not in args.pages.split(","):
                 continue
             d.get(f"http://127.0.0.1:{args.port}/{'' if name == 'overview' else name}?run={args.run}"
                   + extra.format(feature=feature))

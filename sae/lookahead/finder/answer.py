@@ -72,10 +72,12 @@ def verdict_of(rep: dict) -> str:
 def _design_line(rep: dict) -> str:
     d = rep["design"]
     c = d["check"]
+    n = len(c["tested"])
+    reach = (f"enough to confirm all {n} tested" if n and c["resolvable"] >= n
+             else f"enough to confirm {c['resolvable']}" if c["resolvable"] else "too few to confirm any")
     return (f"Held-out half: {rep['contexts']['check_clusters']} independent word source(s) against the controls; "
-            f"{c['relabellings']:,} relabellings, so the smallest p is {_p(c['min_p'])} and up to "
-            f"{c['resolvable']} feature(s) can be confirmed at family-wise α = {d['alpha']} "
-            f"({len(c['tested'])} tested).")
+            f"{c['relabellings']:,} relabellings, so the smallest p is {_p(c['min_p'])}: {reach} at family-wise "
+            f"α = {d['alpha']}.")
 
 
 def _feature_line(c: dict, rep: dict) -> str:
