@@ -126,10 +126,11 @@ def activation_tests(values: torch.Tensor, contexts: Sequence[Context], article:
     disc = permutation_test(scores, design, draws=2000, exact_limit=2000, seed=seed)
     z = disc["z"]
 
-    check_scores_all, check_design, _ = _units(values, contexts, check_rows, "word", torch.arange(1))
+    _, check_design, _ = _units(values, contexts, check_rows, "word", torch.arange(1))  # the design alone
     resolvable = int(math.floor(alpha * check_design.relabellings + 1e-9)) if check_design.groups else 0
     k = max(0, min(confirm, resolvable))
-    order = [int(f) for f in z.argsort(descending=True) if float(z[int(f)]) > 0]
+    ranked = z.argsort(descending=True)
+    order = ranked[z[ranked] > 0].tolist()
     selected = order[:k]
     out = {"discovery": {"design": design.counts(), "relabellings": design.relabellings, "min_p": design.min_p,
                          "exact": bool(disc["exact"]), "draws": int(disc["draws"])},
