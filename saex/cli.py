@@ -80,13 +80,10 @@ def _cmd_index(ns: argparse.Namespace) -> None:
 
 
 def _cmd_label(ns: argparse.Namespace) -> None:
-    from sae.labels.auto import LabelConfig, label_features, read_summary
+    from sae.labels.auto import LabelConfig, label_features, labels_line, read_summary
 
     path = label_features(dataclass_from_args(LabelConfig, ns))
-    s = read_summary(path.parent)
-    ctrl = f", random-direction control {s['control']['median']:.2f}" if s.get("control") else ""
-    print(f"labelled {s['labelled']:,} of {s['d_sae']:,} features; median best-label F1 on held-out text "
-          f"{s['real']['median'] or 0:.2f}{ctrl}; written to {path.parent / 'labels.jsonl'}")
+    print(f"{labels_line(read_summary(path.parent))}; written to {path.parent / 'labels.jsonl'}")
 
 
 def _cmd_explore(ns: argparse.Namespace) -> None:
@@ -295,12 +292,17 @@ def build_parser() -> argparse.ArgumentParser:
     from sae.labels.auto import LabelConfig
 
     lb = sub.add_parser("label", help="label every feature automatically with a testable predicate, scored on "
-                        "held-out text against a random-direction control; writes RUN/labels.jsonl",
-                        description="Propose candidate labels for every feature (fires on / before / after "
-                        "tokens, boosts output tokens, window position) from one half of the held-out store, "
-                        "score them on the other half (precision, recall, F1, balanced accuracy), do the same "
-                        "for a random-direction copy of the SAE, and write RUN/labels.jsonl and "
-                        "RUN/labels_summary.json. Complete labels with the same settings are reused.")
+                        "held-out text against a random-direction and a decoder-shuffled control; writes "
+                        "RUN/labels.jsonl",
+                        description="Propose candidate labels for every feature (tokens before, on or after it, "
+                        "n-grams, word classes, WordNet categories of the word and of the next noun, window "
+                        "position, output tokens from the decoder, and two-part 'and'/'or' labels) from one half "
+                        "of the held-out store, split by document; score them on the other half (delphi's "
+                        "detection and fuzzing balanced accuracy; token-level precision, recall, F1); do the same "
+                        "for a random-direction and a decoder-shuffled copy of the SAE; optionally explain a "
+                        "sample of features with an LLM behind an OpenAI-compatible server (--explainer "
+                        "openai:URL/MODEL). Writes RUN/labels.jsonl and RUN/labels_summary.json. Complete labels "
+                        "with the same settings are reused; an interrupted run resumes.")
     add_dataclass_flags(lb, LabelConfig, positional=("run",))
     lb.set_defaults(func=_cmd_label)
 

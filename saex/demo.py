@@ -18,7 +18,7 @@ from sae.data.store import store_summary
 from sae.fsutil import ensure_writable_dir, write_json_atomic
 from sae.index.build import IndexConfig, build_index
 from sae.index.reader import FeatureIndex
-from sae.labels.auto import LabelConfig, label_features, read_summary
+from sae.labels.auto import LabelConfig, label_features, labels_line, read_summary
 from sae.lookahead.experiment import LookaheadConfig, run_lookahead
 from sae.precision import speed
 from sae.runs.evaluate import EVAL_FILE, evaluate, write_eval
@@ -174,8 +174,7 @@ def run_demo(cfg: DemoConfig) -> Path:
           f"({time.perf_counter() - t:.0f} s)", flush=True)
     t = time.perf_counter()
     summary = read_summary(label_features(LabelConfig(run=str(run), store=str(root / "acts-heldout")), lm=lm).parent)
-    print(f"[7/8] automatic labels: median best-label F1 on held-out text {summary['real']['median'] or 0:.2f}, "
-          f"random-direction control {summary['control']['median'] or 0:.2f} ({time.perf_counter() - t:.0f} s)",
+    print(f"[7/8] automatic labels: {labels_line(summary)} ({time.perf_counter() - t:.0f} s)",
           flush=True)
     t = time.perf_counter()
     if plan.lookahead:

@@ -124,15 +124,27 @@ if auto and auto.get("label"):
     def _pct(v):
         return "—" if v is None else f"{v:.1%}"
 
-    c = st.columns(4)
-    c[0].metric("F1", _pct(auto.get("f1")))
-    c[1].metric("precision", _pct(auto.get("precision")), help="of the held-out positions where the predicate holds, "
+    det = auto.get("detection") or {}
+    c = st.columns(5)
+    c[0].metric("detection", _pct(det.get("balanced_accuracy")), help="balanced accuracy on delphi's sampling: "
+                "held-out 32-token windows from every activation decile and random quiet ones; the label says "
+                "'active' where its predicate holds somewhere in the window")
+    c[1].metric("F1", _pct(auto.get("f1")), help="token level, over every held-out position")
+    c[2].metric("precision", _pct(auto.get("precision")), help="of the held-out positions where the predicate holds, "
                 "the fraction where the feature fires")
-    c[2].metric("recall", _pct(auto.get("recall")), help="of the held-out positions where it fires, the fraction the "
+    c[3].metric("recall", _pct(auto.get("recall")), help="of the held-out positions where it fires, the fraction the "
                 "predicate covers")
-    c[3].metric("balanced accuracy", _pct(auto.get("balanced_accuracy")))
+    c[4].metric("fuzzing", _pct((auto.get("fuzzing") or {}).get("balanced_accuracy")),
+                help="delphi's fuzzing, offline: does the label hold at the true firings of an activating window "
+                "more than at as many random positions of it")
     st.caption(f"proposed by `saex label` from one half of the held-out store, scored on the other half "
                f"({auto.get('n_fired', 0):,} firings there)")
+    if auto.get("by_kind"):
+        with st.expander("the best label of every kind"):
+            st.dataframe(pd.DataFrame([{"kind": k, "label": d["label"],
+                                        "detection": (d.get("detection") or {}).get("balanced_accuracy"),
+                                        "F1": d.get("f1"), "precision": d.get("precision"), "recall": d.get("recall")}
+                                       for k, d in auto["by_kind"].items()]), hide_index=True)
     a1, a2 = st.columns([2, 1])
     who = a1.text_input("accepted by", value=annotation_panel.default_author(), key="auto-who")
     if a2.button("accept as this feature's label", key="accept-auto"):

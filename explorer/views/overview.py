@@ -48,14 +48,38 @@ else:
         st.caption(f"{hist.get('never_fired', 0):,} latents never fired on the evaluated tokens")
 
 labels = state.auto_label_summary(str(run.path))
-if labels and labels.get("control"):
-    st.markdown("#### Automatic labels: best-label F1 on held-out text")
-    real, ctrl = labels["real"], labels["control"]
-    edges = real["hist_edges"]
-    st.bar_chart(pd.DataFrame({"this SAE": real["hist_counts"], "random-direction control": ctrl["hist_counts"]},
-                              index=[f"{e:.2f}" for e in edges[:-1]]))
-    st.caption(f"Median best-label F1: {real['median'] or 0:.2f} for this SAE's {real['n']:,} labelled features "
-               f"against {ctrl['median'] or 0:.2f} for a random-direction SAE of the same shape (`saex label`).")
+variants = (labels or {}).get("variants") or {}
+if "real" in variants and len(variants) > 1:
+    names = {"real": "this SAE", "random": "random-direction control", "shuffled": "decoder-shuffled control"}
+    st.markdown("#### Automatic labels on held-out text, against two control SAEs")
+    for metric, title in (("detection", "detection balanced accuracy (delphi's sampling)"),
+                          ("f1", "token-level F1 of the best label")):
+        st.caption(title)
+        edges = variants["real"][metric]["hist_edges"]
+        st.bar_chart(pd.DataFrame({names[k]: v[metric]["hist_counts"] for k, v in variants.items()},
+                                  index=[f"{e:.2f}" for e in edges[:-1]]))
+    real = variants["real"]
+    ctrl = variants.get("random") or real
+    st.caption(f"Median detection balanced accuracy {real['detection']['median'] or 0:.2f} and median F1 "
+               f"{real['f1']['median'] or 0:.2f} for this SAE's {real['labelled']:,} labelled features; the "
+               f"random-direction control: {ctrl['detection']['median'] or 0:.2f} and {ctrl['f1']['median'] or 0:.2f}. "
+               "The decoder-shuffled control fires where this SAE fires, so only its output-side labels "
+               "(boosts_output) differ (`saex label`).")
+    rows = []
+    for kind in sorted({k for v in variants.values() for k in v["kinds"]}):
+        row = {"label kind": kind}
+        for k, v in variants.items():
+            d = v["kinds"].get(kind) or {}
+            row[f"{names[k]}: features"] = d.get("n", 0)
+            row[f"{names[k]}: median detection"] = d.get("median_detection")
+            row[f"{names[k]}: median F1"] = d.get("median_f1")
+        rows.append(row)
+    st.dataframe(pd.DataFrame(rows), hide_index=True)
+    if labels.get("llm"):
+        llm = labels["llm"]
+        st.caption(f"LLM explainer {llm.get('explainer')}: median detection balanced accuracy "
+                   + ", ".join(f"{names[k]} {v['median']:.2f} (n = {v['n']})"
+                               for k, v in llm.get("detection", {}).items() if v.get("median") is not None))
 
 metrics = run.metrics()
 if metrics:
