@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fake_llm import server  # noqa: F401  (a local fake OpenAI-compatible server)
+
 pytest.register_assert_rewrite("tests.helpers")  # its asserts explain themselves too
 
 # Nothing in the tests may reach a model or dataset hub.

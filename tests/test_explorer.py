@@ -228,7 +228,7 @@ def test_automatic_label_is_shown_accepted_searched_and_summarised(monkeypatch, 
     assert not at.exception and f in list(at.dataframe[0].value["feature"])
     at.switch_page("views/overview.py").run()
     assert not at.exception
-    assert any("Median best-label F1" in c.value and "random-direction" in c.value for c in at.caption)
+    assert any("Median detection balanced accuracy" in c.value and "random-direction" in c.value for c in at.caption)
 
 
 def _markdown(at) -> str:

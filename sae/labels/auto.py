@@ -146,10 +146,8 @@ class Context:
 def build_context(store: ActivationStore, vocab: list[str], cfg: LabelConfig, separator: int | None) -> Context:
     tokens = np.load(store.path / "tokens.npy")
     flags = np.concatenate([store.flags(k).numpy() for k in range(store.n_shards)])
-    if store.context_size < cfg.example_len:
-        raise SaexError(f"example windows of {cfg.example_len} tokens do not fit the store's {store.context_size}",
-                        f"pass --example-len {store.context_size} or less")
-    split = split_positions(tokens, flags, cfg.split_block, cfg.example_len, separator)
+    # a store of short windows gets example windows as long as its own
+    split = split_positions(tokens, flags, cfg.split_block, min(cfg.example_len, store.context_size), separator)
     table = PositionTable(tokens, vocab, wordnet=cfg.wordnet)
     ex = split.example[split.half >= 0]
     return Context(table, split, PredicateScorer(table, split), vocab, np.unique(ex[ex >= 0]))
@@ -311,8 +309,12 @@ def _read_partial(path: Path) -> dict[int, dict]:
     return out
 
 
+PARTIAL_CHUNK = 256
+"""Features labelled between two appends to the partial file."""
+
+
 def label_variant(labeller: FeatureLabeller, d_sae: int, partial: Path | None, name: str,
-                  progress: bool, chunk: int = 256) -> list[dict]:
+                  progress: bool) -> list[dict]:
     """Every feature's record, continuing from `partial` (appended every `chunk` features)."""
     done = _read_partial(partial) if partial is not None else {}
     todo = [f for f in range(d_sae) if f not in done]
@@ -323,7 +325,7 @@ def label_variant(labeller: FeatureLabeller, d_sae: int, partial: Path | None, n
         r = labeller.label(f)
         done[f] = r
         buf.append(r)
-        if partial is not None and len(buf) >= chunk:
+        if partial is not None and len(buf) >= PARTIAL_CHUNK:
             with open(partial, "a") as fh:
                 fh.write("".join(json.dumps(x) + "\n" for x in buf))
             buf = []
@@ -560,13 +562,13 @@ def label_features(cfg: LabelConfig, sae: LoadedSAE | None = None, lm=None,
             "variants": {name: variant_summary(recs) for name, recs in results.items()},
             "llm": llm_summary,
             "store": {"path": str(store.path), "n_windows": store.n_windows, "context_size": store.context_size},
-            "split": {"rule": f"window w scores when (w // {cfg.split_block}) % 2 == 1, else it proposes; after "
-                              "each block boundary the positions up to the first blank-line separator (a "
-                              "document's tail) belong to neither half",
+            "split": {"rule": f"window w scores when (w // {cfg.split_block}) % 2 == 1, else it proposes; in the "
+                              "first window after each block boundary the positions up to the first blank-line "
+                              "separator (a document's tail) belong to neither half",
                       "what_is_held_out": "proposal statistics, training windows and the choice of each label use "
                                           "the proposal half only; every reported score is counted on the scoring "
                                           "half only"},
-            "scores": {"detection": f"delphi detection: {cfg.per_decile} activating windows of {cfg.example_len} "
+            "scores": {"detection": f"delphi detection: {cfg.per_decile} activating windows of {ctx.split.example_len} "
                                     f"tokens per activation decile and {cfg.non_activating} random quiet ones; the "
                                     "label predicts 'active' where its predicate holds at some position",
                        "token": "predicate = prediction, firing (activation > 0) = truth, over usable positions"},

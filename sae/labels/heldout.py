@@ -3,10 +3,11 @@ the 32-token example windows detection scoring reads, and every feature's firing
 
 The split is by document. Windows are cut in blocks of `split_block`; even blocks propose,
 odd ones score. Documents are joined by a blank line inside the store's windows, so a
-document can run over a block boundary: after each boundary, the positions up to and
-including the first blank-line separator are left out of both halves (the tail of a
-document the other half holds). A document with blank lines of its own can still reach
-both halves past its first one.
+document can run over a block boundary: in the first window after each boundary, the
+positions up to and including the first blank-line separator are left out of both halves
+(the tail of a document the other half holds; the whole window when it has no separator).
+A document longer than a window, or with blank lines of its own, can still reach both
+halves past that point. A store without any separator is split by blocks alone.
 """
 
 from __future__ import annotations
@@ -54,16 +55,11 @@ def split_positions(tokens: np.ndarray, flags: np.ndarray, split_block: int, exa
     W, T = tokens.shape
     block_half = (np.arange(W) // split_block) % 2
     half = np.where(flags == 0, block_half[:, None], -1).astype(np.int8)
-    if separator is not None:
-        guard = False
-        for w in range(W):
-            if w > 0 and block_half[w] != block_half[w - 1]:
-                guard = True
-            if guard:
+    if separator is not None and (tokens == separator).any():
+        for w in range(1, W):
+            if block_half[w] != block_half[w - 1]:
                 hit = np.flatnonzero(tokens[w] == separator)
-                end = int(hit[0]) + 1 if len(hit) else T
-                half[w, :end] = -1
-                guard = not len(hit)
+                half[w, :int(hit[0]) + 1 if len(hit) else T] = -1
     per = T // example_len
     q = np.arange(T)
     ex = np.where(q < per * example_len, q // example_len, -1)

