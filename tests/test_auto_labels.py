@@ -513,3 +513,36 @@ def test_a_run_killed_during_the_llm_stage_asks_nothing_twice(tmp_path, tiny_lm,
     scorable = sum(1 for r in read_labels(run).values() if r["scorable"])
     again = asked[len(first):]
     assert len(again) == scorable - 3  # the three explained features were not asked again
+
+
+def test_a_lookahead_feature_gets_its_article_narrowed_by_the_next_nouns_category(tmp_path, tiny_lm):
+    """Feature 3 fires on " a" / " an" only when a person noun (astronomer, king) follows; the
+    articles before animals and things are quiet. The label is the article, and the WordNet
+    category of the next noun: an 'and' of token and next_noun."""
+    tok = {s: tiny_lm.tokenizer.encode(s)[-1] for s in (" a", " an", " astronomer", " king", " owl", " cat",
+                                                            " house", " umbrella", " mountain")}
+    rng = np.random.default_rng(4)
+    n = 128
+    tokens = rng.integers(3, 28, size=(n, T)).astype(np.int32)  # punctuation and digits: no words between
+    fires = np.zeros((n, T), bool)
+    for w in range(n):
+        for p in range(1, T - 1, 3):
+            if rng.random() < 0.6:
+                noun = rng.choice([" astronomer", " king", " owl", " cat", " house", " umbrella", " mountain"])
+                art = " an" if noun in (" astronomer", " owl", " umbrella") else " a"
+                tokens[w, p], tokens[w, p + 1] = tok[art], tok[noun]
+                fires[w, p] = noun in (" astronomer", " king")
+    acts = 0.3 * torch.randn(n, T, D, generator=torch.Generator().manual_seed(2))
+    acts[torch.from_numpy(fires)] += 4 * torch.eye(D)[3]
+    store = write_store(tmp_path / "acts-heldout", acts, shard_windows=32, tokens=tokens)
+    b_enc = torch.zeros(16)
+    b_enc[3] = -2.0
+    run = _save_topk(tmp_path / "run", d_sae=16, k=1, W_enc=torch.eye(D)[:, :16], b_enc=b_enc, W_dec=torch.eye(D)[:16])
+    label_features(_cfg(run, store, control=False), lm=tiny_lm)
+    rec = read_labels(run)[3]
+    best_and = rec["by_kind"]["and"]
+    parts = {p["kind"]: p for p in best_and["predicate"]["parts"]}
+    assert parts["next_noun"]["values"] == ["noun.person"]
+    assert parts["token"]["offset"] == 0 and parts["token"]["values"][0] in (tok[" a"], tok[" an"])
+    assert best_and["precision"] > 0.95
+    assert "before a noun of WordNet's noun.person" in best_and["label"]

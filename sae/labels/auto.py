@@ -43,13 +43,23 @@ from sae.labels.detection import draw, feature_rng, firings_in, fuzz_sample
 from sae.labels.heldout import PROPOSE, SCORE, Firings, Split, encode_firings, split_positions
 from sae.labels.positions import PositionTable
 from sae.labels.predicates import COMPOUND, KINDS, Predicate
-from sae.labels.propose import Candidates, Explainer, FeatureEvidence, StatisticalExplainer, family_candidates
+from sae.labels.propose import (
+    Candidates,
+    Explainer,
+    FeatureEvidence,
+    StatisticalExplainer,
+    best_prefix,
+    family_candidates,
+    make_predicate,
+)
 from sae.labels.scoring import PredicateScorer
 from sae.runs.files import LABELS_FILE, LABELS_SUMMARY_FILE
 from sae.runs.load import LoadedSAE
 
 LABELS_FORMAT = 2
 PARTIAL_DIR = "labels.partial"
+REFINE_FAMILIES = ("next_noun", "lexname", "class@0", "class@1")
+"""Broad families that narrow a feature's most frequent token into an 'and' label."""
 VARIANTS = ("real", "random", "shuffled")
 
 
@@ -235,6 +245,8 @@ class FeatureLabeller:
         preds = list(dict.fromkeys(self.explainer.propose(ev)))
         if not preds:
             return rec
+        if cfg.conjunctions:
+            preds += [p for p in self._refinements(ev) if p not in preds]
         scored = [(p, self.proposal_score(p, ev)) for p in preds]
         if cfg.conjunctions:
             scored += self._conjunction(scored, ev)
@@ -256,6 +268,37 @@ class FeatureLabeller:
                                           "fuzzing", "proposal")},
                    by_kind=by_kind)
         return rec
+
+    def _refinements(self, ev: FeatureEvidence) -> list[Predicate]:
+        """The token the feature fires on (or right after) most often, narrowed by a broad family:
+        "fires on ' an', and before a noun of noun.person". The token alone may fire rarely;
+        within the narrowing the values need the usual precision."""
+        ctx, cfg = self.ctx, self.cfg
+        fp, usable = ev.firing_positions, ctx.scorer.usable[PROPOSE]
+        out = []
+        for d in (0, -1):
+            tv = ctx.table.families[f"token@{d}"].values
+            t, c = np.unique(tv[fp][tv[fp] >= 0], return_counts=True)
+            if not len(t) or c.max() < cfg.min_count:
+                continue
+            tok = int(t[np.argmax(c)])
+            a_pos = usable[tv[usable] == tok]
+            a_fired = fp[tv[fp] == tok]
+            for fam in REFINE_FAMILIES:
+                if fam not in ctx.table.families:
+                    continue
+                f = ctx.table.families[fam]
+                va, vf = f.values[a_pos], f.values[a_fired]
+                b = np.bincount(va[va >= 0], minlength=f.n_values)
+                k = np.bincount(vf[vf >= 0], minlength=f.n_values)
+                ok = np.flatnonzero((k >= cfg.min_count) & (k >= cfg.min_precision * b) & (k > 0))
+                if not len(ok):
+                    continue
+                order = ok[np.lexsort((-k[ok], -k[ok] / np.maximum(b[ok], 1)))]
+                n = best_prefix(k[order], b[order], ev.fired, cfg.max_values)
+                out.append(Predicate("and", parts=(Predicate("token", (tok,), d),
+                                                   make_predicate(ctx.table, fam, order[:n]))))
+        return out
 
     def _conjunction(self, scored: list, ev: FeatureEvidence) -> list:
         """The two best candidates of different families joined by 'and' (more specific) and by
