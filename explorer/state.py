@@ -117,7 +117,7 @@ def _auto_labels(path: str, stamp: float) -> dict:
 
 
 def auto_label_summary(path: str) -> dict | None:
-    """RUN/labels_summary.json (`saex label`: best-label F1, real against control), None when there is none."""
+    """RUN/labels_summary.json (`saex label`: the SAE against its controls), None when there is none."""
     import json
     from pathlib import Path
 

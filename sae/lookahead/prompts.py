@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from sae.data.wordnet import parse_lexnames, wordnet_files
+from sae.data.wordnet import parse_index, parse_lexnames, wordnet_files
 from sae.errors import SaexError
 from sae.fsutil import iter_jsonl
 
@@ -262,20 +262,8 @@ def parse_data_noun(text: str, lexnames: dict[str, str]) -> list[NounSynset]:
 
 
 def parse_first_senses(index_text: str) -> dict[str, str]:
-    """`index.noun`: lemma -> offset of its first (most frequent) sense.
-    Line: "lemma pos synset_cnt p_cnt [ptr_symbol x p_cnt] sense_cnt tagsense_cnt offsets..." """
-    first = {}
-    for line in index_text.splitlines():
-        if line.startswith("  "):
-            continue
-        f = line.split()
-        if len(f) < 6:
-            continue
-        p_cnt = int(f[3])
-        offsets = f[4 + p_cnt + 2:]
-        if offsets:
-            first[f[0].replace("_", " ")] = offsets[0]
-    return first
+    """`index.noun`: lemma -> offset of its first (most frequent) sense."""
+    return {lemma: offsets[0] for lemma, (_, offsets) in parse_index(index_text).items() if offsets}
 
 
 def _wordnet_file(name: str) -> str:
@@ -292,14 +280,7 @@ def wordnet_nouns() -> tuple[list[NounSynset], dict[str, str]]:
 def parse_tagged_counts(index_text: str) -> dict[str, int]:
     """`index.noun`: lemma -> tagsense_cnt, how many of its senses were tagged in the SemCor
     corpus (0 for rare words): a frequency proxy that needs no other data."""
-    out = {}
-    for line in index_text.splitlines():
-        f = line.split()
-        if line.startswith("  ") or len(f) < 6:
-            continue
-        p_cnt = int(f[3])
-        out[f[0].replace("_", " ")] = int(f[4 + p_cnt + 1])
-    return out
+    return {lemma: tagged for lemma, (tagged, _) in parse_index(index_text).items()}
 
 
 @lru_cache(maxsize=1)
