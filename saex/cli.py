@@ -80,7 +80,8 @@ def _cmd_index(ns: argparse.Namespace) -> None:
 
 
 def _cmd_label(ns: argparse.Namespace) -> None:
-    from sae.labels.auto import LabelConfig, label_features, labels_line, read_summary
+    from sae.labels.auto import LabelConfig, label_features, read_summary
+    from sae.labels.summary import labels_line
 
     path = label_features(dataclass_from_args(LabelConfig, ns))
     print(f"{labels_line(read_summary(path.parent))}; written to {path.parent / 'labels.jsonl'}")

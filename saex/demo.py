@@ -18,7 +18,8 @@ from sae.data.store import store_summary
 from sae.fsutil import ensure_writable_dir, write_json_atomic
 from sae.index.build import IndexConfig, build_index
 from sae.index.reader import FeatureIndex
-from sae.labels.auto import LabelConfig, label_features, labels_line, read_summary
+from sae.labels.auto import LabelConfig, label_features, read_summary
+from sae.labels.summary import labels_line
 from sae.lookahead.experiment import LookaheadConfig, run_lookahead
 from sae.precision import speed
 from sae.runs.evaluate import EVAL_FILE, evaluate, write_eval

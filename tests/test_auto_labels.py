@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from sae.data.store import FLAG_OUTLIER, FLAG_SPECIAL, ActivationStore
-from sae.labels import auto
+from sae.labels import auto, resume
 from sae.labels.auto import LabelConfig, label_features, read_labels, read_summary
 from sae.labels.controls import control_sae, decoder_shuffled_sae
 from sae.labels.detection import DECILES, draw, feature_rng
@@ -366,10 +366,10 @@ def test_a_killed_run_resumes_to_the_same_labels(tmp_path, tiny_lm, monkeypatch)
             raise KeyboardInterrupt  # as a kill would, after features 0-10 (chunks of 4 written)
         return real_label(self, f)
 
-    monkeypatch.setattr(auto, "PARTIAL_CHUNK", 4)
+    monkeypatch.setattr(resume, "PARTIAL_CHUNK", 4)
     monkeypatch.setattr(auto.FeatureLabeller, "label", dies)
     monkeypatch.setattr(auto, "run_variants", lambda labs, d, partial, progress: {
-        n: auto._label_job_direct((lab, d, partial / f"{n}.jsonl", False), n) for n, lab in labs.items()})
+        n: resume._label_job_direct((lab, d, partial / f"{n}.jsonl", False), n) for n, lab in labs.items()})
     with pytest.raises(KeyboardInterrupt):
         label_features(_cfg(other, store), lm=tiny_lm)
     saved = (other / auto.PARTIAL_DIR / "real.jsonl").read_text().splitlines()
