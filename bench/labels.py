@@ -12,7 +12,8 @@ Prints:
    F1 recomputed with a plain position mask over the scoring half, and whether it is equal;
 4. per variant (this SAE, random-direction, decoder-shuffled) and label kind: features, median
    held-out detection balanced accuracy, token F1 and precision; the F1 ratio to the random
-   control;
+   control; how many activating windows the chosen labels call active, decile by decile of the
+   windows' largest activation, and how many quiet ones;
 5. with --sweep: the medians for other `min_precision` values on every --sweep-step-th feature.
 Nothing is written into the run folder.
 """
@@ -43,7 +44,9 @@ from sae.labels.auto import (  # noqa: E402
     variant_summary,
 )
 from sae.labels.controls import control_sae, decoder_shuffled_sae  # noqa: E402
+from sae.labels.detection import DECILES, draw, feature_rng, firings_in  # noqa: E402
 from sae.labels.heldout import SCORE, encode_firings  # noqa: E402
+from sae.labels.predicates import Predicate  # noqa: E402
 from sae.labels.propose import StatisticalExplainer  # noqa: E402
 
 
@@ -107,6 +110,7 @@ def main() -> None:
     ap.add_argument("--sample", type=int, default=32)
     ap.add_argument("--sweep", default="", help="min_precision values, comma-separated")
     ap.add_argument("--sweep-step", type=int, default=8)
+    ap.add_argument("--decile-step", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -162,6 +166,22 @@ def main() -> None:
           f"{'equal' if not bad else f'DIFFERENT on {bad}'} on {len(sample)} features")
     print("4. held-out medians")
     medians(results)
+    for name in ("real", "random"):
+        hit, n, quiet = np.zeros(DECILES), np.zeros(DECILES), []
+        for r in results[name][::args.decile_step]:
+            if not r.get("detection"):
+                continue
+            hp, ha = firings_in(fir[name], ctx.split, r["feature"], SCORE)
+            test = draw(ctx.split, hp, ha, SCORE, feature_rng(cfg.seed, r["feature"], SCORE), cfg.per_decile,
+                        cfg.non_activating, 10, ctx.usable_examples)
+            v = ctx.scorer.window_verdicts(Predicate.from_json(r["predicate"]), test, SCORE)
+            for d in range(DECILES):
+                hit[d] += v[test.decile == d].sum()
+                n[d] += (test.decile == d).sum()
+            quiet.append(v[~test.active].mean())
+        print(f"   {name}: activating windows the label calls active, by activation decile (weakest first): "
+              f"{' '.join(f'{x:.2f}' for x in hit / np.maximum(n, 1))}; quiet windows called active: "
+              f"{np.mean(quiet):.3f} (every {args.decile_step}th feature)")
     for mp in [float(x) for x in args.sweep.split(",") if x]:
         c = LabelConfig(run=args.run, store=str(store.path), progress=False, min_precision=mp)
         feats = range(0, sae.d_sae, args.sweep_step)

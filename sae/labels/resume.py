@@ -72,7 +72,8 @@ def label_variant(labeller: FeatureLabeller, d_sae: int, partial: Path | None, n
     return [done[f] for f in range(d_sae)]
 
 
-_JOBS: dict[str, tuple] = {}  # what forked workers label, set before the pool starts (nothing is pickled)
+# what forked workers label: set before the pool starts and inherited through fork, never serialised
+_JOBS: dict[str, tuple] = {}
 
 
 def _label_job(name: str) -> list[dict]:
