@@ -74,7 +74,7 @@ def _gflops(dtype: torch.dtype, seconds: float = 0.08) -> float:
         reps += 1
         elapsed = time.perf_counter() - start
         if elapsed >= seconds or reps >= 50:
-            return 2 * n * d * w * reps / elapsed / 1e9
+            return 2 * n * d * w * reps / max(elapsed, 1e-9) / 1e9  # a coarse clock can read 0
 
 
 def measure_cpu() -> Speed:

@@ -29,8 +29,16 @@ def test_demo_runs_end_to_end_and_skips_done_work(tmp_path, tiny_model_dir, text
     assert result["tokens"]["evaluated"] > 0 and result["ce_clean"] > 0
     assert f"EV {result['explained_variance']:.3f}" in first.stdout
     evaluated = (run / "sae" / "eval.json").read_bytes()
-    assert (run / "sae" / "index" / "manifest.json").exists()
-    assert (run / "sae" / "labels.jsonl").exists() and (run / "sae" / "labels_summary.json").exists()
+    index = json.loads((run / "sae" / "index" / "manifest.json").read_text())
+    assert index["d_sae"] == 64 and index["tokens_indexed"] > 0
+    assert f"feature index of 64 features over {index['tokens_indexed']:,} held-out tokens" in first.stdout
+    labels = [json.loads(line) for line in (run / "sae" / "labels.jsonl").read_text().splitlines()]
+    assert [r["feature"] for r in labels] == list(range(64))
+    summary = json.loads((run / "sae" / "labels_summary.json").read_text())
+    assert set(summary["variants"]) == {"real", "random", "shuffled"}
+    assert summary["labelled"] == sum(1 for r in labels if r["label"])
+    assert summary["variants"]["real"]["f1"]["n"] == sum(1 for r in labels if r["n_fired"] > 0)
+    assert f"automatic labels: labelled {summary['labelled']:,} of 64 features" in first.stdout
     second = subprocess.run(cmd, capture_output=True, text=True)
     assert second.returncode == 0, second.stderr
     assert "already complete" in second.stderr

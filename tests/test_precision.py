@@ -49,10 +49,30 @@ def test_the_probe_is_cached_per_machine(monkeypatch, tmp_path):
     assert [v["fast_bf16"] for v in cached.values()] == [False]
 
 
-def test_the_real_probe_is_short_and_consistent():
+def test_the_real_probe_is_consistent():
     decision = precision.measure_cpu()
     assert decision.fp32_gflops > 0 and decision.bf16_gflops > 0
     assert decision.fast_bf16 == (decision.bf16_gflops >= precision.MIN_SPEEDUP * decision.fp32_gflops)
+
+
+@pytest.mark.parametrize("tick,want_reps", [(0.03, 3), (0.0, 50), (1.0, 1)])
+def test_the_probe_is_short_it_stops_after_its_time_or_50_repetitions(monkeypatch, tick, want_reps):
+    """A fake clock that advances `tick` seconds per timed product: the probe of one dtype runs
+    until 0.08 s have passed (0.03 a product: 3), at most 50 products (a clock that never moves),
+    and a slow product (1 s) ends it after one. The warm-up is one small product more."""
+    now = [0.0]
+    calls = []
+
+    def mm(a, b, out=None):
+        calls.append(a.shape[0])
+        now[0] += tick
+        return out
+
+    monkeypatch.setattr(precision.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(precision.torch, "mm", mm)
+    precision._gflops(torch.float32)
+    full = [c for c in calls if c == precision.PROBE_SHAPE[0]]
+    assert len(full) == want_reps and len(calls) == want_reps + 1
 
 
 @pytest.mark.parametrize("value,fast", [("0", False), ("no", False), ("1", True), ("yes", True)])
