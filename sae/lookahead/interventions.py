@@ -22,6 +22,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 
@@ -31,7 +32,8 @@ from sae.errors import SaexError
 from sae.lookahead.prompts import Prompt, article_text
 from sae.runs.load import LoadedSAE
 
-OPS = ("ablate", "clamp", "steer", "scale")
+Op = Literal["ablate", "clamp", "steer", "scale"]
+OPS: tuple[str, ...] = get_args(Op)
 NAMED_POSITIONS = ("prompt", "last", "before", "article", "all", "sinks")
 # The harvest's outlier rule, used when the SAE's training store records no threshold.
 SINK_FACTOR = 6.0
@@ -110,7 +112,7 @@ class Edit:
     BOS, special and sink positions are skipped unless include_sinks (or "sinks")."""
 
     features: tuple[int, ...]
-    op: str = "ablate"
+    op: Op = "ablate"
     value: float | tuple[float, ...] = 0.0
     positions: str = "prompt"
     include_sinks: bool = False
