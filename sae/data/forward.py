@@ -22,9 +22,6 @@ from sae.precision import speed
 # fall back to fp32 (measured on SmolLM2 layer 15: 0.66%).
 BF16_TOLERANCE = 0.02
 
-_FINAL_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "final_norm")
-
-
 class _StopForward(Exception):
     pass
 
@@ -79,11 +76,11 @@ def _truncated_forward(lm: LoadedModel, hook: HookPoint, linear_dtype: torch.dty
     With `layers`, the hidden states after those blocks, stacked "batch pos layer d_model"
     (the caller checks them against the generic path).
     Returns None when the model's layout is not the familiar one."""
-    parent_path, _, layers_attr = lm.layers_path.rpartition(".")
-    base = lm.model.get_submodule(parent_path) if parent_path else lm.model
-    norm_attr = next((n for n in _FINAL_NORM_NAMES if n in base._modules), None)
-    if norm_attr is None:
+    layers_attr = lm.layers_path.rpartition(".")[2]
+    found = lm.final_norm()
+    if found is None:
         return None
+    base, norm_attr = found
     blocks = list(lm.layers)[: hook.layer + 1]
     if linear_dtype is not None:
         blocks = [copy.deepcopy(b) for b in blocks]

@@ -68,6 +68,11 @@ class HookPoint:
         return {"name": self.name, "layer": self.layer, "module_path": self.module_path}
 
 
+# Attribute names of the final norm on the module that holds the blocks (Llama, Mistral,
+# Qwen: model.norm; GPT-2: transformer.ln_f; OPT: final_layer_norm; Phi: final_layernorm).
+FINAL_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "final_norm")
+
+
 @dataclass
 class LoadedModel:
     model: torch.nn.Module
@@ -98,6 +103,26 @@ class LoadedModel:
 
     def hook_point(self, spec: int | str | None = None) -> HookPoint:
         return parse_hook_point(spec, self.n_layers, self.layers_path)
+
+    def final_norm(self) -> tuple[torch.nn.Module, str] | None:
+        """(the module that holds the blocks, the attribute name of its final norm), or None
+        when the layout is not a familiar one. The one place that looks the final norm up
+        (the logit lens, output effects, the truncated forward and direct logit effects)."""
+        parent = self.layers_path.rpartition(".")[0]
+        base = self.model.get_submodule(parent) if parent else self.model
+        name = next((n for n in FINAL_NORM_NAMES if isinstance(base._modules.get(n), torch.nn.Module)), None)
+        return (base, name) if name is not None else None
+
+    def final_norm_and_unembedding(self) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """The final norm module and the unembedding (`get_output_embeddings()`)."""
+        found = self.final_norm()
+        unembed = self.model.get_output_embeddings()
+        if found is None or unembed is None or not hasattr(unembed, "weight"):
+            raise SaexError(f"cannot find the final norm ({', '.join(FINAL_NORM_NAMES)} next to {self.layers_path}) "
+                            f"or the unembedding of {type(self.model).__name__}",
+                            "use a decoder-only LM with the usual layout (Llama, Mistral, Qwen, GPT-2 ...)")
+        base, name = found
+        return base._modules[name], unembed
 
     def describe(self) -> dict:
         return {

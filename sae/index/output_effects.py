@@ -22,22 +22,10 @@ import torch
 
 from sae.errors import SaexError
 
-# Attribute names of the final norm on the module that holds the blocks (Llama, Mistral,
-# Qwen: model.norm; GPT-2: transformer.ln_f; OPT: final_layer_norm; Phi: final_layernorm).
-FINAL_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "final_norm")
-
 
 def final_norm_and_unembedding(lm) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """The final norm module and the unembedding (`get_output_embeddings()`) of a loaded model."""
-    parent_path = lm.layers_path.rpartition(".")[0]
-    base = lm.model.get_submodule(parent_path) if parent_path else lm.model
-    name = next((n for n in FINAL_NORM_NAMES if isinstance(base._modules.get(n), torch.nn.Module)), None)
-    unembed = lm.model.get_output_embeddings()
-    if name is None or unembed is None or not hasattr(unembed, "weight"):
-        raise SaexError(f"cannot find the final norm ({', '.join(FINAL_NORM_NAMES)} next to {lm.layers_path}) "
-                        f"or the unembedding of {type(lm.model).__name__}",
-                        "output effects need a decoder-only LM with the usual layout (Llama, Mistral, Qwen, GPT-2 ...)")
-    return base._modules[name], unembed
+    """The final norm module and the unembedding of a loaded model (`LoadedModel`'s accessor)."""
+    return lm.final_norm_and_unembedding()
 
 
 @torch.no_grad()

@@ -69,7 +69,6 @@ REPORT_FILE = "report.json"
 PLOT_FILE = "depth.png"
 LAMBDAS = (1e-3, 1e-2, 1e-1)  # L2 strengths tried (on standardised features), chosen on the training side
 ALPHA = 0.01  # "above chance": one-sided binomial p below this and above every shuffled control
-_FINAL_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "final_norm")
 # Frames of the identity probe: the noun only implied by its gloss, or named outright.
 IMPLIED = ("riddle", "question", "dialogue")
 NAMED = ("explicit", "named_question", "named_dialogue")
@@ -196,14 +195,8 @@ def depth_prompts(cfg: DepthConfig, tokenizer) -> DepthPrompts:
 
 
 def _base_and_norm(lm: LoadedModel):
-    parent, _, _ = lm.layers_path.rpartition(".")
-    base = lm.model.get_submodule(parent) if parent else lm.model
-    name = next((n for n in _FINAL_NORM_NAMES if n in base._modules), None)
-    head = lm.model.get_output_embeddings()
-    if name is None or head is None:
-        raise SaexError(f"{type(lm.model).__name__} has no final norm or output head found by name",
-                        "use a Llama-like causal LM")
-    return base, base._modules[name], head
+    norm, head = lm.final_norm_and_unembedding()
+    return lm.final_norm()[0], norm, head
 
 
 class LayerReader:

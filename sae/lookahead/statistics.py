@@ -215,12 +215,10 @@ def unembedding(lm: LoadedModel, token_ids: Sequence[int]) -> torch.Tensor:
     (ignoring the norm's division by the residual's scale)."""
     head = lm.model.get_output_embeddings()
     w = head.weight[torch.as_tensor(list(token_ids))].detach().float()
-    parent = lm.layers_path.rpartition(".")[0]
-    base = lm.model.get_submodule(parent) if parent else lm.model
-    for name in ("norm", "ln_f", "final_layer_norm", "final_layernorm", "final_norm"):
-        norm = base._modules.get(name)
-        if norm is not None and getattr(norm, "weight", None) is not None:
-            return w * norm.weight.detach().float()
+    found = lm.final_norm()
+    norm = found[0]._modules[found[1]] if found else None
+    if norm is not None and getattr(norm, "weight", None) is not None:
+        return w * norm.weight.detach().float()
     return w
 
 
