@@ -160,7 +160,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     if (run / EVAL_FILE).exists():
         result = json.loads((run / EVAL_FILE).read_text())
     else:
-        result = evaluate(run, store=root / "acts-heldout", model=lm, n_ce_windows=plan.ce_windows, device=cfg.device)
+        result = evaluate(run, store=root / "acts-heldout", model=lm, ce_windows=plan.ce_windows, device=cfg.device)
         write_eval(run, result)
     ce = (f", CE-loss score {result['ce_loss_score']:.3f}, KL score {result['kl_score']:.3f}"
           if result.get("ce_loss_score") is not None else "")

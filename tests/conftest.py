@@ -123,7 +123,7 @@ def indexed_run(tmp_path_factory, tiny_lm, tiny_model_dir, text_corpus):
     run = train(TrainConfig(store=str(root / "acts-train"), out=str(root / "sae"), d_sae=128, k=8, batch_size=256,
                             epochs=3, lr=5e-3, lr_end=5e-4, warmup_steps=5, device="cpu", progress=False,
                             checkpoint_every=0))
-    write_eval(run, evaluate(run, store=root / "acts-heldout", model=tiny_lm, n_ce_windows=8, device="cpu",
+    write_eval(run, evaluate(run, store=root / "acts-heldout", model=tiny_lm, ce_windows=8, device="cpu",
                              progress=False))
     build_index(IndexConfig(run=str(run), device="cpu", progress=False), lm=tiny_lm)
     return root, run

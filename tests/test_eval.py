@@ -197,7 +197,7 @@ def test_eval_matches_sae_lens_run_evals(good_run, heldout, sharp_lm):
     from sae_lens.load_model import HookedProxyLM
     from sae_lens.training.activation_scaler import ActivationScaler
 
-    ours = evaluate(good_run, store=heldout, model=sharp_lm, n_ce_windows="all", device="cpu", batch_size=4,
+    ours = evaluate(good_run, store=heldout, model=sharp_lm, ce_windows="all", device="cpu", batch_size=4,
                     ablate_special=True, progress=False)
     tokens = torch.from_numpy(np.load(heldout / "tokens.npy")).long()
     proxy = HookedProxyLM(copy.deepcopy(sharp_lm.model), sharp_lm.tokenizer, hook_names=["model.layers.1"])
@@ -270,7 +270,7 @@ def test_outliers_stay_clean_and_bos_is_spared(tmp_path, good_run, heldout, shar
     special, outlier = (flags & FLAG_SPECIAL) > 0, (flags & FLAG_OUTLIER) > 0
     sae = SAE.load_from_disk(str(good_run))
 
-    default = evaluate(good_run, store=flagged, model=sharp_lm, n_ce_windows="all", device="cpu",
+    default = evaluate(good_run, store=flagged, model=sharp_lm, ce_windows="all", device="cpu",
                        ablate_special=False, progress=False)
     ce, kl = _hand_splice(sharp_lm, sae, ids, ~special & ~outlier, zero=False)
     assert default["ce_spliced"] == pytest.approx(ce, rel=1e-5)
@@ -281,7 +281,7 @@ def test_outliers_stay_clean_and_bos_is_spared(tmp_path, good_run, heldout, shar
     assert default["splice"]["outlier_positions_left_clean"] == int(outlier.sum())
     assert default["splice"]["positions_spliced"] == int((~special & ~outlier).sum())
 
-    every = evaluate(good_run, store=flagged, model=sharp_lm, n_ce_windows=10, device="cpu", splice_outliers=True,
+    every = evaluate(good_run, store=flagged, model=sharp_lm, ce_windows=10, device="cpu", splice_outliers=True,
                      progress=False)
     ce, kl = _hand_splice(sharp_lm, sae, ids[:10], ~special[:10], zero=False)
     assert every["ce_spliced"] == pytest.approx(ce, rel=1e-5)
@@ -292,13 +292,13 @@ def test_generic_hooked_forward_gives_the_same_figures(monkeypatch, good_run, he
     """Models the fast path does not fit run whole, with a hook swapping the block's output."""
     from sae.data.forward import UpperForward
 
-    fast = evaluate(good_run, store=heldout, model=sharp_lm, n_ce_windows=8, device="cpu", progress=False)
+    fast = evaluate(good_run, store=heldout, model=sharp_lm, ce_windows=8, device="cpu", progress=False)
 
     def unfit(*_a, **_k):
         raise TypeError("unfamiliar forward signature")
 
     monkeypatch.setattr(UpperForward, "_upper_logits", unfit)
-    slow = evaluate(good_run, store=heldout, model=sharp_lm, n_ce_windows=8, device="cpu", progress=False)
+    slow = evaluate(good_run, store=heldout, model=sharp_lm, ce_windows=8, device="cpu", progress=False)
     assert slow["splice"]["forward"] == "whole model with a replacing hook"
     for key in ("ce_clean", "ce_spliced", "ce_zero_ablated", "kl_spliced", "kl_zero_ablated"):
         assert slow[key] == pytest.approx(fast[key], rel=1e-5), key
@@ -307,7 +307,7 @@ def test_generic_hooked_forward_gives_the_same_figures(monkeypatch, good_run, he
 def test_ev_mse_l0_equal_a_hand_computation(good_run, heldout):
     from sae_lens import SAE
 
-    r = evaluate(good_run, store=heldout, n_ce_windows=0, device="cpu", progress=False)
+    r = evaluate(good_run, store=heldout, ce_windows=0, device="cpu", progress=False)
     store = ActivationStore(heldout)
     x = torch.cat([store.acts(k) for k in range(store.n_shards)]).reshape(-1, D)
     f = torch.cat([store.flags(k) for k in range(store.n_shards)]).reshape(-1)
@@ -345,7 +345,7 @@ def test_ev_with_and_without_outliers_on_a_synthetic_store(tmp_path):
     save_file({"W_enc": torch.eye(d), "W_dec": torch.eye(d), "b_enc": torch.zeros(d), "b_dec": torch.zeros(d)},
               str(run / "sae_weights.safetensors"))
 
-    r = evaluate(run, store=store, n_ce_windows=0, device="cpu", progress=False)
+    r = evaluate(run, store=store, ce_windows=0, device="cpu", progress=False)
     ordinary = x[flags == 0]
     with_out = x[(flags & FLAG_SPECIAL) == 0]
     sse = (with_out - with_out.relu()).pow(2).sum()
@@ -374,13 +374,13 @@ def test_mismatched_store_or_model_is_refused(tmp_path, heldout, tiny_lm, sharp_
     for i, (kw, needle) in enumerate(cases):
         run = _save_sae(tmp_path / f"run{i}", **kw)
         with pytest.raises(SaexError, match=needle):
-            evaluate(run, store=heldout, n_ce_windows=0, device="cpu", progress=False)
+            evaluate(run, store=heldout, ce_windows=0, device="cpu", progress=False)
     for name in ("model.layers.1", "resid_post.1"):  # other names of the store's hook are accepted
-        evaluate(_save_sae(tmp_path / name, hook_name=name), store=heldout, n_ce_windows=0, device="cpu",
+        evaluate(_save_sae(tmp_path / name, hook_name=name), store=heldout, ce_windows=0, device="cpu",
                  progress=False)
     run = _save_sae(tmp_path / "ok")
     with pytest.raises(SaexError, match="is not the one the store .* was harvested from"):
-        evaluate(run, store=heldout, model=tiny_lm, n_ce_windows=1, device="cpu", progress=False)
+        evaluate(run, store=heldout, model=tiny_lm, ce_windows=1, device="cpu", progress=False)
 
 
 def _cli(capsys, *args):

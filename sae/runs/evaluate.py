@@ -8,7 +8,7 @@ Two passes, both over the same held-out activation store:
    out; the main figures also leave out the norm outliers (massive activations), and
    the `*_with_outliers` figures keep them, because a handful of outlier vectors carry
    most of the variance and would otherwise decide the "all tokens" EV alone.
-2. Splice (the first `n_ce_windows` windows of the store's own token ids): the residual
+2. Splice (the first `ce_windows` windows of the store's own token ids): the residual
    stream after the hooked block is replaced by the SAE's reconstruction, or by zeros,
    and the model runs on. CE loss and KL(clean || patched) are compared as sae-lens's
    `sae_lens.evals.get_recons_loss` defines them (same masks, same scores; tested).
@@ -345,18 +345,19 @@ def _batched(rows, batch_size: int):
 # --------------------------------------------------------------------------- both passes, the report
 
 
-def evaluate(run_path: str | Path, store: str | Path | ActivationStore | None = None,
-             model: str | LoadedModel | None = None, n_ce_windows: int | str | None = 256,
+def evaluate(run: str | Path, store: str | Path | ActivationStore | None = None,
+             model: str | LoadedModel | None = None, ce_windows: int | str | None = 256,
              device: str | torch.device = "auto", batch_size: int = 8, splice_outliers: bool = False,
              ablate_special: bool = True, progress: bool = True) -> dict:
-    """Evaluate the SAE in `run_path` on a held-out store; returns what eval.json holds.
+    """Evaluate the SAE in `run` on a held-out store; returns what eval.json holds. The
+    arguments are `EvalConfig`'s fields, by the same names.
 
-    n_ce_windows: windows for the CE/KL splice (None or "all": every window; 0: skip it,
+    ce_windows: windows for the CE/KL splice (None or "all": every window; 0: skip it,
     and no model is loaded)."""
     started = time.perf_counter()
-    n_ce_windows = parse_ce_windows(n_ce_windows)
+    ce_windows = parse_ce_windows(ce_windows)
     dev = resolve_device(device)
-    sae = load_sae(run_path, device=dev)
+    sae = load_sae(run, device=dev)
     if store is None:
         store = default_heldout_store(sae)
     store = store if isinstance(store, ActivationStore) else ActivationStore(store)
@@ -368,13 +369,13 @@ def evaluate(run_path: str | Path, store: str | Path | ActivationStore | None = 
                         "hook": store.hook_name, "n_tokens": store.n_windows * store.context_size,
                         "dtype": store.manifest["dtype"], "outlier_threshold": store.manifest.get("outlier_threshold")}}
     result |= reconstruction_metrics(sae, store, progress=progress)
-    if n_ce_windows != 0:
+    if ce_windows != 0:
         if isinstance(model, LoadedModel):
             lm = model
         else:
             lm = load_model(model or store.manifest["model"]["spec"], device=dev)
         check_model(lm, store)
-        result |= splice_metrics(sae, store, lm, n_ce_windows, batch_size=batch_size,
+        result |= splice_metrics(sae, store, lm, ce_windows, batch_size=batch_size,
                                  splice_outliers=splice_outliers, ablate_special=ablate_special, progress=progress)
     else:  # same keys either way, so readers of eval.json need no special case
         result |= dict.fromkeys(SPLICE_KEYS) | {"splice": None}
@@ -432,7 +433,7 @@ def format_table(r: dict) -> str:
 def run_eval(cfg: EvalConfig) -> dict:
     """`saex eval`: evaluate, write RUN/eval.json, return the result."""
     cfg = replace(cfg, run=str(resolve_run(cfg.run)))  # a release/sae_id or sparsify folder: our run folder
-    result = evaluate(cfg.run, store=cfg.store, model=cfg.model, n_ce_windows=cfg.ce_windows, device=cfg.device,
+    result = evaluate(cfg.run, store=cfg.store, model=cfg.model, ce_windows=cfg.ce_windows, device=cfg.device,
                       batch_size=cfg.batch_size, splice_outliers=cfg.splice_outliers,
                       ablate_special=cfg.ablate_special, progress=cfg.progress)
     result["config"] = asdict(cfg)
