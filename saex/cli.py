@@ -129,9 +129,10 @@ def _default_run() -> str:
     """The demo's SAE when there is one, else the first finished run under checkpoints/."""
     from sae.errors import SaexError
     from sae.runs.catalogue import checkpoints_root, find_runs
+    from sae.runs.files import is_finished
 
     demo = checkpoints_root() / "demo" / "sae"
-    if (demo / "cfg.json").exists():
+    if is_finished(demo):
         return str(demo)
     runs = find_runs()
     if not runs:

@@ -13,8 +13,7 @@ from pathlib import Path
 
 from sae.fsutil import write_json_atomic
 from sae.labels.labeller import FeatureLabeller
-
-PARTIAL_DIR = "labels.partial"
+from sae.runs.files import LABELS_PARTIAL_DIR as PARTIAL_DIR
 
 
 def _partial(run: Path, key: str) -> Path:

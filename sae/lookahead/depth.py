@@ -61,10 +61,10 @@ from sae.lookahead.prompts import (
     split_of_noun,
 )
 from sae.lookahead.statistics import bootstrap_gap, gap_change
+from sae.runs.files import DEPTH_DIR
 from sae.statistics import empirical_p
 
 REPORT_FORMAT = 1
-DEPTH_DIR = "depth"
 REPORT_FILE = "report.json"
 PLOT_FILE = "depth.png"
 LAMBDAS = (1e-3, 1e-2, 1e-1)  # L2 strengths tried (on standardised features), chosen on the training side

@@ -36,7 +36,13 @@ REPORT_FILE = "report.json"
 LABELS_FILE = "labels.jsonl"
 """Automatic feature labels, one record per feature (`saex label`)."""
 LABELS_SUMMARY_FILE = "labels_summary.json"
-"""Best-label F1 of the real SAE against a random-direction control; written last (`saex label`)."""
+"""What the labels say against their controls; written last, it marks the labels complete."""
+LABELS_PARTIAL_DIR = "labels.partial"
+"""Features labelled so far by an unfinished `saex label` (removed when the labels are complete)."""
+FIND_DIR = "find"
+"""Cached answers of `saex find`, one file per question."""
+DEPTH_DIR = "depth"
+"""`saex depth` reports of this run."""
 
 
 def is_finished(run: str | Path) -> bool:

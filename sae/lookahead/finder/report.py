@@ -29,8 +29,8 @@ import torch
 
 from sae.fsutil import ensure_writable_dir, write_json_atomic
 from sae.lookahead.finder.config import FindConfig
+from sae.runs.files import CFG_FILE, FIND_DIR, SPARSITY_FILE, WEIGHTS_FILE
 
-FIND_DIR = "find"
 FIND_FORMAT = 2
 OFFSETS = tuple(range(-8, 3))
 
@@ -49,7 +49,7 @@ def _cache_key(cfg: FindConfig, run: Path) -> str:
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "force", "progress", "device", "run",
                                                                    "batch_size")}
     files = {}
-    for name in ("sae_weights.safetensors", "cfg.json", "sparsity.safetensors"):
+    for name in (WEIGHTS_FILE, CFG_FILE, SPARSITY_FILE):
         p = run / name
         if p.exists():
             st = p.stat()
