@@ -145,7 +145,7 @@ def main() -> None:
     results = run_variants(labs, sae.d_sae, None, False)
     print(f"2. with both controls, as `saex label` runs them: {time.perf_counter() - t:.1f} s")
 
-    tokens = np.load(store.path / "tokens.npy")
+    tokens = ctx.table.tokens
     half = ctx.split.half.reshape(tokens.shape)
     real = results["real"]
     labelled = [r for r in real if r["label"] and r["kind"] in ("token", "ngram", "position", "or", "and")]

@@ -42,7 +42,7 @@ class Context:
 
 
 def build_context(store: ActivationStore, vocab: list[str], cfg: LabelConfig, separator: int | None) -> Context:
-    tokens = np.load(store.path / "tokens.npy")
+    tokens = np.concatenate([store.tokens(k).numpy() for k in range(store.n_shards)])
     flags = np.concatenate([store.flags(k).numpy() for k in range(store.n_shards)])
     # a store of short windows gets example windows as long as its own
     split = split_positions(tokens, flags, cfg.split_block, min(cfg.example_len, store.context_size), separator)
