@@ -35,19 +35,15 @@ from sae.fsutil import sha256_file, write_json_atomic
 from sae.labels.config import LabelConfig  # noqa: F401  (the public names stay importable from here)
 from sae.labels.controls import control_sae, decoder_shuffled_sae
 from sae.labels.heldout import Firings, encode_firings
-from sae.labels.labeller import Context, FeatureLabeller, _separator, boosted_tokens, build_context  # noqa: F401
+from sae.labels.labeller import FeatureLabeller, _separator, boosted_tokens, build_context  # noqa: F401
 from sae.labels.predicates import Predicate
-from sae.labels.propose import (
-    Explainer,
-    StatisticalExplainer,
-)
+from sae.labels.propose import Explainer, StatisticalExplainer
 from sae.labels.resume import PARTIAL_DIR, _partial, label_variant, run_variants  # noqa: F401
 from sae.labels.summary import variant_summary
 from sae.runs.files import LABELS_FILE, LABELS_SUMMARY_FILE
 from sae.runs.load import LoadedSAE
 
 LABELS_FORMAT = 2
-VARIANTS = ("real", "random", "shuffled")
 
 
 def label_sae(sae: LoadedSAE, store: ActivationStore, cfg: LabelConfig, vocab: list[str], lm=None,
