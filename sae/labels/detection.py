@@ -28,16 +28,6 @@ from sae.labels.heldout import Firings, Split
 DECILES = 10
 
 
-@dataclass(frozen=True)
-class DetectionConfig:
-    per_decile: int = 5
-    """Activating example windows drawn from each decile of the largest activation (delphi: 50 in all)."""
-    non_activating: int = 50
-    """Random example windows where the feature never fires."""
-    min_examples: int = 10
-    """A feature needs this many activating and this many non-activating windows in a half to be scored."""
-
-
 @dataclass
 class Sample:
     """Example windows of one feature in one half: `windows` (ids), `active` (the truth) and

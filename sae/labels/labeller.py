@@ -88,7 +88,7 @@ class FeatureLabeller:
     def evidence(self, f: int) -> FeatureEvidence:
         ctx, cfg = self.ctx, self.cfg
         fp, fa = firings_in(self.firings, ctx.split, f, PROPOSE)
-        ev = FeatureEvidence(f, len(fp), ctx.scorer.n[PROPOSE], table=ctx.table, split=ctx.split,
+        ev = FeatureEvidence(f, len(fp), ctx.scorer.n[PROPOSE], table=ctx.table,
                              firing_positions=fp)
         if not len(fp):
             return ev

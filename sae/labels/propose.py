@@ -16,7 +16,6 @@ from typing import Protocol
 import numpy as np
 
 from sae.labels.detection import Sample
-from sae.labels.heldout import Split
 from sae.labels.positions import PositionTable
 from sae.labels.predicates import Predicate
 
@@ -47,7 +46,6 @@ class FeatureEvidence:
     boosted: Candidates | None = None  # decoder's most-boosted tokens, in order of effect, counts at +1
     train: Sample | None = None  # example windows of the proposal half
     table: PositionTable | None = field(default=None, repr=False)
-    split: Split | None = field(default=None, repr=False)
     firing_positions: np.ndarray | None = field(default=None, repr=False)
 
 
