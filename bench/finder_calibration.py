@@ -198,7 +198,7 @@ def main() -> None:
                "seconds": round(time.perf_counter() - t, 1)}
         for k in conditions:
             rep = out[k]
-            row[k] = rep["answer"]["verdict"]
+            row[k] = rep["answer"]["label"]
             row[k + "_confirmed"] = [c["feature"] for c in rep["candidates"] if c["confirmed"]]
         p_ca = out["planted"]["causal"]["features"].get(str(j))
         row["planted_confirmed"] = j in row["planted_confirmed"]

@@ -142,13 +142,15 @@ def auto_labels(path: str) -> dict:
 @st.cache_resource(show_spinner="loading the model and SAE ...")
 def intervener(path: str):
     """The model split at the SAE's hook (sae.lookahead.interventions.Intervener), once per run."""
+    from sae.errors import SaexError
     from sae.lookahead.interventions import Intervener, sink_threshold
+    from sae.runs.load import check_sae_fits
 
-    sae = load_sae(path)
+    sae = load_sae(path)  # the cached loaders: the explorer's pages share one model and SAE
     if not sae.model_spec:  # e.g. a sparsify SAE whose run config names no model
-        from sae.errors import SaexError
-
         raise SaexError(f"the SAE in {path} does not record its model",
                         f"set model.spec in {sae.path / 'run.json'} to the model's HF id or folder")
+    lm = load_model(sae.model_spec)
+    check_sae_fits(sae, lm)
     threshold, source = sink_threshold(sae)  # the harvest's outlier threshold, as the lookahead report uses
-    return Intervener(load_model(sae.model_spec), sae, sink_threshold=threshold, sink_threshold_source=source)
+    return Intervener(lm, sae, sink_threshold=threshold, sink_threshold_source=source)

@@ -60,12 +60,13 @@ def _cmd_train(ns: argparse.Namespace) -> None:
 
 
 def _cmd_eval(ns: argparse.Namespace) -> None:
-    from sae.runs.evaluate import EVAL_FILE, EvalConfig, format_table, run_eval
+    from sae.runs.evaluate import EvalConfig, format_table, run_eval
 
     cfg = dataclass_from_args(EvalConfig, ns)
     result = run_eval(cfg)
     print(format_table(result))
-    print(f"written to {Path(result['sae']['path']) / EVAL_FILE} ({result['seconds']:.0f} s)")
+    print(f"\n{result.answer.verdict}")
+    print(f"written to {result.path} ({result['seconds']:.0f} s)")
 
 
 def _cmd_index(ns: argparse.Namespace) -> None:
@@ -80,11 +81,11 @@ def _cmd_index(ns: argparse.Namespace) -> None:
 
 
 def _cmd_label(ns: argparse.Namespace) -> None:
-    from sae.labels.auto import LabelConfig, label_features, read_summary
-    from sae.labels.summary import labels_line
+    from sae.labels.auto import LabelConfig, label_features
 
-    path = label_features(dataclass_from_args(LabelConfig, ns))
-    print(f"{labels_line(read_summary(path.parent))}; written to {path.parent / 'labels.jsonl'}")
+    report = label_features(dataclass_from_args(LabelConfig, ns))
+    print(report.answer.text())
+    print(f"written to {report.path.parent / 'labels.jsonl'}")
 
 
 def _cmd_explore(ns: argparse.Namespace) -> None:
@@ -141,14 +142,13 @@ def _default_run() -> str:
 
 
 def _cmd_find(ns: argparse.Namespace) -> None:
-    from sae.lookahead.finder import FindConfig, find_word, format_find, report_path
-    from sae.runs.load import resolve_run
+    from sae.lookahead.finder import FindConfig, find_word, format_find
 
     run = ns.run or _default_run()
     cfg = dataclass_from_args(FindConfig, ns, run=run, prompt=ns.prompt, question=ns.question)
     rep = find_word(cfg)
     print(format_find(rep))
-    where = report_path(cfg, resolve_run(cfg.run))
+    where = rep.path
     if rep.get("cached"):
         print(f"\nstored answer {where} (read in {rep['seconds_to_read']:.2f} s; --force yes recomputes)")
     else:

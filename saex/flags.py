@@ -12,16 +12,24 @@ import typing
 
 
 def field_docs(cls) -> dict[str, str]:
-    """The docstring written under each field of a dataclass."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body
-    docs = {}
-    for node, nxt in zip(body, body[1:]):
-        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
-                and isinstance(nxt.value.value, str)):
-            docs[node.target.id] = " ".join(nxt.value.value.split())
+    """The docstring written under each field of a dataclass (a subclass's own wins over its bases')."""
+    docs: dict[str, str] = {}
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        body = tree.body[0].body
+        for node, nxt in zip(body, body[1:]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                    and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                    and isinstance(nxt.value.value, str)):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
     return docs
+
+
+def _own_fields_first(cls) -> list:
+    """The config's own fields in their order, then those it inherits (model, device, progress)."""
+    own = cls.__dict__.get("__annotations__", {})
+    fields = dataclasses.fields(cls)
+    return [f for f in fields if f.name in own] + [f for f in fields if f.name not in own]
 
 
 def _parse_bool(s: str) -> bool:
@@ -51,7 +59,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, .
     config file's values are not overridden by flag defaults); help still shows the default."""
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
+    for f in _own_fields_first(cls):
         if f.name in skip:
             continue
         hint = hints[f.name]
@@ -81,8 +89,11 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, .
             parser.add_argument(f.name, type=conv, help=help_text, choices=choices)
         else:
             metavar = "|".join(c for c in choices if c) if choices else "yes|no" if base is bool else f.name.upper()
+            # a yes/no flag given alone means yes (`saex demo --full`)
+            alone = {"nargs": "?", "const": True} if base is bool else {}
             parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=conv, choices=choices,
-                                default=None if defaults_to_none else default, help=help_text, metavar=metavar)
+                                default=None if defaults_to_none else default, help=help_text, metavar=metavar,
+                                **alone)
 
 
 def dataclass_from_args(cls, ns: argparse.Namespace, **overrides):

@@ -96,7 +96,10 @@ def test_planted_direction_is_found_at_its_layer_and_not_before(planted, tiny_lm
     assert c["random"]["fraction_removed_mean"] < 0.15
     # earlier offsets hold filler words, never the planted token
     assert not any(v["above_chance"] for L in r["layers"] for o, v in r["article_probe"][str(L)].items() if o != "-1")
-    assert any("decodable above chance from layer 2 at offset -1" in line for line in r["answer"])
+    assert any("decodable above chance from layer 2 at offset -1" in line for line in r.answer.lines)
+    # the verdict: readable at -1 from the planted layer, not before it
+    assert r.answer.label == "at_minus1" and "from layer 2" in r.answer.verdict
+    assert r.kind == "depth" and r.path == tmp_path / "out" / "report.json"
     assert (tmp_path / "out" / "depth.png").stat().st_size > 0
     rows = layer_table(r)
     assert [row["layer"] for row in rows] == [0, 1, 2, 3] and rows[2]["article acc @-1"] > 0.95
@@ -222,4 +225,5 @@ def test_depth_page(monkeypatch, tiny_lm, tmp_path):
     at.switch_page("views/depth.py").run()
     assert not at.exception
     shown = " ".join(m.value for m in at.markdown)
-    assert r["answer"][0] in shown and len(at.dataframe) >= 1
+    assert r.answer.lines[0] in shown and len(at.dataframe) >= 1
+    assert [i.value for i in at.info] == [r.answer.verdict]

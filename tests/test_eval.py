@@ -428,3 +428,58 @@ def test_cli_eval_bad_input_is_one_clear_error(tmp_path, capsys, good_run, heldo
 
     code, _, err = _cli(capsys, good_run, "--store", heldout, "--ce-windows", "-3")
     assert code == 2 and "--ce-windows must be >= 0" in err
+
+
+def test_bf16_splice_is_close_to_fp32_and_says_so(good_run, heldout, sharp_lm):
+    fp32 = evaluate(good_run, store=heldout, model=sharp_lm, ce_windows=8, device="cpu", progress=False)
+    bf16 = evaluate(good_run, store=heldout, model=sharp_lm, ce_windows=8, device="cpu", progress=False,
+                    precision="bf16")
+    assert (fp32["splice"]["precision"], bf16["splice"]["precision"]) == ("fp32", "bf16")
+    for key in ("ce_clean", "ce_spliced", "ce_zero_ablated"):
+        assert bf16[key] == pytest.approx(fp32[key], rel=0.02), key
+    assert bf16["ce_loss_score"] == pytest.approx(fp32["ce_loss_score"], abs=0.02)
+    assert bf16["explained_variance"] == fp32["explained_variance"]  # pass 1 reads the store either way
+
+
+def test_score_intervals_resample_windows(good_run, heldout, sharp_lm):
+    from sae.runs.evaluate import _score_intervals, _Sums
+
+    r = evaluate(good_run, store=heldout, model=sharp_lm, ce_windows="all", device="cpu", progress=False,
+                 bootstrap=400)
+    for key in ("ce_loss_score", "kl_score"):
+        lo, hi = r["intervals"][key]
+        assert lo <= r[key] <= hi and lo < hi, key
+    assert r["answer"]["verdict"].startswith(f"On {r['tokens']['evaluated']:,} held-out tokens")
+
+    # by hand: per-window sums, the same resampled windows, the scores of each resample in a plain loop
+    g = torch.Generator().manual_seed(5)
+    n_win = 12
+    counts = torch.randint(5, 15, (n_win,))
+    ce = {k: _Sums() for k in ("clean", "spliced", "zero")}
+    kl = {k: _Sums() for k in ("spliced", "zero")}
+    rows = {}
+    for k, scale in (("ce_clean", 1.0), ("ce_spliced", 1.2), ("ce_zero", 3.0), ("kl_spliced", 0.1), ("kl_zero", 2.0)):
+        per_tok = torch.rand(n_win, 15, generator=g) * scale
+        mask = torch.arange(15)[None] < counts[:, None]
+        (ce if k.startswith("ce") else kl)[k[3:]].add(per_tok, mask)
+        rows[k] = (per_tok.double() * mask).sum(1)
+    got = _score_intervals(ce, kl, n_boot=300, seed=3)
+    idx = torch.randint(n_win, (300, n_win), generator=torch.Generator().manual_seed(3))
+    ce_scores, kl_scores = [], []
+    for i in idx:
+        s = {k: float(v[i].sum()) for k, v in rows.items()}
+        ce_scores.append((s["ce_zero"] - s["ce_spliced"]) / (s["ce_zero"] - s["ce_clean"]))
+        kl_scores.append(1 - s["kl_spliced"] / s["kl_zero"])
+    for key, scores in (("ce_loss_score", ce_scores), ("kl_score", kl_scores)):
+        q = torch.tensor(scores, dtype=torch.float64).quantile(torch.tensor([0.025, 0.975], dtype=torch.float64))
+        assert got[key] == pytest.approx(q.tolist(), rel=1e-9), key
+    # identical windows: nothing to resample, the interval is the estimate
+    same = {k: _Sums() for k in ("clean", "spliced", "zero")}
+    same_kl = {k: _Sums() for k in ("spliced", "zero")}
+    ones = torch.ones(4, 3, dtype=torch.bool)
+    for k, v in (("clean", 1.0), ("spliced", 2.0), ("zero", 5.0)):
+        same[k].add(torch.full((4, 3), v), ones)
+    for k, v in (("spliced", 0.5), ("zero", 2.0)):
+        same_kl[k].add(torch.full((4, 3), v), ones)
+    flat = _score_intervals(same, same_kl, n_boot=50)
+    assert flat["ce_loss_score"] == pytest.approx([0.75, 0.75]) and flat["kl_score"] == pytest.approx([0.75, 0.75])

@@ -143,7 +143,7 @@ def owl_report(planted, owl_corpus):
 def test_planted_lookahead_feature_is_found(owl_report):
     rep = owl_report
     assert rep["contexts"]["counts"]["corpus"] >= 20 and rep["contexts"]["check_clusters"] >= 10
-    assert rep["answer"]["verdict"] == "found"
+    assert rep["answer"]["label"] == "found"
     row = next(c for c in rep["candidates"] if c["feature"] == 7)
     assert row["confirmed"] and row["fires"]["controls"] == 0.0 and row["fires"]["word"] > 0.9
     ca = rep["causal"]["features"]["7"]
@@ -293,7 +293,7 @@ def test_causal_numbers_equal_hand_edits(owl_report, planner_lm, planted):
 
 def test_a_word_without_a_feature_gets_a_null(planted, owl_corpus):
     rep = find_word(_cfg(planted, owl_corpus, word="egg"))
-    assert rep["answer"]["verdict"] == "none"
+    assert rep["answer"]["label"] == "none"
     line = next(line for line in rep["answer"]["lines"] if line.startswith("No feature fires before 'an egg'"))
     assert f"#{rep['strongest']['feature']}, z = " in line
 
@@ -302,7 +302,7 @@ def test_shuffled_labels_find_nothing(planted, owl_corpus):
     """The same question with the word's and the controls' labels shuffled among comparable
     clusters: the planted feature no longer separates anything."""
     rep = find_word(_cfg(planted, owl_corpus, shuffle_labels=True))
-    assert rep["answer"]["verdict"] in ("none", "inconclusive")
+    assert rep["answer"]["label"] in ("none", "inconclusive")
     assert any(line.startswith("Control run") for line in rep["answer"]["lines"])
 
 
@@ -318,7 +318,7 @@ def test_multi_token_word_from_typed_prompts(planted, owl_corpus, tiny_lm):
     assert any(f"is {len(pieces)} tokens" in line for line in rep["answer"]["lines"])
     assert any("never follows a/an in the corpus" in line for line in rep["answer"]["lines"])
     assert rep["contexts"]["counts"] == {"user": 4}
-    assert rep["answer"]["verdict"] in ("none", "fires, no causal effect", "found")
+    assert rep["answer"]["label"] in ("none", "fires, no causal effect", "found")
 
 
 def test_repeated_question_is_read_from_the_cache(planted, owl_corpus, owl_report):
@@ -368,7 +368,7 @@ def test_finder_page_shows_the_stored_answer(monkeypatch, planted, owl_report, t
     shown = latest_report(planted, "owl")
     bullets = [m.value for m in at.markdown if m.value.startswith("- ")]
     assert bullets == [f"- {line}" for line in shown["answer"]["lines"]]
-    assert any(m.value == f"### {shown['answer']['heading']}" for m in at.markdown)
+    assert any(m.value == f"### {shown['answer']['verdict']}" for m in at.markdown)
     table = at.dataframe[0].value
     row = table[table["feature"] == 7].iloc[0]
     assert row["verdict"] == "not checked" and row["fires (other nouns)"] == 0.0  # no category without definitions

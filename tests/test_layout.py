@@ -14,7 +14,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("sae", "saex", "training", "explorer")
 # Within sae/: a stage may import its own package and the stages before it.
-SAE_STAGE = {"sae.errors": 0, "sae.fsutil": 1, "sae.precision": 1.5, "sae.statistics": 1.5, "sae.data": 2,
+SAE_STAGE = {"sae.errors": 0, "sae.fsutil": 1, "sae.precision": 1.5, "sae.statistics": 1.5, "sae.report": 1.5,
+             "sae.options": 1.5, "sae.data": 2,
              "sae.runs": 3, "sae.index": 4, "sae.lookahead": 5, "sae.labels": 5}
 # Who may import whom at the top level (the command line sits on top of everything).
 MAY_IMPORT = {"sae": {"sae"}, "training": {"sae", "training"}, "explorer": {"sae", "explorer"},

@@ -118,22 +118,6 @@ def test_config_values_of_the_wrong_type_are_refused(tmp_path, line, needle):
         load_config(path)
 
 
-def test_demo_plan_is_smaller_without_fast_bf16(monkeypatch, tiny_lm):
-    from saex.demo import FULL_TOKENS, DemoConfig, plan_demo
-
-    monkeypatch.setenv(precision.ENV_VAR, "1")
-    full = plan_demo(DemoConfig(), tiny_lm)
-    assert (full.tokens, full.lookahead, full.ce_windows) == (FULL_TOKENS, True, 256)
-    monkeypatch.setenv(precision.ENV_VAR, "0")
-    monkeypatch.setattr(precision, "measure_cpu", lambda: precision.Speed(False, "test", 0.5, 0.01))
-    slow = plan_demo(DemoConfig(minutes=20), tiny_lm)
-    assert slow.tokens < FULL_TOKENS and slow.tokens % 128 == 0
-    assert (slow.epochs, slow.lookahead, slow.ce_windows) == (2.0, False, 64)
-    assert f"--tokens {FULL_TOKENS}" in slow.reason
-    asked = plan_demo(DemoConfig(tokens=4096, lookahead="yes"), tiny_lm)
-    assert (asked.tokens, asked.lookahead) == (4096, True)
-
-
 def test_a_misspelt_boolean_flag_is_one_clear_error(capsys):
     from saex.cli import main
 

@@ -8,6 +8,7 @@ import streamlit as st
 
 from explorer import state
 from sae.lookahead.depth import DEPTH_DIR, PLOT_FILE, layer_table, read_report
+from sae.report import Answer
 from sae.runs.catalogue import checkpoints_root
 
 st.title("Depth")
@@ -24,7 +25,9 @@ report = reports[folder]
 st.caption(f"{report['model']}, layers {', '.join(map(str, report['layers']))}; {folder}")
 
 st.markdown("#### The answer")
-for line in report["answer"]:
+answer = Answer.from_dict(report["answer"])
+st.info(answer.verdict)
+for line in answer.lines:
     st.markdown(f"- {line}")
 
 st.markdown("#### Against depth")

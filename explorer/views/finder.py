@@ -11,6 +11,7 @@ import streamlit as st
 from explorer import render, state
 from sae.errors import SaexError
 from sae.lookahead.finder import FindConfig, cached_report, find_word, latest_report
+from sae.report import Answer
 
 st.title("Find a word")
 st.caption("Which features fire before the model says a word, and does the model use them? Contexts come from the "
@@ -62,8 +63,9 @@ if go:
     bar.progress(1.0, text=f"done in {report['seconds']['total']:.0f} s")
 st.query_params["word"] = report["word"]
 
-st.markdown(f"### {report['answer']['heading']}")
-for line in report["answer"]["lines"]:
+answer = Answer.from_dict(report["answer"])
+st.markdown(f"### {answer.verdict}")
+for line in answer.lines:
     st.markdown(f"- {line}")
 
 

@@ -13,6 +13,7 @@ from explorer import state
 from sae.errors import SaexError
 from sae.lookahead.interventions import Edit
 from sae.lookahead.prompt_lab import next_token, read_prompt
+from sae.report import Answer
 
 st.title("Lookahead")
 run = state.require_run()
@@ -23,22 +24,22 @@ if not (folder / "report.json").exists():
     st.stop()
 report = json.loads((folder / "report.json").read_text())
 
-answer = report["answer"]
-lines = answer["lines"]
+answer = Answer.from_dict(report["answer"])
+lines = answer.lines
 causal = report["causal"]
 abl, rnd = causal["ablation"], causal["random"]
 
 # The short answer first: the verdict, the numbers behind it, and the two plots that carry it.
 st.markdown("#### The short answer")
-verdict = next((line for line in lines if line.startswith("Verdict")), lines[-1] if lines else "")
-(st.success if answer.get("removal_reliable") and answer.get("beats_random") else st.info)(verdict)
+flags = answer.details
+(st.success if flags.get("removal_reliable") and flags.get("beats_random") else st.info)("Verdict: " + answer.verdict)
 
 
 def _yes(v):
     return "yes" if v else "no" if v is not None else "—"
 
 
-st.caption(" · ".join(f"{name}: {_yes(answer.get(key))}" for name, key in (
+st.caption(" · ".join(f"{name}: {_yes(flags.get(key))}" for name, key in (
     ("behaviour gap reliable", "gap_reliable"), ("beats density-matched random sets", "beats_random"),
     ("removal interval above zero", "removal_reliable"))))
 m = st.columns(4)

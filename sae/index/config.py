@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sae.errors import SaexError
+from sae.options import ModelOptions
 
 
 @dataclass
-class IndexConfig:
+class IndexConfig(ModelOptions):
     """Build the feature index of an SAE run from a held-out activation store."""
 
     run: str = ""
@@ -20,7 +21,7 @@ class IndexConfig:
     out: str | None = None
     """Index folder; default RUN/index (the one the explorer opens). E.g. RUN/index-train for an index of the
     training store beside the held-out one."""
-    model: str | None = None
+    model: str | None = field(default=None, kw_only=True)
     """Model for token strings and output effects; default: the model the store was harvested from."""
     top_k: int = 20
     """Top activating examples kept per feature (one per window, at the window's peak)."""
@@ -58,14 +59,12 @@ class IndexConfig:
     """Tokens encoded at once (whole windows); bounds memory."""
     seed: int = 0
     """Seed of the example sampling."""
-    device: str = "auto"
+    device: str = field(default="auto", kw_only=True)
     """auto, cpu, cuda or cuda:N (the exact TopK fast path runs on CPU; other cases encode densely)."""
     checkpoint_seconds: float = 60.0
     """Save the running statistics after a shard when this long has passed since the last save."""
     force: bool = False
     """Rebuild even if a complete index with the same settings exists."""
-    progress: bool = True
-    """Show a progress bar."""
 
     # Settings that change the index's content (a complete index with others is rebuilt).
     CONTENT_FIELDS = ("top_k", "context_before", "context_after", "bands", "per_band", "reservoir", "lookahead",

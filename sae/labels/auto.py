@@ -39,7 +39,8 @@ from sae.labels.labeller import FeatureLabeller, _separator, boosted_tokens, bui
 from sae.labels.predicates import Predicate
 from sae.labels.propose import Explainer, StatisticalExplainer
 from sae.labels.resume import PARTIAL_DIR, _partial, label_variant, run_variants  # noqa: F401
-from sae.labels.summary import variant_summary
+from sae.labels.summary import labels_answer, variant_summary
+from sae.report import Report
 from sae.runs.files import LABELS_FILE, LABELS_SUMMARY_FILE
 from sae.runs.load import LoadedSAE
 
@@ -94,11 +95,11 @@ def _key(cfg: LabelConfig, sae: LoadedSAE, store: ActivationStore, lm) -> str:
 
 
 def label_features(cfg: LabelConfig, sae: LoadedSAE | None = None, lm=None,
-                   explainer: Explainer | None = None) -> Path:
+                   explainer: Explainer | None = None) -> Report:
     """Label every feature of cfg.run (and, with cfg.control, of the two controls); write
     RUN/labels.jsonl and RUN/labels_summary.json (last: it marks the labels complete).
     A complete pair with the same key is reused unless cfg.force; a killed run resumes
-    from RUN/labels.partial. Returns the summary's path."""
+    from RUN/labels.partial. Returns the summary (a `Report`; its path is labels_summary.json's)."""
     from sae.data.models import load_model
     from sae.fsutil import atomic_path
     from sae.index.tables import vocab_strings
@@ -122,7 +123,7 @@ def label_features(cfg: LabelConfig, sae: LoadedSAE | None = None, lm=None,
     old = read_summary(run)
     if old and old.get("key") == key and (run / LABELS_FILE).exists() and not cfg.force:
         print(f"labels {run / LABELS_FILE} are already complete", file=sys.stderr)
-        return spath
+        return Report("labels", old, spath)
     if cfg.force:
         shutil.rmtree(run / PARTIAL_DIR, ignore_errors=True)
     partial = _partial(run, key)
@@ -183,12 +184,13 @@ def label_features(cfg: LabelConfig, sae: LoadedSAE | None = None, lm=None,
             "explainer": type(explainer or StatisticalExplainer()).__name__,
             "settings": cfg.content(), "seconds": seconds | {"total": time.perf_counter() - t0},
         }
+        summary["answer"] = labels_answer(summary, results)
         write_json_atomic(spath, summary)
     except OSError as e:
         raise SaexError(f"could not write the labels of {run}: {e.strerror or e}",
                         "free disk space or fix permissions, then rerun") from None
     shutil.rmtree(run / PARTIAL_DIR, ignore_errors=True)
-    return spath
+    return Report("labels", summary, spath)
 
 
 def accept_label(store, key, record: dict, name: str, expected_version: int | None = None):

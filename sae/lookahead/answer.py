@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from sae.lookahead.statistics import TARGET_FRACTION
+from sae.report import Answer
 from sae.runs.files import REPORT_FILE
 
 
@@ -20,7 +21,7 @@ def _num(x, fmt=".2f") -> str:
 
 def answer(r: dict) -> dict:
     """The report's findings as sentences, with the numbers they rest on; null results
-    stated as such."""
+    stated as such (an `Answer`, as stored)."""
     lines = []
     b = r["behaviour"]["test"]["gap"]
     gap_real = b["value"] is not None and b["ci"][0] is not None and b["ci"][0] > 0
@@ -49,9 +50,9 @@ def answer(r: dict) -> dict:
                          f"(mean {best['mean_an']:.2f} vs {best['mean_a']:.2f}).")
     sel = r["selection"]["selected"]
     if not sel:
-        lines.append("No feature removed any of the gap on the selection set: null result.")
-        return {"lines": lines, "gap_reliable": gap_real, "target_met": False, "beats_random": False,
-                "removal_reliable": False}
+        return Answer("No feature removed any of the gap on the selection set: null result.", lines, "null",
+                      {"gap_reliable": gap_real, "target_met": False, "beats_random": False,
+                       "removal_reliable": False}).to_dict()
     c = r["causal"]
     abl, rnd = c["ablation"], c["random"]
     frac, lo, hi = abl["fraction_removed"], abl["fraction_ci"][0], abl["fraction_ci"][1]
@@ -96,20 +97,23 @@ def answer(r: dict) -> dict:
     beats = bool(rnd["p_permutation"] <= 0.05 and (abl["removed"] or 0) > 0)
     reliable = lo is not None and lo > 0
     if not gap_real:
-        lines.append("Verdict: no reliable behavioural gap on the test set, so there is nothing for features to carry: "
-                     "null result.")
+        verdict, label = ("No reliable behavioural gap on the test set, so there is nothing for features to carry: "
+                          "null result."), "no_gap"
     elif not beats:
-        lines.append("Verdict: the chosen features do not move the choice more than density-matched random features "
-                     "on the test set: null result.")
+        verdict, label = ("The chosen features do not move the choice more than density-matched random features "
+                          "on the test set: null result."), "null"
     else:
         size = (f"the interval ({_pct(lo)} to {_pct(hi)}) is above zero" if reliable else
                 f"the interval ({_pct(lo)} to {_pct(hi)}) includes zero: with this many test prompts the size "
                 "of the effect is not pinned down")
-        lines.append(f"Verdict: out of sample the chosen features remove {_pct(frac)} of the gap, more than "
-                     f"density-matched random features; {size}.")
-    return {"lines": lines, "gap_reliable": gap_real, "target_met": target_met, "beats_random": beats,
-            "removal_reliable": reliable}
+        verdict = (f"Out of sample the chosen features remove {_pct(frac)} of the gap, more than "
+                   f"density-matched random features; {size}.")
+        label = "carried" if reliable else "carried_size_uncertain"
+    return Answer(verdict, lines, label, {"gap_reliable": gap_real, "target_met": target_met, "beats_random": beats,
+                                          "removal_reliable": reliable}).to_dict()
 
 
 def format_summary(r: dict, out_dir: Path) -> str:
-    return "\n".join(r["answer"]["lines"] + [f"report: {out_dir / REPORT_FILE}; plots: {', '.join(r['plots'])}"])
+    a = Answer.from_dict(r["answer"])
+    return "\n".join(a.lines + [f"Verdict: {a.verdict}",
+                                f"report: {out_dir / REPORT_FILE}; plots: {', '.join(r['plots'])}"])

@@ -67,6 +67,8 @@ from sae.lookahead.statistics import (
     separating_features,
     unembedding,
 )
+from sae.options import ModelOptions
+from sae.report import Report
 from sae.runs.files import LOOKAHEAD_DIR, REPORT_FILE, SPARSITY_FILE
 from sae.statistics import density_matched_sets, empirical_p
 
@@ -75,14 +77,12 @@ DEFAULT_DOSES = (-1.0, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0)  # multipliers of the chose
 
 
 @dataclass
-class LookaheadConfig:
+class LookaheadConfig(ModelOptions):
     """Find the SAE features that carry the a/an choice and test them causally."""
 
     run: str = ""
     """Run folder of the SAE (cfg.json + sae_weights.safetensors), a sae-lens release/sae_id, or a sparsify
     hookpoint folder (see docs/formats.md)."""
-    model: str | None = None
-    """Model; default: the one the SAE was trained on."""
     out: str | None = None
     """Output folder; default: RUN/lookahead."""
     select_prompts: str | None = None
@@ -123,14 +123,10 @@ class LookaheadConfig:
     """Corpus occurrences per article."""
     bootstrap: int = 2000
     """Bootstrap resamples for intervals."""
-    batch_size: int = 16
+    batch_size: int = 48
     """Prompts per forward pass."""
     seed: int = 0
     """Seed for riddle sampling, random controls and bootstrap."""
-    device: str = "auto"
-    """auto, cpu, cuda or cuda:N."""
-    progress: bool = True
-    """Show progress bars."""
 
     def __post_init__(self):
         if not self.run:
@@ -164,26 +160,9 @@ class LookaheadConfig:
 
 
 def _load(cfg: LookaheadConfig):
+    from sae.runs.load import load_model_and_sae
+
     return load_model_and_sae(cfg.run, cfg.model, cfg.device)
-
-
-def load_model_and_sae(run: str, model: str | None = None, device: str = "auto"):
-    """The SAE of `run` and the model it was trained on (or `model`), checked to match."""
-    from sae.data.models import load_model, resolve_device
-    from sae.runs.load import load_sae
-
-    dev = resolve_device(device)
-    sae = load_sae(run, device=dev)
-    spec = model or sae.model_spec
-    if not spec:
-        note = ((sae.run or {}).get("model") or {}).get("note")
-        raise SaexError(f"the SAE in {run} does not record its model" + (f" ({note})" if note else ""),
-                        "pass --model")
-    lm = load_model(spec, device=dev)
-    if sae.model_weights_sha256 and lm.weights_sha256 != sae.model_weights_sha256:
-        raise SaexError(f"the SAE was trained on model weights {sae.model_weights_sha256[:12]}..., "
-                        f"{spec} has {lm.weights_sha256[:12]}...", "pass --model with the SAE's model")
-    return lm, sae
 
 
 def log_densities(sae, prepared: Prepared) -> tuple[torch.Tensor, str]:
@@ -277,7 +256,7 @@ class _Clock:
         self._last = now
 
 
-def run_lookahead(cfg: LookaheadConfig) -> dict:
+def run_lookahead(cfg: LookaheadConfig) -> Report:
     """Everything above; writes the report and plots, returns the report."""
     from sae.runs.load import resolve_run
 
@@ -343,7 +322,7 @@ def run_lookahead(cfg: LookaheadConfig) -> dict:
     clock.tick("plots")
     report["seconds"] = {"total": round(time.perf_counter() - clock.t0, 1), **clock.steps}
     write_json_atomic(out_dir / REPORT_FILE, report)
-    return report
+    return Report("lookahead", report, out_dir / REPORT_FILE)
 
 
 def _select(cfg: LookaheadConfig, iv: Intervener, prep: Prepared, clean: Outcome):

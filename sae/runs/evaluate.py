@@ -24,8 +24,10 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +37,9 @@ from sae.data.models import LoadedModel, load_model, resolve_device
 from sae.data.store import FLAG_OUTLIER, FLAG_SPECIAL, ActivationStore
 from sae.errors import SaexError
 from sae.fsutil import write_json_atomic
+from sae.options import ModelOptions
+from sae.precision import resolve
+from sae.report import Answer, Report
 from sae.runs.files import EVAL_FILE
 from sae.runs.load import LoadedSAE, load_sae, resolve_run
 from sae.runs.stores import check_model, check_store, default_heldout_store
@@ -47,7 +52,7 @@ CHUNK_VECTORS = 8192  # vectors encoded at once in the reconstruction pass (boun
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(ModelOptions):
     """Evaluate an SAE run on a held-out activation store."""
 
     run: str = ""
@@ -55,21 +60,22 @@ class EvalConfig:
     hookpoint folder (see docs/formats.md, SAEs from elsewhere)."""
     store: str | None = None
     """Held-out activation store; default: the run's training store with -train in its name replaced by -heldout."""
-    model: str | None = None
+    model: str | None = field(default=None, kw_only=True)
     """Model for the CE/KL splice; default: the model the store was harvested from."""
     ce_windows: int | str = 256
     """Windows of the store's text for CE loss and KL (the first N); all = every window; 0 = skip the splice."""
     batch_size: int = 8
     """Windows per forward pass in the splice."""
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"
+    """Matmul precision of the splice's forwards: fp32, bf16 (autocast), or auto (bf16 where it is fast here,
+    `sae.precision`; the CE-loss score moves by about 0.001, well inside its interval)."""
+    bootstrap: int = 1000
+    """Resamples of the windows for the intervals of the CE-loss and KL scores (0: none)."""
     splice_outliers: bool = False
     """Splice the SAE in at outlier positions too (by default they keep their clean activation)."""
     ablate_special: bool = True
     """Zero-ablate BOS/special positions too in the CE_zero baseline, as sae-lens's run_evals does
     (false: spare them, which raises CE_zero and every CE-loss score)."""
-    device: str = "auto"
-    """auto, cpu, cuda or cuda:N."""
-    progress: bool = True
-    """Show progress bars."""
 
     def __post_init__(self):
         if not self.run:
@@ -77,6 +83,10 @@ class EvalConfig:
         self.ce_windows = parse_ce_windows(self.ce_windows)
         if int(self.batch_size) < 1:
             raise SaexError(f"batch_size must be at least 1, got {self.batch_size}", "pass e.g. --batch-size 8")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise SaexError(f"unknown precision {self.precision!r}", "use auto, fp32 or bf16")
+        if int(self.bootstrap) < 0:
+            raise SaexError(f"bootstrap must be >= 0, got {self.bootstrap}", "pass e.g. --bootstrap 1000")
 
 
 def parse_ce_windows(value: int | str | None) -> int | None:
@@ -216,14 +226,18 @@ class Splicer:
     the rest once per variant (clean, spliced, zero-ablated; sae.data.forward.UpperForward,
     checked against a plain forward on the first windows)."""
 
-    def __init__(self, lm: LoadedModel, layer: int, probe_ids: torch.Tensor):
+    def __init__(self, lm: LoadedModel, layer: int, probe_ids: torch.Tensor, precision: str = "fp32"):
         self.lm = lm
         hook = lm.hook_point(layer)
-        self.reader = ResidualReader(lm, hook, precision="fp32", calibration_ids=probe_ids)
+        self.reader = ResidualReader(lm, hook, precision=precision, calibration_ids=probe_ids)
+        # the upper blocks follow the reader's choice (auto may have fallen back to fp32)
+        self.precision = self.reader.precision
         probe_ids = probe_ids[:2].to(lm.device)
+        # the fast path is checked against the model's own fp32 logits, so on an fp32 residual
+        exact = self.reader if self.precision == "fp32" else ResidualReader(lm, hook, precision="fp32")
         with torch.inference_mode():
             try:
-                self.upper = UpperForward(lm, hook.layer, probe_ids, self.residual(probe_ids))
+                self.upper = UpperForward(lm, hook.layer, probe_ids, exact(probe_ids).to(lm.device))
             except SaexError as e:
                 raise SaexError(e.problem, f"{e.fix}, or --ce-windows 0 to skip the splice") from None
         self.path = self.upper.path
@@ -233,21 +247,53 @@ class Splicer:
         return self.reader(ids).to(self.lm.device)
 
     def logits(self, ids: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        return self.upper.logits_at(ids.to(self.lm.device), h)
+        low = (torch.autocast(self.lm.device.type, dtype=torch.bfloat16) if self.precision == "bf16"
+               else nullcontext())
+        with low:
+            return self.upper.logits_at(ids.to(self.lm.device), h).float()
 
 
 class _Sums:
+    """Per-window sums and counts, so the means can be resampled by window."""
+
     def __init__(self):
-        self.total = 0.0
-        self.n = 0
+        self.totals: list[float] = []
+        self.counts: list[int] = []
 
     def add(self, per_token: torch.Tensor, mask: torch.Tensor) -> None:
-        self.total += float(per_token[mask].double().sum())
-        self.n += int(mask.sum())
+        """per_token, mask: "window pos"."""
+        self.totals += (per_token.double() * mask).sum(-1).tolist()
+        self.counts += mask.sum(-1).tolist()
+
+    @property
+    def n(self) -> int:
+        return int(sum(self.counts))
 
     @property
     def mean(self) -> float | None:
-        return self.total / self.n if self.n else None
+        return sum(self.totals) / self.n if self.n else None
+
+
+def _score_intervals(ce: dict[str, _Sums], kl: dict[str, _Sums], n_boot: int, seed: int = 0) -> dict:
+    """95% percentile intervals of the CE-loss and KL scores, resampling windows (the text's unit of
+    dependence: tokens of one window share their context)."""
+    windows = len(ce["clean"].totals)
+    if n_boot <= 0 or windows < 2:
+        return {"ce_loss_score": None, "kl_score": None}
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(windows, (n_boot, windows), generator=g)
+    sums = {f"ce_{k}": torch.tensor(v.totals, dtype=torch.float64)[idx].sum(1) for k, v in ce.items()}
+    sums |= {f"kl_{k}": torch.tensor(v.totals, dtype=torch.float64)[idx].sum(1) for k, v in kl.items()}
+    n_kl = torch.tensor(kl["spliced"].counts, dtype=torch.float64)[idx].sum(1)
+    ce_den = sums["ce_zero"] - sums["ce_clean"]  # the CE token counts cancel in the ratio
+    ce_score = ((sums["ce_zero"] - sums["ce_spliced"]) / ce_den)[ce_den != 0]
+    kl_ok = (sums["kl_zero"] != 0) & (n_kl > 0)
+    kl_score = (1 - sums["kl_spliced"] / sums["kl_zero"])[kl_ok]
+
+    def ci(x: torch.Tensor) -> list[float] | None:
+        return [float(x.quantile(0.025)), float(x.quantile(0.975))] if len(x) else None
+
+    return {"ce_loss_score": ci(ce_score), "kl_score": ci(kl_score), "resamples": n_boot, "unit": "window"}
 
 
 def _ce_per_token(logp: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -263,14 +309,14 @@ def _kl_per_token(logp_clean: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
 @torch.inference_mode()
 def splice_metrics(sae: LoadedSAE, store: ActivationStore, lm: LoadedModel, n_windows: int | None,
                    batch_size: int = 8, splice_outliers: bool = False, ablate_special: bool = True,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, precision: str = "fp32", bootstrap: int = 1000) -> dict:
     """Pass 2: CE loss clean / spliced / zero-ablated, KL, and their scores."""
     from tqdm.auto import tqdm
 
     layer = int(store.manifest["hook"]["layer"])
     total = store.n_windows if n_windows is None else min(n_windows, store.n_windows)
     probe = torch.cat([ids for ids, _ in _windows(store, min(total, 2))]).long()
-    splicer = Splicer(lm, layer, probe)
+    splicer = Splicer(lm, layer, probe, resolve(precision, lm.device)[0])
     ce = {v: _Sums() for v in ("clean", "spliced", "zero")}
     kl = {v: _Sums() for v in ("spliced", "zero")}
     n_spliced = n_outliers_kept = 0
@@ -313,8 +359,9 @@ def splice_metrics(sae: LoadedSAE, store: ActivationStore, lm: LoadedModel, n_wi
             "zero_ablation": ("every position, special ones included (as sae-lens)" if ablate_special
                               else "every non-special position (BOS/special keep their clean activation)"),
             "outliers": "spliced" if splice_outliers else "left clean (their stored flag)",
-            "forward": splicer.path, "precision": "fp32", "model": lm.spec,
+            "forward": splicer.path, "precision": splicer.precision, "model": lm.spec,
         },
+        "intervals": _score_intervals(ce, kl, bootstrap),
     }
 
 
@@ -348,7 +395,8 @@ def _batched(rows, batch_size: int):
 def evaluate(run: str | Path, store: str | Path | ActivationStore | None = None,
              model: str | LoadedModel | None = None, ce_windows: int | str | None = 256,
              device: str | torch.device = "auto", batch_size: int = 8, splice_outliers: bool = False,
-             ablate_special: bool = True, progress: bool = True) -> dict:
+             ablate_special: bool = True, progress: bool = True, precision: str = "fp32",
+             bootstrap: int = 1000) -> dict:
     """Evaluate the SAE in `run` on a held-out store; returns what eval.json holds. The
     arguments are `EvalConfig`'s fields, by the same names.
 
@@ -376,12 +424,40 @@ def evaluate(run: str | Path, store: str | Path | ActivationStore | None = None,
             lm = load_model(model or store.manifest["model"]["spec"], device=dev)
         check_model(lm, store)
         result |= splice_metrics(sae, store, lm, ce_windows, batch_size=batch_size,
-                                 splice_outliers=splice_outliers, ablate_special=ablate_special, progress=progress)
+                                 splice_outliers=splice_outliers, ablate_special=ablate_special, progress=progress,
+                                 precision=precision, bootstrap=bootstrap)
     else:  # same keys either way, so readers of eval.json need no special case
-        result |= dict.fromkeys(SPLICE_KEYS) | {"splice": None}
+        result |= dict.fromkeys(SPLICE_KEYS) | {"splice": None, "intervals": None}
     result["warnings"] = warnings
+    result["answer"] = eval_answer(result)
     result["seconds"] = time.perf_counter() - started
     return result
+
+
+def eval_answer(r: dict) -> dict:
+    """What the evaluation says (an `Answer`, as stored): reconstruction, sparsity, and what splicing costs."""
+    ev, ev_all = r["explained_variance"], r["explained_variance_with_outliers"]
+    verdict = (f"On {r['tokens']['evaluated']:,} held-out tokens the SAE explains {_pct(ev)} of the variance "
+               f"({_pct(ev_all)} with the {r['tokens']['outliers']:,} norm outliers) with {_fmt(r['l0'], '.1f')} "
+               f"latents a token")
+    lines = [f"Dead latents: {r['dead_fraction']:.2%} ({r['dead_latents']:,} never fired); dense (firing on more "
+             f"than {r['dense_threshold']:.0%} of tokens): {r['dense_fraction']:.2%}."]
+    if r.get("ce_loss_score") is not None:
+        ci = (r.get("intervals") or {}).get("ce_loss_score")
+        verdict += (f"; spliced into the model it keeps {_pct(r['ce_loss_score'])} of the loss it would lose by "
+                    "zeroing the layer" + (f" (95% CI {_pct(ci[0])} to {_pct(ci[1])})" if ci else ""))
+        kci = (r.get("intervals") or {}).get("kl_score")
+        lines.append(f"CE loss clean {_fmt(r['ce_clean'])}, spliced {_fmt(r['ce_spliced'])}, zero-ablated "
+                     f"{_fmt(r['ce_zero_ablated'])}; KL score {_fmt(r['kl_score'])}"
+                     + (f" (95% CI {_fmt(kci[0])} to {_fmt(kci[1])})" if kci else "")
+                     + f", on {r['splice']['windows']:,} windows in {r['splice']['precision']}.")
+    else:
+        lines.append("The splice was skipped (--ce-windows 0): no CE loss or KL.")
+    return Answer(verdict + ".", lines).to_dict()
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
 
 
 def write_eval(run_path: str | Path, result: dict) -> Path:
@@ -393,6 +469,11 @@ def write_eval(run_path: str | Path, result: dict) -> Path:
 
 def _fmt(x, fmt: str = ".4f") -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+
+
+def _interval(r: dict, key: str) -> str:
+    ci = (r.get("intervals") or {}).get(key)
+    return f"  (95% CI {ci[0]:.4f} to {ci[1]:.4f}, windows resampled)" if ci else ""
 
 
 def format_table(r: dict) -> str:
@@ -416,10 +497,11 @@ def format_table(r: dict) -> str:
             ("CE clean / spliced / zero", f"{_fmt(r['ce_clean'])} / {_fmt(r['ce_spliced'])} / "
                                           f"{_fmt(r['ce_zero_ablated'])}"
                                           f"  ({sp['windows']:,} windows, {sp['ce_tokens']:,} tokens)"),
-            ("CE-loss score", _fmt(r["ce_loss_score"])),
+            ("CE-loss score", _fmt(r["ce_loss_score"]) + _interval(r, "ce_loss_score")),
             ("KL spliced / zero", f"{_fmt(r['kl_spliced'])} / {_fmt(r['kl_zero_ablated'])}"),
-            ("KL score", _fmt(r["kl_score"])),
-            ("splice", f"{sp['positions_spliced']:,} positions; outliers {sp['outliers']}; "
+            ("KL score", _fmt(r["kl_score"]) + _interval(r, "kl_score")),
+            ("splice", f"{sp['positions_spliced']:,} positions in {sp.get('precision', 'fp32')}; "
+                       f"outliers {sp['outliers']}; "
                        f"zero-ablation at {sp['zero_ablation'].split(' (')[0]}"),
         ]
     else:
@@ -430,16 +512,17 @@ def format_table(r: dict) -> str:
     return "\n".join(lines)
 
 
-def run_eval(cfg: EvalConfig) -> dict:
+def run_eval(cfg: EvalConfig) -> Report:
     """`saex eval`: evaluate, write RUN/eval.json, return the result."""
     cfg = replace(cfg, run=str(resolve_run(cfg.run)))  # a release/sae_id or sparsify folder: our run folder
     result = evaluate(cfg.run, store=cfg.store, model=cfg.model, ce_windows=cfg.ce_windows, device=cfg.device,
                       batch_size=cfg.batch_size, splice_outliers=cfg.splice_outliers,
-                      ablate_special=cfg.ablate_special, progress=cfg.progress)
+                      ablate_special=cfg.ablate_special, progress=cfg.progress, precision=cfg.precision,
+                      bootstrap=cfg.bootstrap)
     result["config"] = asdict(cfg)
     try:
         write_eval(cfg.run, result)
     except OSError as e:
         raise SaexError(f"could not write {Path(cfg.run) / EVAL_FILE}: {e.strerror or e}",
                         "fix the run folder's permissions or free disk space") from None
-    return result
+    return Report("eval", result, Path(cfg.run) / EVAL_FILE)

@@ -208,3 +208,33 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu", hookpoint: st
         model_weights_sha256=run_model.get("weights_sha256") or meta.get("model_weights_sha256"),
         content_hash=sha256_file(path / WEIGHTS_FILE), cfg=cfg, run=run,
     )
+
+
+def check_sae_fits(sae: LoadedSAE, lm) -> None:
+    """One clear error when `sae` was not made for the loaded model `lm`: other weights, or another width."""
+    if sae.model_weights_sha256 and lm.weights_sha256 != sae.model_weights_sha256:
+        raise SaexError(f"the SAE in {sae.path} was trained on model weights {sae.model_weights_sha256[:12]}..., "
+                        f"{lm.spec} has {lm.weights_sha256[:12]}...", "pass --model with the SAE's model, "
+                        "or leave --model out")
+    if sae.d_in != lm.d_model:
+        raise SaexError(f"the SAE in {sae.path} reads {sae.d_in}-dimensional vectors, {lm.spec} has {lm.d_model}",
+                        "use the model the SAE was trained on")
+
+
+def load_model_and_sae(run: str | Path, model: str | None = None, device: str | torch.device = "auto",
+                       lm=None) -> tuple:
+    """The one loader of an SAE with its model: the SAE of `run` and the model it was trained on (or `model`,
+    or the already loaded `lm`), checked to match (`check_sae_fits`). Returns (lm, sae)."""
+    from sae.data.models import load_model, resolve_device
+
+    dev = resolve_device(device)
+    sae = load_sae(run, device=dev)
+    if lm is None:
+        spec = model or sae.model_spec
+        if not spec:
+            note = ((sae.run or {}).get("model") or {}).get("note")
+            raise SaexError(f"the SAE in {run} does not record its model" + (f" ({note})" if note else ""),
+                            f"pass --model, or set model.spec in {sae.path / RUN_FILE} to the model's HF id or folder")
+        lm = load_model(spec, device=dev)
+    check_sae_fits(sae, lm)
+    return lm, sae

@@ -18,6 +18,8 @@ Verdicts, strongest first:
 
 from __future__ import annotations
 
+from sae.report import Answer
+
 VERDICTS = ("found", "fires, no causal effect", "category", "fires, not specific", "inconclusive", "none")
 HEADINGS = {
     "found": "found: a feature fires before the word, specifically, and the model uses it",
@@ -182,14 +184,13 @@ def find_answer(rep: dict) -> dict:
     if rep["causal"].get("not_tested"):
         lines.append("Confirmed but not tested causally (raise --causal-features): "
                      + ", ".join(f"#{f}" for f in rep["causal"]["not_tested"]) + ".")
-    return {"verdict": verdict, "heading": HEADINGS[verdict], "lines": lines}
+    return Answer(HEADINGS[verdict], lines, verdict).to_dict()
 
 
 def format_find(rep: dict, top: int = 10) -> str:
     """The answer, the table of candidates, and every causal test run, as plain text."""
     out = [f"'{rep['article']} {rep['word']}' in {rep['sae'].get('path', '')}"
-           + ("  (stored answer)" if rep.get("cached") else ""), "", rep["answer"]["heading"], ""]
-    out += [f"- {line}" for line in rep["answer"]["lines"]]
+           + ("  (stored answer)" if rep.get("cached") else ""), "", Answer.from_dict(rep["answer"]).text()]
     out.append("")
     out.append(f"{'feature':>8} {'rank z':>7} {'held-out p':>10} {'AUC':>5} {'word':>5} {'ctrl':>5} {'categ':>5} "
                f"{'other':>5} {'vs categ p':>10} {'decoder':>8}  verdict")

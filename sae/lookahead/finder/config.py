@@ -5,18 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sae.errors import SaexError
+from sae.options import ModelOptions
 
 
 @dataclass
-class FindConfig:
+class FindConfig(ModelOptions):
     """Find the SAE features that mean "about to say WORD"."""
 
     word: str = ""
     """The word or phrase (several tokens are fine: the first one is what the model must predict)."""
     run: str = ""
     """Run folder of the SAE, a sae-lens release/sae_id, or a sparsify hookpoint folder."""
-    model: str | None = None
-    """Model; default: the one the SAE was trained on."""
     corpus: str | None = None
     """Corpus to take "a/an WORD" contexts from, every split; default: the SAE's training corpus; none to skip."""
     prompts: str | None = None
@@ -59,14 +58,10 @@ class FindConfig:
     """Contexts per forward pass."""
     seed: int = 0
     """Seed for sampling contexts and controls, the split and the permutations."""
-    device: str = "auto"
-    """auto, cpu, cuda or cuda:N."""
     out: str | None = None
     """Report file; default: RUN/find/<word>-<hash of the settings>.json."""
     force: bool = False
     """Recompute even when a report for the same question exists."""
-    progress: bool = True
-    """Show progress bars."""
 
     def __post_init__(self):
         if not self.run:

@@ -29,9 +29,10 @@ import torch
 
 from sae.fsutil import ensure_writable_dir, write_json_atomic
 from sae.lookahead.finder.config import FindConfig
+from sae.report import Report
 from sae.runs.files import CFG_FILE, FIND_DIR, SPARSITY_FILE, WEIGHTS_FILE
 
-FIND_FORMAT = 2
+FIND_FORMAT = 3  # 3: the answer's verdict is its sentence, its label the short name
 OFFSETS = tuple(range(-8, 3))
 
 
@@ -101,7 +102,7 @@ def latest_report(run: str | Path, word: str) -> dict | None:
 # --------------------------------------------------------------------------- the question
 
 
-def find_word(cfg: FindConfig, on_step: Callable[[str, float], None] | None = None, intervener=None) -> dict:
+def find_word(cfg: FindConfig, on_step: Callable[[str, float], None] | None = None, intervener=None) -> Report:
     """Answer "which features mean about to say WORD", reusing a stored answer when it fits.
     `on_step(what, fraction done)` is called before each step (the app's progress bar);
     `intervener`: an Intervener of this run's SAE and model already loaded (the app's), reused."""
@@ -116,14 +117,14 @@ def find_word(cfg: FindConfig, on_step: Callable[[str, float], None] | None = No
         if rep is not None:
             rep["cached"] = True
             rep["seconds_to_read"] = round(time.perf_counter() - t0, 3)
-            return rep
+            return Report("find", rep, path)
     ensure_writable_dir(path.parent, "word-finder report")
     rep = _compute(cfg, run, on_step or (lambda what, done: None), intervener)
     rep["key"] = key
     rep["seconds"]["total"] = round(time.perf_counter() - t0, 1)
     write_json_atomic(path, rep)
     rep["cached"] = False
-    return rep
+    return Report("find", rep, path)
 
 
 class _Clock:
@@ -152,8 +153,8 @@ def _rows(contexts, keep) -> list[int]:
 
 
 def _compute(cfg: FindConfig, run: Path, on_step: Callable[[str, float], None], iv=None) -> dict:
-    from sae.lookahead.experiment import load_model_and_sae
     from sae.lookahead.interventions import Intervener, sink_threshold
+    from sae.runs.load import load_model_and_sae
 
     clock = _Clock()
     on_step("loading the model and the SAE", 0.0)

@@ -1,0 +1,71 @@
+"""The depth sweep's settings and fixed choices."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from sae.errors import SaexError
+from sae.options import ModelOptions
+
+REPORT_FORMAT = 1
+REPORT_FILE = "report.json"
+PLOT_FILE = "depth.png"
+LAMBDAS = (1e-3, 1e-2, 1e-1)  # L2 strengths tried (on standardised features), chosen on the training side
+ALPHA = 0.01  # "above chance": one-sided binomial p below this and above every shuffled control
+# Frames of the identity probe: the noun only implied by its gloss, or named outright.
+IMPLIED = ("riddle", "question", "dialogue")
+NAMED = ("explicit", "named_question", "named_dialogue")
+FRAMES = IMPLIED + ("in_context",) + NAMED
+
+
+@dataclass
+class DepthConfig(ModelOptions):
+    """Where across depth the upcoming article and the noun are decodable, and causal."""
+
+    run: str | None = None
+    """SAE run folder(s), comma-separated, each used at its own layer (optional: the sweep needs only the model)."""
+    model: str | None = field(default=None, kw_only=True)
+    """Model; default: the SAE's, else smollm2-135m."""
+    layers: str = "5,10,15,20,25"
+    """Layers to sweep (comma-separated) or all."""
+    out: str | None = None
+    """Output folder; default: RUN/depth with a run, else checkpoints/depth-MODEL."""
+    prompts: str | None = None
+    """JSONL prompt set (prompt, noun, article, optional condition) instead of WordNet riddles; nouns are split
+    in halves by name, conditions are the frames of the identity probe."""
+    riddles_per_article: int = 48
+    """WordNet riddles per article in each half of the nouns (probe training and test)."""
+    identity_nouns: int = 24
+    """Candidate nouns of the identity probe (half an-nouns), each in every frame."""
+    max_noun_tokens: int = 2
+    """WordNet riddles only for nouns of at most this many tokens."""
+    offsets: int = 4
+    """Article probes at offsets -K..-1 from the article."""
+    random_directions: int = 32
+    """Random unit directions (and random SAE feature sets) for the causal control."""
+    sae_features: int = 10
+    """SAE features ablated at a layer with an SAE."""
+    shuffles: int = 3
+    """Shuffled-label controls per article probe (identity probe: one per held-out frame)."""
+    bootstrap: int = 1000
+    """Bootstrap resamples for intervals."""
+    batch_size: int = 32
+    """Prompts per forward pass."""
+    seed: int = 0
+    """Seed for riddle sampling, shuffles, random directions and bootstrap."""
+    force: bool = False
+    """Recompute even when a complete report with the same settings exists."""
+
+    def __post_init__(self):
+        if self.run is not None and not str(self.run).strip():
+            self.run = None
+        for name, low in (("riddles_per_article", 2), ("identity_nouns", 2), ("max_noun_tokens", 1), ("offsets", 1),
+                          ("random_directions", 20), ("sae_features", 1), ("shuffles", 1), ("bootstrap", 100),
+                          ("batch_size", 1)):
+            if int(getattr(self, name)) < low:
+                raise SaexError(f"{name} must be at least {low}, got {getattr(self, name)}",
+                                f"pass --{name.replace('_', '-')} {low} or more")
+
+    def key(self) -> dict:
+        """What a reusable report must have been made with."""
+        return {k: v for k, v in asdict(self).items() if k not in ("progress", "device", "out", "force")}

@@ -1,0 +1,204 @@
+"""How large `saex demo` can be on this machine: time the model here, then fit the steps in the budget.
+
+The model's own forward is timed first (a few windows: the blocks up to the hook in the precision the
+harvest will use, and the blocks after it with the unembedding, in fp32 as the lookahead runs them and
+in the evaluation's precision). Each step's estimate is its work at that speed, times a factor measured
+on the reference machine (a 2-core Zen 4, on both its bf16 path and its fp32 path) for what the timing
+does not see: tokenising, writing shards, statistics, attribution, Python. The plan, with its estimate
+per step, is printed before any step runs and kept in demo.json; the demo prints each step's real time.
+
+Sizing order, smallest first: the SAE's store never goes below MIN_TOKENS (under it the SAE misses the
+quality floor); then the lookahead is added (full, else quick, else left for later); the rest of the
+budget buys training tokens up to the full store, then the full held-out store and CE windows.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+FULL_TOKENS = 2_000_000
+FULL_HELDOUT = 131_072
+FULL_CE_WINDOWS = 256
+SMALL_HELDOUT = 65_536
+SMALL_CE_WINDOWS = 64
+SMALL_EPOCHS = 2.0
+# Below this the demo SAE drops under EV 0.78 / CE-loss score 0.96 (docs/benchmarks.md, "demo sizes").
+MIN_TOKENS = 512_000
+# Plan to this share of the budget: single steps were seen to vary by +-25% between runs.
+SAFETY = 0.85
+CONTEXT = 128  # the harvest's window, as HarvestConfig's default
+
+# Lookahead sizes: the quick one keeps the prompts (its power) and cuts controls to their floors.
+LOOKAHEAD_SIZES: dict[str, dict] = {
+    "full": {},
+    "quick": {"n_candidates": 20, "random_sets": 20, "dose_random_sets": 1},
+}
+
+# Factors measured on the reference machine (see the module docstring); each is real seconds over
+# the timed forward's seconds for the same work.
+HARVEST_OVERHEAD = 1.15
+EVAL_OVERHEAD = 1.7
+# Lookahead: one causal run (~96 riddles through the upper blocks, the head at a few positions) costs
+# as much as this many tokens of the timed upper forward (head at every position) (measured: 1,115),
+# plus the fixed part (prompt sets, the corpus profiles, plots).
+LOOKAHEAD_TOKENS_PER_RUN = 1_200
+LOOKAHEAD_FIXED_RUNS = 35
+# Training: vectors per second per probe GFLOP/s in the loop's precision (fp32: ~9k vectors/s at
+# ~113 GFLOP/s; bf16 encoder: ~16k at ~395).
+TRAIN_VECTORS_PER_GFLOP = {"fp32": 70.0, "bf16": 35.0}
+# Labels (three variants) and the index: seconds per held-out token per latent at 157 fp32 GFLOP/s.
+LABEL_SECONDS = 112 / (131_072 * 4608)
+INDEX_SECONDS = 12 / (131_072 * 4608)
+REFERENCE_FP32_GFLOPS = 157.0
+
+
+@dataclass(frozen=True)
+class Speeds:
+    """The forward speeds measured here, in tokens per second."""
+
+    precision: str  # the harvest's ("bf16" where fast and accurate, else "fp32")
+    reason: str
+    lower: float  # blocks up to the hook, harvest precision
+    upper_fp32: float  # blocks after the hook + unembedding at every position, fp32
+    upper_eval: float  # the same in the evaluation's precision (the harvest's)
+    fp32_gflops: float
+    train_gflops: float  # probe GFLOP/s in the training loop's precision
+
+    def describe(self) -> str:
+        return (f"the model runs {self.lower:,.0f} tokens/s up to the hook in {self.precision} and "
+                f"{self.upper_fp32:,.0f} tokens/s through the rest in fp32")
+
+
+def _best_seconds(fn, repeats: int = 3) -> float:
+    fn()  # warm-up: kernel choice, page faults
+    best = math.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return max(best, 1e-6)
+
+
+def measure_speeds(lm, layer: str | int | None) -> Speeds:
+    """Time the model's forward on random windows (about 2-5 s on 2 cores for SmolLM2-135M)."""
+    from sae.data.forward import ResidualReader, UpperForward
+    from sae.precision import measure_cpu, speed
+
+    hook = lm.hook_point(layer)
+    vocab = lm.model.get_input_embeddings().weight.shape[0]
+    ids = torch.randint(3, max(vocab, 4), (4, CONTEXT), generator=torch.Generator().manual_seed(0))
+    reader = ResidualReader(lm, hook, precision="auto", calibration_ids=ids)
+    lower = ids.numel() / _best_seconds(lambda: reader(ids))
+    fp32_reader = reader if reader.precision == "fp32" else ResidualReader(lm, hook, precision="fp32")
+    h = fp32_reader(ids[:2]).to(lm.device)
+    upper = UpperForward(lm, hook.layer, ids[:2].to(lm.device), h)
+
+    def upper_rate(dtype) -> float:
+        def run():
+            with torch.inference_mode(), torch.autocast(lm.device.type, dtype=dtype, enabled=dtype != torch.float32):
+                upper.logits_at(ids[:2].to(lm.device), h)
+        return h.shape[0] * h.shape[1] / _best_seconds(run)
+
+    upper_fp32 = upper_rate(torch.float32)
+    upper_eval = upper_fp32 if reader.precision == "fp32" else upper_rate(torch.bfloat16)
+    decision = speed(lm.device)
+    gflops = (decision.fp32_gflops, decision.bf16_gflops)
+    if gflops[0] is None:  # forced by SAEX_FAST_BF16, or a GPU: time the matmuls anyway
+        probe = measure_cpu() if lm.device.type == "cpu" else None
+        gflops = (probe.fp32_gflops, probe.bf16_gflops) if probe else (1e4, 1e4)
+    fp32_gflops, bf16_gflops = gflops
+    train_gflops = bf16_gflops if decision.fast_bf16 else fp32_gflops
+    return Speeds(reader.precision, reader.precision_reason, lower, upper_fp32, upper_eval, fp32_gflops,
+                  train_gflops)
+
+
+@dataclass
+class Sizes:
+    tokens: int
+    heldout_tokens: int
+    epochs: float | None
+    ce_windows: int
+    lookahead: str  # full, quick or none
+
+
+@dataclass
+class Estimate:
+    """Seconds per step, estimated from the measured speeds."""
+
+    steps: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total(self) -> float:
+        return sum(self.steps.values())
+
+
+def lookahead_runs(size: str) -> int:
+    """Causal runs of the lookahead at a size (candidate ablations, random sets, doses, controls ...)."""
+    from sae.lookahead.experiment import DEFAULT_DOSES, LookaheadConfig
+
+    cfg = LookaheadConfig(run="x", **LOOKAHEAD_SIZES[size])
+    doses = len(DEFAULT_DOSES)
+    return (cfg.n_candidates + cfg.random_sets + 4 + cfg.n_features + 12 + (doses - 2)
+            + cfg.dose_random_sets * (doses - 1))
+
+
+def estimate(sizes: Sizes, sp: Speeds, d_sae: int, train_epochs: float) -> Estimate:
+    epochs = sizes.epochs or train_epochs
+    cpu_scale = REFERENCE_FP32_GFLOPS / sp.fp32_gflops
+    steps = {
+        "harvest_train": sizes.tokens / sp.lower * HARVEST_OVERHEAD,
+        "harvest_heldout": sizes.heldout_tokens / sp.lower * HARVEST_OVERHEAD,
+        "training": sizes.tokens * epochs / (sp.train_gflops * TRAIN_VECTORS_PER_GFLOP[
+            "bf16" if sp.precision == "bf16" else "fp32"]),
+        "evaluation": sizes.ce_windows * CONTEXT * (1 / sp.lower + 3 / sp.upper_eval) * EVAL_OVERHEAD,
+        "index": sizes.heldout_tokens * d_sae * INDEX_SECONDS * cpu_scale,
+        "labels": sizes.heldout_tokens * d_sae * LABEL_SECONDS * cpu_scale,
+        "lookahead": 0.0 if sizes.lookahead == "none" else
+        (lookahead_runs(sizes.lookahead) + LOOKAHEAD_FIXED_RUNS) * LOOKAHEAD_TOKENS_PER_RUN / sp.upper_fp32,
+    }
+    return Estimate({k: round(v, 1) for k, v in steps.items()})
+
+
+def fit_sizes(budget_s: float, sp: Speeds, d_sae: int, train_epochs: float, asked: dict) -> tuple[Sizes, str]:
+    """The largest demo that fits `budget_s` seconds; `asked` holds the user's own choices (kept as given).
+    Returns the sizes and what was left out or shrunk, in words."""
+    def sizes(tokens: int, lookahead: str, full_rest: bool = False) -> Sizes:
+        epochs = asked.get("epochs", None if tokens >= FULL_TOKENS else SMALL_EPOCHS)
+        return Sizes(asked.get("tokens", tokens),
+                     asked.get("heldout_tokens", FULL_HELDOUT if full_rest else SMALL_HELDOUT),
+                     epochs, asked.get("ce_windows", FULL_CE_WINDOWS if full_rest else SMALL_CE_WINDOWS),
+                     asked.get("lookahead", lookahead))
+
+    def cost(s: Sizes) -> float:
+        return estimate(s, sp, d_sae, train_epochs).total
+
+    notes = []
+    full = sizes(FULL_TOKENS, "full", full_rest=True)
+    if cost(full) <= budget_s:
+        return full, ""
+    lookahead = "none"
+    for size in ("full", "quick"):
+        if cost(sizes(MIN_TOKENS, size)) <= budget_s:
+            lookahead = size
+            break
+    if lookahead == "none" and "lookahead" not in asked:
+        notes.append("the lookahead does not fit and is left for later")
+    elif lookahead == "quick" and "lookahead" not in asked:
+        notes.append("the lookahead runs its quick size (20 candidates, 20 random sets)")
+    chosen = sizes(MIN_TOKENS, lookahead)
+    if "tokens" not in asked:
+        # the cost is linear in the training tokens: solve for the budget
+        base, per = cost(sizes(0, lookahead)), (cost(sizes(MIN_TOKENS, lookahead)) - cost(sizes(0, lookahead)))
+        tokens = int((budget_s - base) / max(per / MIN_TOKENS, 1e-12)) // CONTEXT * CONTEXT
+        if tokens >= FULL_TOKENS:
+            chosen = sizes(FULL_TOKENS, lookahead)
+        else:
+            chosen = sizes(max(tokens, 128 * CONTEXT), lookahead)
+            if tokens < MIN_TOKENS:
+                notes.append(f"even {MIN_TOKENS:,} training tokens do not fit, so the SAE will be below the "
+                             "demo's quality (pass --minutes to give it longer)")
+    return chosen, "; ".join(notes)

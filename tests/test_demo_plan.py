@@ -1,0 +1,124 @@
+"""`saex demo` sizes itself from the model's speed measured on the machine at hand."""
+
+import json
+
+import pytest
+
+from saex.demo_plan import (
+    CONTEXT,
+    FULL_HELDOUT,
+    FULL_TOKENS,
+    MIN_TOKENS,
+    SMALL_EPOCHS,
+    Sizes,
+    Speeds,
+    estimate,
+    fit_sizes,
+)
+
+D_SAE = 4608
+
+
+def _speeds(scale: float, precision: str = "bf16") -> Speeds:
+    """A machine `scale` times as fast as the reference one (its measured rates)."""
+    return Speeds(precision, "test", 1800 * scale, 700 * scale, 1200 * scale, 157 * scale, 395 * scale)
+
+
+def test_a_fast_machine_gets_the_full_run():
+    sizes, note = fit_sizes(900, _speeds(20), D_SAE, 1.0, {})
+    assert (sizes.tokens, sizes.heldout_tokens, sizes.ce_windows, sizes.lookahead) == (FULL_TOKENS, FULL_HELDOUT,
+                                                                                        256, "full")
+    assert sizes.epochs is None and note == ""
+
+
+@pytest.mark.parametrize("scale", [0.6, 1.0, 1.5, 3.0])
+def test_the_plan_fits_the_budget_and_never_shrinks_on_a_faster_machine(scale):
+    budget = 765
+    sizes, _ = fit_sizes(budget, _speeds(scale), D_SAE, 1.0, {})
+    faster, _ = fit_sizes(budget, _speeds(scale * 1.3), D_SAE, 1.0, {})
+    assert estimate(sizes, _speeds(scale), D_SAE, 1.0).total <= budget + 1
+    assert sizes.tokens % CONTEXT == 0
+    order = ["none", "quick", "full"]
+    assert order.index(faster.lookahead) >= order.index(sizes.lookahead)
+    if faster.lookahead == sizes.lookahead:  # time the lookahead takes may come from the store
+        assert faster.tokens >= sizes.tokens
+    if sizes.tokens < FULL_TOKENS:
+        assert sizes.epochs == SMALL_EPOCHS
+
+
+def test_the_store_keeps_its_floor_before_the_lookahead_gets_time():
+    # slow enough that the lookahead and the floor do not both fit: the lookahead goes
+    sizes, note = fit_sizes(765, _speeds(0.8, "fp32"), D_SAE, 1.0, {})
+    assert sizes.lookahead == "none" and "left for later" in note
+    assert sizes.tokens >= MIN_TOKENS
+    # slower still: even the floor does not fit, and the plan says what that costs
+    sizes, note = fit_sizes(765, _speeds(0.1, "fp32"), D_SAE, 1.0, {})
+    assert sizes.tokens < MIN_TOKENS and "below the demo's quality" in note
+
+
+def test_what_the_user_asked_for_is_kept():
+    asked = {"tokens": 4096, "heldout_tokens": 512, "ce_windows": 3, "lookahead": "none", "epochs": 5.0}
+    sizes, _ = fit_sizes(765, _speeds(1.0), D_SAE, 1.0, asked)
+    assert (sizes.tokens, sizes.heldout_tokens, sizes.ce_windows, sizes.lookahead, sizes.epochs) == \
+        (4096, 512, 3, "none", 5.0)
+
+
+def test_estimates_scale_with_the_work():
+    sp = _speeds(1.0)
+    one = estimate(Sizes(1_000_000, 100_000, 1.0, 100, "none"), sp, D_SAE, 1.0).steps
+    two = estimate(Sizes(2_000_000, 200_000, 2.0, 200, "none"), sp, D_SAE, 1.0).steps
+    assert two["harvest_train"] == pytest.approx(2 * one["harvest_train"], rel=1e-3)
+    assert two["training"] == pytest.approx(4 * one["training"], rel=1e-3)  # twice the tokens, twice the epochs
+    assert two["evaluation"] == pytest.approx(2 * one["evaluation"], rel=1e-2)
+    assert one["lookahead"] == 0
+    slow = estimate(Sizes(1_000_000, 100_000, 1.0, 100, "full"), _speeds(0.5), D_SAE, 1.0).steps
+    assert slow["harvest_train"] == pytest.approx(2 * one["harvest_train"], rel=1e-3)
+    quick = estimate(Sizes(1_000_000, 100_000, 1.0, 100, "quick"), _speeds(0.5), D_SAE, 1.0).steps
+    assert 0 < quick["lookahead"] < slow["lookahead"]
+
+
+def test_speeds_are_measured_on_the_model(monkeypatch, tiny_lm):
+    from sae import precision
+    from saex.demo_plan import measure_speeds
+
+    monkeypatch.setenv(precision.ENV_VAR, "0")
+    sp = measure_speeds(tiny_lm, None)
+    assert sp.precision == "fp32" and sp.upper_eval == sp.upper_fp32
+    assert sp.lower > 0 and sp.upper_fp32 > 0 and sp.fp32_gflops > 0 and sp.train_gflops == sp.fp32_gflops
+
+
+def test_plan_demo_full_and_flags(monkeypatch, tiny_lm):
+    from saex.demo import DemoConfig, plan_demo
+
+    slow = _speeds(0.5, "fp32")
+    full = plan_demo(DemoConfig(full=True), tiny_lm, speeds=slow)
+    assert (full.tokens, full.heldout_tokens, full.ce_windows, full.lookahead, full.lookahead_size) == \
+        (FULL_TOKENS, FULL_HELDOUT, 256, True, "full")
+    planned = plan_demo(DemoConfig(), tiny_lm, speeds=slow)
+    assert planned.tokens < FULL_TOKENS
+    assert f"{planned.tokens:,} training tokens" in planned.reason and "--full" in planned.reason
+    assert sum(planned.estimate_s.values()) <= 15 * 60
+    assert plan_demo(DemoConfig(lookahead="no"), tiny_lm, speeds=_speeds(20)).lookahead is False
+    forced = plan_demo(DemoConfig(lookahead="yes"), tiny_lm, speeds=_speeds(0.1, "fp32"))
+    assert forced.lookahead and forced.lookahead_size == "quick"
+
+
+def test_plan_only_prints_and_writes_nothing(tmp_path, tiny_model_dir, capsys):
+    from saex.demo import DemoConfig, run_demo
+
+    run_demo(DemoConfig(out_dir=str(tmp_path / "demo"), model=str(tiny_model_dir), device="cpu", plan_only=True))
+    assert "plan: " in capsys.readouterr().out
+    assert not (tmp_path / "demo").exists()
+
+
+def test_a_rerun_keeps_the_plan_and_records_step_times(tmp_path, tiny_lm):
+    from saex.demo import PLAN_FILE, DemoConfig, _load_or_plan
+
+    cfg = DemoConfig(out_dir=str(tmp_path), tokens=4096, heldout_tokens=512)
+    first = _load_or_plan(cfg, tiny_lm, tmp_path, 0.0)
+    saved = json.loads((tmp_path / PLAN_FILE).read_text())
+    assert saved["tokens"] == 4096 and saved["estimate_s"]
+    again = _load_or_plan(DemoConfig(out_dir=str(tmp_path)), tiny_lm, tmp_path, 0.0)
+    assert again == first  # the stores on disk were sized by it
+    other = _load_or_plan(DemoConfig(out_dir=str(tmp_path), tokens=8192), tiny_lm, tmp_path, 0.0)
+    assert other.tokens == 8192
