@@ -118,15 +118,9 @@ def _auto_labels(path: str, stamp: float) -> dict:
 
 def auto_label_summary(path: str) -> dict | None:
     """RUN/labels_summary.json (`saex label`: the SAE against its controls), None when there is none."""
-    import json
-    from pathlib import Path
+    from sae.runs.files import read_report
 
-    from sae.runs.files import LABELS_SUMMARY_FILE
-
-    try:
-        return json.loads((Path(path) / LABELS_SUMMARY_FILE).read_text())
-    except (OSError, ValueError):
-        return None
+    return read_report(path, "labels")
 
 
 def auto_labels(path: str) -> dict:

@@ -22,8 +22,8 @@ from sae.index.reader import FeatureIndex
 from sae.labels.auto import LabelConfig, label_features
 from sae.labels.summary import labels_line
 from sae.lookahead.experiment import LookaheadConfig, run_lookahead
-from sae.runs.evaluate import EVAL_FILE, evaluate, write_eval
-from sae.runs.files import RUN_FILE, is_finished, lookahead_report
+from sae.runs.evaluate import evaluate, write_eval
+from sae.runs.files import RUN_FILE, is_finished, read_report
 from saex.demo_plan import (
     FULL_CE_WINDOWS,
     FULL_HELDOUT,
@@ -69,7 +69,7 @@ class DemoConfig:
     heldout_tokens: int | None = None
     """Held-out tokens for evaluation, the feature index and labels (default: planned; 131072 with --full)."""
     epochs: float | None = None
-    """Training epochs (default: planned: 2 over a store smaller than the full one, else the training config's)."""
+    """Training epochs (default: planned: 3 over a store smaller than the full one, else the training config's)."""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
     train_config: str | None = None
@@ -197,9 +197,8 @@ def run_demo(cfg: DemoConfig) -> Path:
     stats = json.loads((run / RUN_FILE).read_text())
     steps.done("training", f"[4/8] SAE in {run}: {stats['vectors']:,} vectors at {stats['vectors_per_s']:,.0f} "
                            "vectors/s")
-    if (run / EVAL_FILE).exists():
-        result = json.loads((run / EVAL_FILE).read_text())
-    else:
+    result = read_report(run, "eval")
+    if result is None:
         result = evaluate(run, store=root / "acts-heldout", model=lm, ce_windows=plan.ce_windows, device=cfg.device,
                           precision="auto")
         write_eval(run, result)
@@ -215,12 +214,11 @@ def run_demo(cfg: DemoConfig) -> Path:
     steps.done("index", f"[6/8] feature index of {index.d_sae:,} features over {index.tokens_indexed:,} held-out "
                         "tokens")
     labels = label_features(LabelConfig(run=str(run), store=str(root / "acts-heldout")), lm=lm)
-    steps.done("labels", f"[7/8] automatic labels: {labels_line(labels)}")
+    steps.done("labels", f"[7/8] automatic labels: {labels_line(labels)}. {labels.answer.verdict}")
     if plan.lookahead:
-        report_path = lookahead_report(run)
-        report = json.loads(report_path.read_text()) if report_path.exists() else \
+        report = read_report(run, "lookahead") or \
             run_lookahead(LookaheadConfig(run=str(run), device=cfg.device, **LOOKAHEAD_SIZES[plan.lookahead_size]))
-        steps.done("lookahead", f"[8/8] lookahead ({plan.lookahead_size}): {report['answer']['lines'][-1]}")
+        steps.done("lookahead", f"[8/8] lookahead ({plan.lookahead_size}): {report.answer.verdict}")
     else:
         why = "--lookahead no" if cfg.lookahead == "no" else "it did not fit the plan"
         print(f"[8/8] lookahead: skipped ({why}); run it with: saex lookahead {run}", flush=True)

@@ -1,5 +1,5 @@
 """The Streamlit app, driven by streamlit.testing.v1.AppTest: every page renders and its
-widgets drive what is shown. (The real-browser test lives in test_browser.py.)"""
+widgets drive what is shown. (The real-browser test lives in test_explorer_browser.py.)"""
 
 from pathlib import Path
 

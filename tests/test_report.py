@@ -63,3 +63,17 @@ def test_the_labels_verdict_compares_with_the_random_control():
     assert Answer.from_dict(labels_answer(summary, results)).label == "not_separated"
     alone = labels_answer(summary, {"real": good})
     assert alone["label"] == "no_control"
+
+
+def test_read_report_finds_each_analysis_by_kind(tmp_path):
+    from sae.runs.files import EVAL_FILE, read_report, report_path
+
+    assert read_report(tmp_path, "eval") is None
+    (tmp_path / EVAL_FILE).write_text(json.dumps({"answer": Answer("fine").to_dict(), "l0": 32}))
+    r = read_report(tmp_path, "eval")
+    assert (r.kind, r.path, r["l0"], r.answer.verdict) == ("eval", tmp_path / EVAL_FILE, 32, "fine")
+    (tmp_path / EVAL_FILE).write_text("{not json")
+    assert read_report(tmp_path, "eval") is None  # damaged: the analysis runs again
+    assert report_path(tmp_path, "lookahead") == tmp_path / "lookahead" / "report.json"
+    with pytest.raises(ValueError, match="unknown report kind"):
+        report_path(tmp_path, "nope")

@@ -80,12 +80,11 @@ def read_labels(run: str | Path) -> dict[int, dict]:
     return out
 
 
-def read_summary(run: str | Path) -> dict | None:
-    path = Path(run) / LABELS_SUMMARY_FILE
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+def read_summary(run: str | Path) -> Report | None:
+    """RUN/labels_summary.json as a `Report`, None when there is none."""
+    from sae.runs.files import read_report
+
+    return read_report(run, "labels")
 
 
 def _key(cfg: LabelConfig, sae: LoadedSAE, store: ActivationStore, lm) -> str:

@@ -53,3 +53,29 @@ def is_finished(run: str | Path) -> bool:
 
 def lookahead_report(run: str | Path) -> Path:
     return Path(run) / LOOKAHEAD_DIR / REPORT_FILE
+
+
+REPORTS = {"eval": EVAL_FILE, "labels": LABELS_SUMMARY_FILE, "lookahead": f"{LOOKAHEAD_DIR}/{REPORT_FILE}",
+           "depth": f"{DEPTH_DIR}/{REPORT_FILE}"}
+"""Where each analysis writes its report in a run folder (the word finder's are per word, under FIND_DIR)."""
+
+
+def report_path(run: str | Path, kind: str) -> Path:
+    if kind not in REPORTS:
+        raise ValueError(f"unknown report kind {kind!r}; known: {', '.join(REPORTS)}")
+    return Path(run) / REPORTS[kind]
+
+
+def read_report(run: str | Path, kind: str):
+    """The `kind` report of a run folder as a `sae.report.Report`, or None when it is missing or unreadable
+    (a damaged file counts as not written: the analysis is simply run again)."""
+    import json
+
+    from sae.report import Report
+
+    path = report_path(run, kind)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return Report(kind, data, path) if isinstance(data, dict) else None

@@ -64,7 +64,9 @@ def default_out(cfg: DepthConfig) -> Path:
     return Path("checkpoints") / f"depth-{name}"
 
 
-def read_report(folder: str | Path) -> dict | None:
+def read_report(folder: str | Path) -> Report | None:
+    """The depth report in `folder` (RUN/depth or checkpoints/depth-MODEL), None when missing, unreadable or
+    of another format."""
     import json
 
     path = Path(folder) / REPORT_FILE
@@ -72,7 +74,7 @@ def read_report(folder: str | Path) -> dict | None:
         r = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return r if r.get("format") == REPORT_FORMAT else None
+    return Report("depth", r, path) if isinstance(r, dict) and r.get("format") == REPORT_FORMAT else None
 
 
 def run_depth(cfg: DepthConfig, lm: LoadedModel | None = None) -> Report:
@@ -84,7 +86,7 @@ def run_depth(cfg: DepthConfig, lm: LoadedModel | None = None) -> Report:
     if old is not None and old.get("config_key") == cfg.key() and not cfg.force:
         if cfg.progress:
             print(f"reusing the complete report {out_dir / REPORT_FILE} (same settings)", file=sys.stderr)
-        return Report("depth", old, out_dir / REPORT_FILE)
+        return old
     steps: dict[str, float] = {}
     last = [t0]
 
