@@ -69,7 +69,8 @@ class DemoConfig:
     heldout_tokens: int | None = None
     """Held-out tokens for evaluation, the feature index and labels (default: planned; 131072 with --full)."""
     epochs: float | None = None
-    """Training epochs (default: planned: 3 over a store smaller than the full one, else the training config's)."""
+    """Training epochs (default: planned: about 2.4M vectors' worth, at most 8, over a store smaller than the full
+    one; the training config's over the full one)."""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
     train_config: str | None = None

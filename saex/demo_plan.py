@@ -25,12 +25,15 @@ FULL_HELDOUT = 131_072
 FULL_CE_WINDOWS = 256
 SMALL_HELDOUT = 65_536
 SMALL_CE_WINDOWS = 64
-# A smaller store is trained for more epochs: harvesting costs ~9x what an epoch of training does, and on
-# the demo SAE 393k tokens x 3 epochs reached EV 0.793 / CE-loss score 0.971, 524k x 2 epochs only
-# 0.787 / 0.969 (docs/benchmarks.md, "demo sizes").
-SMALL_EPOCHS = 3.0
-# The smallest store the demo plans: the 393k x 3 epochs above, just over the EV 0.78 / CE 0.96 floor.
-MIN_TOKENS = 393_216
+# The SAE's quality follows the vectors it is trained on far more than the distinct tokens it saw, and
+# harvesting a token costs ~9x what an epoch of training on it does; so a small store trained for many
+# epochs is the cheap way to quality (measured on the demo SAE, held-out EV / CE-loss score: 262k tokens x
+# 8 epochs 0.814 / 0.979; 393k x 3 0.793 / 0.971; 393k x 6 0.821 / 0.981; 2M x 1 0.820 / 0.980;
+# docs/benchmarks.md, "demo sizes").
+MIN_TOKENS = 262_144
+FLOOR_VECTORS = 1_179_648  # 393k x 3: EV 0.793, CE-loss score 0.971, just over the demo's quality floor
+TARGET_VECTORS = 2_359_296  # 393k x 6: as good as the full 2M x 1 run
+MAX_EPOCHS = 8.0  # the most epochs measured
 # Plan to this share of the budget: single steps were seen to vary by +-25% between runs.
 SAFETY = 0.85
 CONTEXT = 128  # the harvest's window, as HarvestConfig's default
@@ -89,23 +92,24 @@ def _best_seconds(fn, repeats: int = 3) -> float:
 
 
 def measure_speeds(lm, layer: str | int | None) -> Speeds:
-    """Time the model's forward on random windows (about 2-5 s on 2 cores for SmolLM2-135M)."""
+    """Time the model's forward on random windows (about 5-8 s on 2 cores for SmolLM2-135M)."""
     from sae.data.forward import ResidualReader, UpperForward
     from sae.precision import measure_cpu, speed
 
     hook = lm.hook_point(layer)
     vocab = lm.model.get_input_embeddings().weight.shape[0]
-    ids = torch.randint(3, max(vocab, 4), (4, CONTEXT), generator=torch.Generator().manual_seed(0))
+    # 8 windows: a batch as wide as real work keeps the timing from reading a slow, narrow matmul
+    ids = torch.randint(3, max(vocab, 4), (8, CONTEXT), generator=torch.Generator().manual_seed(0))
     reader = ResidualReader(lm, hook, precision="auto", calibration_ids=ids)
     lower = ids.numel() / _best_seconds(lambda: reader(ids))
     fp32_reader = reader if reader.precision == "fp32" else ResidualReader(lm, hook, precision="fp32")
-    h = fp32_reader(ids[:2]).to(lm.device)
-    upper = UpperForward(lm, hook.layer, ids[:2].to(lm.device), h)
+    h = fp32_reader(ids[:4]).to(lm.device)
+    upper = UpperForward(lm, hook.layer, ids[:2].to(lm.device), h[:2])
 
     def upper_rate(dtype) -> float:
         def run():
             with torch.inference_mode(), torch.autocast(lm.device.type, dtype=dtype, enabled=dtype != torch.float32):
-                upper.logits_at(ids[:2].to(lm.device), h)
+                upper.logits_at(ids[:4].to(lm.device), h)
         return h.shape[0] * h.shape[1] / _best_seconds(run)
 
     upper_fp32 = upper_rate(torch.float32)
@@ -168,42 +172,56 @@ def estimate(sizes: Sizes, sp: Speeds, d_sae: int, train_epochs: float) -> Estim
     return Estimate({k: round(v, 1) for k, v in steps.items()})
 
 
+def _epochs(tokens: int) -> float | None:
+    """Epochs over a store of `tokens`: TARGET_VECTORS' worth, at most MAX_EPOCHS; the full store, the
+    training config's."""
+    if tokens >= FULL_TOKENS:
+        return None
+    return round(min(MAX_EPOCHS, max(1.0, TARGET_VECTORS / tokens)), 2)
+
+
+def _ladder() -> list[tuple[int, float | None]]:
+    """(tokens, epochs) from the quality floor up to the full store, in order of cost: first more epochs over
+    the smallest store, up to its target, then more tokens with TARGET_VECTORS trained."""
+    out = [(MIN_TOKENS, e / 4) for e in range(math.ceil(4 * FLOOR_VECTORS / MIN_TOKENS), int(4 * MAX_EPOCHS) + 1)]
+    out += [(n, _epochs(n)) for n in range(MIN_TOKENS + 16_384, FULL_TOKENS, 16_384)]
+    return out + [(FULL_TOKENS, None)]
+
+
 def fit_sizes(budget_s: float, sp: Speeds, d_sae: int, train_epochs: float, asked: dict) -> tuple[Sizes, str]:
     """The largest demo that fits `budget_s` seconds; `asked` holds the user's own choices (kept as given).
+    Order: the SAE's quality floor, then the lookahead (full, else quick), then training up to
+    TARGET_VECTORS, then more tokens up to the full store, then the full held-out store and CE windows.
     Returns the sizes and what was left out or shrunk, in words."""
-    def sizes(tokens: int, lookahead: str, full_rest: bool = False) -> Sizes:
-        epochs = asked.get("epochs", None if tokens >= FULL_TOKENS else SMALL_EPOCHS)
+    def sizes(tokens: int, epochs: float | None, lookahead: str, full_rest: bool = False) -> Sizes:
         return Sizes(asked.get("tokens", tokens),
                      asked.get("heldout_tokens", FULL_HELDOUT if full_rest else SMALL_HELDOUT),
-                     epochs, asked.get("ce_windows", FULL_CE_WINDOWS if full_rest else SMALL_CE_WINDOWS),
+                     asked.get("epochs", epochs),
+                     asked.get("ce_windows", FULL_CE_WINDOWS if full_rest else SMALL_CE_WINDOWS),
                      asked.get("lookahead", lookahead))
 
-    def cost(s: Sizes) -> float:
-        return estimate(s, sp, d_sae, train_epochs).total
+    def fits(s: Sizes) -> bool:
+        return estimate(s, sp, d_sae, train_epochs).total <= budget_s
 
-    notes = []
-    full = sizes(FULL_TOKENS, "full", full_rest=True)
-    if cost(full) <= budget_s:
+    full = sizes(FULL_TOKENS, None, "full", full_rest=True)
+    if fits(full):
         return full, ""
-    lookahead = "none"
-    for size in ("full", "quick"):
-        if cost(sizes(MIN_TOKENS, size)) <= budget_s:
-            lookahead = size
-            break
-    if lookahead == "none" and "lookahead" not in asked:
-        notes.append("the lookahead does not fit and is left for later")
-    elif lookahead == "quick" and "lookahead" not in asked:
-        notes.append("the lookahead runs its quick size (20 candidates, 20 random sets)")
-    chosen = sizes(MIN_TOKENS, lookahead)
-    if "tokens" not in asked:
-        # the cost is linear in the training tokens: solve for the budget
-        base, per = cost(sizes(0, lookahead)), (cost(sizes(MIN_TOKENS, lookahead)) - cost(sizes(0, lookahead)))
-        tokens = int((budget_s - base) / max(per / MIN_TOKENS, 1e-12)) // CONTEXT * CONTEXT
-        if tokens >= FULL_TOKENS:
-            chosen = sizes(FULL_TOKENS, lookahead)
-        else:
-            chosen = sizes(max(tokens, 128 * CONTEXT), lookahead)
-            if tokens < MIN_TOKENS:
-                notes.append(f"even {MIN_TOKENS:,} training tokens do not fit, so the SAE will be below the "
-                             "demo's quality (pass --minutes to give it longer)")
-    return chosen, "; ".join(notes)
+    ladder = _ladder()
+    if "tokens" in asked:  # the user's store: only the epochs and the lookahead are planned
+        ladder = [(asked["tokens"], _epochs(asked["tokens"]))]
+    notes = []
+    lookahead = next((size for size in ("full", "quick") if fits(sizes(*ladder[0], size))), "none")
+    if "lookahead" not in asked:
+        if lookahead == "none":
+            notes.append("the lookahead does not fit and is left for later")
+        elif lookahead == "quick":
+            notes.append("the lookahead runs its quick size (20 candidates, 20 random sets)")
+    fitting = [step for step in ladder if fits(sizes(*step, lookahead))]
+    if fitting:
+        return sizes(*fitting[-1], lookahead), "; ".join(notes)
+    # not even the floor fits: keep it (a smaller SAE would not be worth exploring) and say what it costs
+    floor = sizes(*ladder[0], lookahead)
+    notes.append(f"even the smallest SAE of the demo's quality takes longer than the budget here (about "
+                 f"{estimate(floor, sp, d_sae, train_epochs).total / 60 / SAFETY:.0f} min in all); pass --tokens and "
+                 "--epochs for a smaller one")
+    return floor, "; ".join(notes)

@@ -483,3 +483,14 @@ def test_score_intervals_resample_windows(good_run, heldout, sharp_lm):
         same_kl[k].add(torch.full((4, 3), v), ones)
     flat = _score_intervals(same, same_kl, n_boot=50)
     assert flat["ce_loss_score"] == pytest.approx([0.75, 0.75]) and flat["kl_score"] == pytest.approx([0.75, 0.75])
+
+
+def test_evaluate_takes_its_config(good_run, heldout, sharp_lm):
+    from sae.runs.evaluate import EvalConfig
+
+    by_config = evaluate(EvalConfig(run=str(good_run), store=str(heldout), ce_windows=4, device="cpu",
+                                    progress=False), model=sharp_lm)
+    by_names = evaluate(good_run, store=heldout, model=sharp_lm, ce_windows=4, device="cpu", progress=False)
+    for key in ("explained_variance", "ce_spliced", "kl_score", "intervals"):
+        assert by_config[key] == by_names[key], key
+    assert by_config.kind == "eval" and by_config.answer.verdict == by_names.answer.verdict

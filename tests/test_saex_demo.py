@@ -39,6 +39,10 @@ def test_demo_runs_end_to_end_and_skips_done_work(tmp_path, tiny_model_dir, text
     assert summary["labelled"] == sum(1 for r in labels if r["label"])
     assert summary["variants"]["real"]["f1"]["n"] == sum(1 for r in labels if r["n_fired"] > 0)
     assert f"automatic labels: labelled {summary['labelled']:,} of 64 features" in first.stdout
+    plan = json.loads((run / "demo.json").read_text())
+    steps = {"harvest_train", "harvest_heldout", "training", "evaluation", "index", "labels"}
+    assert steps <= set(plan["seconds"]) and steps <= set(plan["estimate_s"])  # each step timed beside its estimate
+    assert plan["reason"] in first.stdout and "estimated" in first.stdout
     second = subprocess.run(cmd, capture_output=True, text=True)
     assert second.returncode == 0, second.stderr
     assert "already complete" in second.stderr

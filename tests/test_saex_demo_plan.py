@@ -6,10 +6,12 @@ import pytest
 
 from saex.demo_plan import (
     CONTEXT,
+    FLOOR_VECTORS,
     FULL_HELDOUT,
     FULL_TOKENS,
+    MAX_EPOCHS,
     MIN_TOKENS,
-    SMALL_EPOCHS,
+    TARGET_VECTORS,
     Sizes,
     Speeds,
     estimate,
@@ -42,18 +44,30 @@ def test_the_plan_fits_the_budget_and_never_shrinks_on_a_faster_machine(scale):
     assert order.index(faster.lookahead) >= order.index(sizes.lookahead)
     if faster.lookahead == sizes.lookahead:  # time the lookahead takes may come from the store
         assert faster.tokens >= sizes.tokens
-    if sizes.tokens < FULL_TOKENS:
-        assert sizes.epochs == SMALL_EPOCHS
+    if sizes.tokens < FULL_TOKENS:  # a smaller store is trained longer, never below the quality floor
+        assert sizes.tokens >= MIN_TOKENS and sizes.epochs <= MAX_EPOCHS
+        assert sizes.tokens * sizes.epochs >= FLOOR_VECTORS
 
 
 def test_the_store_keeps_its_floor_before_the_lookahead_gets_time():
-    # slow enough that the lookahead and the floor do not both fit: the lookahead goes
-    sizes, note = fit_sizes(765, _speeds(0.8, "fp32"), D_SAE, 1.0, {})
+    # slow enough that the lookahead and the quality floor do not both fit: the lookahead goes
+    sizes, note = fit_sizes(765, _speeds(0.6, "fp32"), D_SAE, 1.0, {})
     assert sizes.lookahead == "none" and "left for later" in note
-    assert sizes.tokens >= MIN_TOKENS
-    # slower still: even the floor does not fit, and the plan says what that costs
+    assert sizes.tokens >= MIN_TOKENS and sizes.tokens * sizes.epochs >= FLOOR_VECTORS
+    # the time the lookahead would not fit in buys training: more epochs over the smallest store first
+    assert sizes.epochs > FLOOR_VECTORS / MIN_TOKENS
+    # slower still: even the floor does not fit; the plan keeps it and says how long it will take
     sizes, note = fit_sizes(765, _speeds(0.1, "fp32"), D_SAE, 1.0, {})
-    assert sizes.tokens < MIN_TOKENS and "below the demo's quality" in note
+    assert (sizes.tokens, sizes.lookahead) == (MIN_TOKENS, "none")
+    assert sizes.tokens * sizes.epochs >= FLOOR_VECTORS and "longer than the budget" in note
+
+
+def test_more_time_buys_epochs_before_tokens():
+    plans = [fit_sizes(b, _speeds(1.0), D_SAE, 1.0, {})[0] for b in range(700, 1500, 50)]
+    vectors = [p.tokens * (p.epochs or 1.0) for p in plans]
+    assert vectors == sorted(vectors) or all(p.lookahead == "full" for p in plans)
+    grown = [p for p in plans if p.tokens > MIN_TOKENS and p.tokens < FULL_TOKENS]
+    assert grown and all(p.epochs == MAX_EPOCHS or p.tokens * p.epochs >= 0.99 * TARGET_VECTORS for p in grown)
 
 
 def test_what_the_user_asked_for_is_kept():

@@ -392,16 +392,23 @@ def _batched(rows, batch_size: int):
 # --------------------------------------------------------------------------- both passes, the report
 
 
-def evaluate(run: str | Path, store: str | Path | ActivationStore | None = None,
+def evaluate(run: str | Path | EvalConfig, store: str | Path | ActivationStore | None = None,
              model: str | LoadedModel | None = None, ce_windows: int | str | None = 256,
              device: str | torch.device = "auto", batch_size: int = 8, splice_outliers: bool = False,
              ablate_special: bool = True, progress: bool = True, precision: str = "fp32",
-             bootstrap: int = 1000) -> dict:
-    """Evaluate the SAE in `run` on a held-out store; returns what eval.json holds. The
-    arguments are `EvalConfig`'s fields, by the same names.
+             bootstrap: int = 1000) -> Report:
+    """Evaluate the SAE in `run` on a held-out store; returns what eval.json holds (a `Report`, not yet
+    written: `write_eval`, or `run_eval`, writes it). `run` may be an `EvalConfig`, whose fields the other
+    arguments mirror by name; a loaded model or store passed beside it is reused.
 
     ce_windows: windows for the CE/KL splice (None or "all": every window; 0: skip it,
     and no model is loaded)."""
+    if isinstance(run, EvalConfig):
+        c = run
+        return evaluate(c.run, store=store if store is not None else c.store,
+                        model=model if model is not None else c.model, ce_windows=c.ce_windows, device=c.device,
+                        batch_size=c.batch_size, splice_outliers=c.splice_outliers, ablate_special=c.ablate_special,
+                        progress=c.progress, precision=c.precision, bootstrap=c.bootstrap)
     started = time.perf_counter()
     ce_windows = parse_ce_windows(ce_windows)
     dev = resolve_device(device)
@@ -431,7 +438,7 @@ def evaluate(run: str | Path, store: str | Path | ActivationStore | None = None,
     result["warnings"] = warnings
     result["answer"] = eval_answer(result)
     result["seconds"] = time.perf_counter() - started
-    return result
+    return Report("eval", result)
 
 
 def eval_answer(r: dict) -> dict:
@@ -515,10 +522,7 @@ def format_table(r: dict) -> str:
 def run_eval(cfg: EvalConfig) -> Report:
     """`saex eval`: evaluate, write RUN/eval.json, return the result."""
     cfg = replace(cfg, run=str(resolve_run(cfg.run)))  # a release/sae_id or sparsify folder: our run folder
-    result = evaluate(cfg.run, store=cfg.store, model=cfg.model, ce_windows=cfg.ce_windows, device=cfg.device,
-                      batch_size=cfg.batch_size, splice_outliers=cfg.splice_outliers,
-                      ablate_special=cfg.ablate_special, progress=cfg.progress, precision=cfg.precision,
-                      bootstrap=cfg.bootstrap)
+    result = evaluate(cfg)
     result["config"] = asdict(cfg)
     try:
         write_eval(cfg.run, result)
