@@ -97,3 +97,19 @@ def test_cli_multi_layer_harvest(tmp_path, tiny_model_dir, text_corpus, capsys):
     printed = capsys.readouterr().out
     assert "layer 1" in printed and "layer 3" in printed and "blocks.3.hook_resid_post" in printed
     assert main(["store", str(out)]) == 0 and "layer 1" in capsys.readouterr().out
+
+
+def test_a_multi_layer_harvest_leaves_the_models_own_hidden_states_alone(tmp_path, tiny_model_dir, text_corpus):
+    """transformers records hidden states with hooks installed once per model object; the truncated copy
+    must not install a second set on the blocks it shares (which shifted hidden_states by a layer)."""
+    from sae.data.models import load_model
+
+    lm, fresh = load_model(str(tiny_model_dir), device="cpu"), load_model(str(tiny_model_dir), device="cpu")
+    harvest(_cfg(tmp_path / "m", tiny_model_dir, text_corpus, layer="0,1", tokens=16 * 8), lm=lm)
+    ids = torch.randint(3, 100, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = lm.model(input_ids=ids, output_hidden_states=True).hidden_states
+        ref = fresh.model(input_ids=ids, output_hidden_states=True).hidden_states
+    assert len(ours) == len(ref)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

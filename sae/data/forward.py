@@ -64,6 +64,23 @@ def _stop_at_layer_forward(lm: LoadedModel, hook: HookPoint,
     return forward
 
 
+def _share_capture_hooks(model: torch.nn.Module) -> None:
+    """transformers (5.x) records hidden states through hooks it installs once per model object, on its
+    blocks. A shallow copy of the model (the truncated forward, the upper blocks) shares those blocks: were
+    the copy to install its own there first, the model's later install would add a second set, and its
+    `hidden_states` would count the shared blocks twice (seen: a full forward's hidden_states[2] became
+    another layer's after a multi-layer harvest). Installing the model's hooks before copying makes the copy
+    inherit them (and the flag), so there is one set."""
+    try:
+        from transformers.utils.output_capturing import maybe_install_capturing_hooks
+    except ImportError:  # older transformers: no such hooks
+        return
+    try:
+        maybe_install_capturing_hooks(model)
+    except Exception:  # a model without recorded outputs: nothing to share
+        pass
+
+
 def _truncated_forward(lm: LoadedModel, hook: HookPoint, linear_dtype: torch.dtype | None = None,
                        layers: Sequence[int] | None = None) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """Fast path: a shallow copy of the base model that holds only blocks 0..L and no
@@ -81,6 +98,7 @@ def _truncated_forward(lm: LoadedModel, hook: HookPoint, linear_dtype: torch.dty
     if found is None:
         return None
     base, norm_attr = found
+    _share_capture_hooks(base)
     blocks = list(lm.layers)[: hook.layer + 1]
     if linear_dtype is not None:
         blocks = [copy.deepcopy(b) for b in blocks]
@@ -224,6 +242,7 @@ class UpperForward:
         self.module_path = lm.hook_point(layer).module_path
         parent, _, attr = lm.layers_path.rpartition(".")
         base = lm.model.get_submodule(parent) if parent else lm.model
+        _share_capture_hooks(base)
         self._base = _with_submodule(base, attr, torch.nn.ModuleList(list(lm.layers)[layer + 1:]))
         self._head = lm.model.get_output_embeddings()
         with torch.no_grad():
