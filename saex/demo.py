@@ -63,7 +63,7 @@ class DemoConfig:
     speed measured here."""
     full: bool = False
     """The full-size run whatever it takes: 2,000,000 training tokens, 131,072 held-out, 256 CE windows,
-    the full lookahead."""
+    the full lookahead (in a folder of its own: --out-dir checkpoints/demo-full)."""
     tokens: int | None = None
     """Training tokens (default: planned; 2000000 with --full)."""
     heldout_tokens: int | None = None
@@ -151,6 +151,11 @@ def _load_or_plan(cfg: DemoConfig, lm, root: Path, elapsed: float) -> DemoPlan:
         asked = {"tokens": FULL_TOKENS, "heldout_tokens": FULL_HELDOUT} | asked
     if saved is not None and all(getattr(saved, k) == v for k, v in asked.items()):
         return saved  # the stores on disk were sized by this plan
+    if saved is not None and (root / "acts-train").exists():
+        want = ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in asked.items())
+        raise SaexError(f"{root} holds a demo of {saved.tokens:,} training tokens ({saved.heldout_tokens:,} "
+                        f"held-out), not the {want} asked for",
+                        f"give it its own folder, e.g. --out-dir {root}-full, or delete {root} to start over")
     plan = plan_demo(cfg, lm, elapsed=elapsed)
     ensure_writable_dir(root, "demo folder")
     write_json_atomic(path, asdict(plan))

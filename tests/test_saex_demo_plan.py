@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from sae.errors import SaexError
 from saex.demo_plan import (
     CONTEXT,
     FLOOR_VECTORS,
@@ -135,4 +136,8 @@ def test_a_rerun_keeps_the_plan_and_records_step_times(tmp_path, tiny_lm):
     again = _load_or_plan(DemoConfig(out_dir=str(tmp_path)), tiny_lm, tmp_path, 0.0)
     assert again == first  # the stores on disk were sized by it
     other = _load_or_plan(DemoConfig(out_dir=str(tmp_path), tokens=8192), tiny_lm, tmp_path, 0.0)
-    assert other.tokens == 8192
+    assert other.tokens == 8192  # nothing harvested yet: a new plan
+    (tmp_path / "acts-train").mkdir()
+    with pytest.raises(SaexError, match="holds a demo of 8,192 training tokens") as e:
+        _load_or_plan(DemoConfig(out_dir=str(tmp_path), full=True), tiny_lm, tmp_path, 0.0)
+    assert "--out-dir" in e.value.fix
