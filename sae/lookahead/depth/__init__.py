@@ -35,22 +35,21 @@ earlier positions), batched over directions. fp32 throughout.
 from sae.lookahead.depth.answer import depth_answer, format_summary, layer_table
 from sae.lookahead.depth.causal import compare_to_random, sae_edits
 from sae.lookahead.depth.config import (
-           ALPHA,
-           FRAMES,
-           IMPLIED,
-           LAMBDAS,
-           NAMED,
-           PLOT_FILE,
-           REPORT_FILE,
-           REPORT_FORMAT,
-           DepthConfig,
+    ALPHA,
+    FRAMES,
+    IMPLIED,
+    LAMBDAS,
+    NAMED,
+    PLOT_FILE,
+    REPORT_FORMAT,
+    DepthConfig,
 )
 from sae.lookahead.depth.plots import plot_depth
 from sae.lookahead.depth.probes import Probe, article_probe, binomial_p, fit_probes, identity_probe
 from sae.lookahead.depth.prompts import DepthPrompts, depth_prompts, frame_prompts
 from sae.lookahead.depth.reader import LayerReader
 from sae.lookahead.depth.sweep import default_out, read_report, run_depth, sweep_layers
-from sae.runs.files import DEPTH_DIR
+from sae.runs.files import DEPTH_DIR, REPORT_FILE
 
 __all__ = ["ALPHA", "DEPTH_DIR", "FRAMES", "IMPLIED", "LAMBDAS", "NAMED", "PLOT_FILE", "REPORT_FILE", "REPORT_FORMAT",
            "DepthConfig", "DepthPrompts", "LayerReader", "Probe", "article_probe", "binomial_p", "compare_to_random",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sae.lookahead.depth.config import REPORT_FILE
 from sae.report import Answer
+from sae.runs.files import REPORT_FILE
 
 # --------------------------------------------------------------------------- the answer
 

@@ -15,7 +15,7 @@ from sae.errors import SaexError
 from sae.fsutil import ensure_writable_dir, write_json_atomic
 from sae.lookahead.depth.answer import depth_answer
 from sae.lookahead.depth.causal import _project_out, _random_units, compare_to_random, sae_edits
-from sae.lookahead.depth.config import REPORT_FILE, REPORT_FORMAT, DepthConfig
+from sae.lookahead.depth.config import REPORT_FORMAT, DepthConfig
 from sae.lookahead.depth.plots import plot_depth
 from sae.lookahead.depth.probes import article_probe, identity_probe
 from sae.lookahead.depth.prompts import depth_prompts
@@ -23,7 +23,7 @@ from sae.lookahead.depth.reader import LayerReader
 from sae.lookahead.interventions import encode_prompts
 from sae.lookahead.statistics import bootstrap_gap
 from sae.report import Report
-from sae.runs.files import DEPTH_DIR
+from sae.runs.files import DEPTH_DIR, REPORT_FILE
 
 # --------------------------------------------------------------------------- the sweep
 
