@@ -51,10 +51,6 @@ def is_finished(run: str | Path) -> bool:
     return (run / CFG_FILE).is_file() and (run / WEIGHTS_FILE).is_file()
 
 
-def lookahead_report(run: str | Path) -> Path:
-    return Path(run) / LOOKAHEAD_DIR / REPORT_FILE
-
-
 REPORTS = {"eval": EVAL_FILE, "labels": LABELS_SUMMARY_FILE, "lookahead": f"{LOOKAHEAD_DIR}/{REPORT_FILE}",
            "depth": f"{DEPTH_DIR}/{REPORT_FILE}"}
 """Where each analysis writes its report in a run folder (the word finder's are per word, under FIND_DIR)."""
