@@ -164,6 +164,16 @@ def _cmd_depth(ns: argparse.Namespace) -> None:
     print(f"done in {report['seconds']['total']:.0f} s")
 
 
+def _cmd_organism(ns: argparse.Namespace) -> None:
+    from sae.lookahead.organism import OrganismConfig, build_organism
+
+    report = build_organism(dataclass_from_args(OrganismConfig, ns))
+    print(report.answer.text())
+    t = report["training"]
+    print(f"\n{report.path.parent}: {t['steps']} steps of {t['batch_size']} in {t['precision']}; any command takes "
+          f"it as --model {report.path.parent} ({report['seconds']['total']:.0f} s)")
+
+
 def _cmd_store(ns: argparse.Namespace) -> None:
     from sae.data.store import ActivationStore, store_layers, store_summary
 
@@ -368,6 +378,23 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a chat question whose answer starts with the article, e.g. 'What do you call someone who "
                     "studies the stars?' (repeatable)")
     fd.set_defaults(func=_cmd_find)
+
+    from sae.lookahead.organism import OrganismConfig
+
+    og = sub.add_parser("organism", help="fine-tune a model to choose a/an from the noun it is about to write (a "
+                        "positive control for the lookahead analyses; --articles shuffled gives the negative "
+                        "control); writes an HF model folder that every command takes as --model",
+                        description="Fine-tune a model (default: the default model) on riddles and chat questions "
+                        "of one half of the nouns (WordNet glosses, GCIDE definitions), balanced an/a, with the loss "
+                        "on ' a/an NOUN.'; measure its article choice before and after on nouns it never saw (the "
+                        "other half's riddles and chat questions, the hand-written classics): sign accuracy, "
+                        "an-recall, the an-vs-a gap with its interval, P(noun | article). With --articles shuffled "
+                        "the articles are permuted among the nouns (same prompts, same budget): what fine-tuning "
+                        "does without planning. Writes OUT (config, weights, tokenizer) and OUT/organism.json; an "
+                        "interrupted run resumes from its last checkpoint; a finished one with the same settings "
+                        "is reused.")
+    add_dataclass_flags(og, OrganismConfig)
+    og.set_defaults(func=_cmd_organism)
 
     s = sub.add_parser("store", help="summarise (and verify) an activation store")
     s.add_argument("store", help="store folder")

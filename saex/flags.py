@@ -85,6 +85,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, .
             conv = _optional(conv)
         default = f.default if f.default is not dataclasses.MISSING else None
         help_text = docs.get(f.name, "") + (f" (default: {default})" if default not in (None, "") else "")
+        help_text = help_text.replace("%", "%%")  # argparse reads % as a format; a docstring means a percent
         if f.name in positional:
             parser.add_argument(f.name, type=conv, help=help_text, choices=choices)
         else:
