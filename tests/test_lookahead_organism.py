@@ -28,8 +28,10 @@ from saex.cli import main
 # can learn that from some nouns and use it on others. Nouns are made-up strings the tokenizer splits into pieces.
 AN_CLUES = ("light", "water", "fire", "music", "song")
 A_CLUES = ("dark", "earth", "night", "stone", "king")
-TRAIN_NOUNS = {"an": [f"an{c}{i}" for i, c in enumerate("bcdfghjklm")], "a": [f"ka{c}{i}" for i, c in enumerate("bcdfghjklm")]}
-TEST_NOUNS = {"an": [f"on{c}{i}" for i, c in enumerate("npqrst")], "a": [f"ko{c}{i}" for i, c in enumerate("npqrst")]}
+TRAIN_NOUNS = {"an": [f"an{c}{i}" for i, c in enumerate("bcdfghjklm")],
+               "a": [f"ka{c}{i}" for i, c in enumerate("bcdfghjklm")]}
+TEST_NOUNS = {"an": [f"on{c}{i}" for i, c in enumerate("npqrst")],
+              "a": [f"ko{c}{i}" for i, c in enumerate("npqrst")]}
 
 
 def _rows(nouns: dict[str, list[str]], per_noun: int, seed: int) -> list[dict]:
