@@ -44,6 +44,8 @@ _EXPORTS = {
     "run_lookahead": "sae.lookahead.experiment",
     "DepthConfig": "sae.lookahead.depth",
     "run_depth": "sae.lookahead.depth",
+    "OrganismConfig": "sae.lookahead.organism",
+    "build_organism": "sae.lookahead.organism",
     "FindConfig": "sae.lookahead.finder",
     "find_word": "sae.lookahead.finder",
     "Intervener": "sae.lookahead.interventions",

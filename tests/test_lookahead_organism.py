@@ -242,3 +242,4 @@ def test_bad_input_gets_one_clear_error(tiny_lm, tiny_model_dir, prompt_files, t
     assert main(["organism", "--model", str(tiny_model_dir)]) == 2
     assert "no output folder given" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
