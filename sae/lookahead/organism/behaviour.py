@@ -15,7 +15,7 @@ import torch
 
 from sae.lookahead.interventions import encode_prompts
 from sae.lookahead.prompts import Prompt
-from sae.lookahead.statistics import bootstrap_gap
+from sae.lookahead.statistics import behaviour_summary
 
 
 def _padded(rows: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,18 +66,17 @@ def article_choices(model, tokenizer, prompts: Sequence[Prompt], batch_size: int
 
 def summarise(choices: dict[str, torch.Tensor], prompts: Sequence[Prompt], n_boot: int = 2000,
               seed: int = 0) -> dict:
+    """The lookahead's `behaviour_summary` (gap, right article preferred, P(right article)) under the names a
+    fine-tune is judged by, plus P(noun | right article) and the per-prompt values."""
     is_an = torch.tensor([p.article == "an" for p in prompts])
     ld = choices["ld"]
-    right = torch.where(is_an, ld > 0, ld < 0).double()
-    p_right = torch.where(is_an, choices["logp_an"], choices["logp_a"]).exp()
-
-    def mean(x: torch.Tensor) -> float | None:
-        return float(x.mean()) if len(x) else None
-
+    base = behaviour_summary(ld, choices["logp_a"], choices["logp_an"], is_an, n_boot, seed)
+    a_pref_an = base["an_preferred_a_nouns"]
     return {"n": len(prompts), "n_an": int(is_an.sum()), "n_a": int((~is_an).sum()),
-            "sign_accuracy": mean(right), "an_recall": mean(right[is_an]), "a_recall": mean(right[~is_an]),
-            "gap": bootstrap_gap(ld, is_an, n_boot, seed),
-            "p_right_article": mean(p_right), "p_noun_given_article": mean(choices["logp_noun"].exp()),
+            "sign_accuracy": base["right_article_preferred"], "an_recall": base["an_preferred_an_nouns"],
+            "a_recall": None if a_pref_an is None else 1.0 - a_pref_an, "gap": base["gap"],
+            "p_right_article": base["mean_p_right_article"],
+            "p_noun_given_article": float(choices["logp_noun"].exp().mean()),
             "per_prompt": [{"noun": p.noun, "article": p.article, "ld": round(float(d), 4),
                             "logp_noun": round(float(n), 4)} for p, d, n in zip(prompts, ld, choices["logp_noun"])]}
 
