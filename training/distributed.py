@@ -24,6 +24,14 @@ def setup(device: torch.device) -> tuple[int, int, torch.device]:
     return dist.get_rank(), dist.get_world_size(), device
 
 
+def teardown(world: int) -> None:
+    """Leave the process group before the interpreter exits: a gloo group left to the
+    interpreter's shutdown can abort a rank ("terminate called without an active exception")
+    after its work is done, and torchrun then fails the whole run."""
+    if world > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def average_gradients(params, world: int) -> None:
     if world == 1:
         return

@@ -39,6 +39,14 @@ def train_topk(cfg: TrainConfig) -> Path:
     if is_finished(out):
         raise SaexError(f"{out} already holds a trained SAE", "choose another --out, or delete that run folder")
     rank, world, device = distributed.setup(resolve_device(cfg.device))
+    try:
+        return _train(cfg, store, out, rank, world, device)
+    finally:
+        distributed.teardown(world)
+
+
+def _train(cfg: TrainConfig, store: ActivationStore, out: Path, rank: int, world: int,
+           device: torch.device) -> Path:
     if rank == 0:
         ensure_writable_dir(out, "run")
     sae, opt, scale = _new_sae(cfg, store, device)
