@@ -21,6 +21,9 @@ def compare_to_random(clean: torch.Tensor, edited: torch.Tensor, random: torch.T
     bootstrap intervals, against the random edits' (z score, permutation p)."""
     g_clean = float(_gap(clean, is_an))
     change = gap_change(clean, edited, is_an, cfg.bootstrap, seed)
+    if random.shape[1] == 0:  # too few other latents fire for a random set of the same size
+        return change | {"random": {"n": 0, "removed_mean": None, "removed_sd": None, "fraction_removed_mean": None,
+                                    "removed_q95": None, "z": None, "p_permutation": None}}
     removed_random = (g_clean - _gap(random, is_an)).double()
     removed = change["removed"]
     sd = float(removed_random.std()) if len(removed_random) > 1 else 0.0

@@ -16,12 +16,13 @@ from sae.fsutil import ensure_writable_dir, write_json_atomic
 from sae.lookahead.depth.answer import depth_answer
 from sae.lookahead.depth.causal import _project_out, _random_units, compare_to_random, sae_edits
 from sae.lookahead.depth.config import REPORT_FORMAT, DepthConfig
+from sae.lookahead.depth.coverage import sae_coverage
 from sae.lookahead.depth.plots import plot_depth
 from sae.lookahead.depth.probes import article_probe, identity_probe
 from sae.lookahead.depth.prompts import depth_prompts
 from sae.lookahead.depth.reader import LayerReader
 from sae.lookahead.interventions import encode_prompts
-from sae.lookahead.statistics import bootstrap_gap
+from sae.lookahead.statistics import bootstrap_gap, gap_change
 from sae.report import Report
 from sae.runs.files import DEPTH_DIR, REPORT_FILE
 
@@ -166,7 +167,7 @@ def run_depth(cfg: DepthConfig, lm: LoadedModel | None = None) -> Report:
     tick("probes")
 
     # causal: project the probe direction out at -1 of the held-out riddles; SAE ablations
-    report["causal"], report["sae"] = {}, {}
+    report["causal"], report["sae"], report["sae_coverage"] = {}, {}, {}
     d = lm.d_model
     for j, L in enumerate(layers):
         if L not in directions:
@@ -177,10 +178,13 @@ def run_depth(cfg: DepthConfig, lm: LoadedModel | None = None) -> Report:
         repl = _project_out(h, means[L], units)
         repl[:, 0] = h  # the clean row, through the same path
         n_dir = repl.shape[1]
-        sae_info = None
+        sae_info = coverage = None
         if L in saes:
             sae_repl, sae_info = sae_edits(saes[L], f_tr[:, j, -1], is_an["train"], h, cfg, cfg.seed + L)
-            repl = torch.cat([repl, sae_repl[:, 1:]], 1)
+            cover_repl, coverage = sae_coverage(saes[L], f_tr[:, j, -1], y["train"], nouns["train"], h,
+                                                y["test"], directions[L], [f["feature"] for f in sae_info["features"]],
+                                                cfg, cfg.seed + L)
+            repl = torch.cat([repl, cover_repl, sae_repl[:, 1:]], 1)
         ld = reader.rerun_last(ids["test"], L, repl)
         clean = ld[:, 0]
         if not torch.allclose(clean, read["test"][2], atol=1e-3 * max(1.0, float(clean.abs().max()))):
@@ -188,6 +192,11 @@ def run_depth(cfg: DepthConfig, lm: LoadedModel | None = None) -> Report:
                             "output", "use a Llama-like causal LM")
         report["causal"][str(L)] = compare_to_random(clean, ld[:, 1], ld[:, 2:n_dir], is_an["test"], cfg,
                                                      cfg.seed + L)
+        if coverage is not None:
+            coverage["causal"] = {name: gap_change(clean, ld[:, n_dir + i], is_an["test"], cfg.bootstrap, cfg.seed + L)
+                                  for i, name in enumerate(("error_mean_ablated", "latents_mean_ablated"))}
+            report["sae_coverage"][str(L)] = coverage
+            n_dir += 2
         if sae_info is not None and sae_info["features"]:
             rest = ld[:, n_dir:]
             report["sae"][str(L)] = sae_info | compare_to_random(clean, rest[:, 0], rest[:, 1:], is_an["test"],
