@@ -227,3 +227,20 @@ def test_depth_page(monkeypatch, tiny_lm, tmp_path):
     shown = " ".join(m.value for m in at.markdown)
     assert r.answer.lines[0] in shown and len(at.dataframe) >= 1
     assert [i.value for i in at.info] == [r.answer.verdict]
+
+
+def test_lens_alone_does_not_make_the_article_readable():
+    """A logit-lens gap with no probe above its shuffled control on held-out nouns is inconclusive
+    (measured: a shuffled-article model shows a lens gap at layer 25 and none at its output)."""
+    from sae.lookahead.depth import depth_answer
+
+    gap = {"value": 1.3, "ci": [0.8, 1.8], "n_an": 48, "n_a": 48}
+    chance = {"-1": {"above_chance": False, "accuracy": 0.51, "p_binomial": 0.4, "control_mean": 0.5}}
+    r = {"layers": [20, 25], "offsets": [-1], "output": dict(gap, value=0.07, ci=[-0.1, 0.2]),
+         "lens": {"20": dict(gap, ci=[-0.2, 0.3]), "25": gap}, "article_probe": {"20": chance, "25": chance}}
+    a = depth_answer(r)
+    assert a["label"] == "lens_only" and "Inconclusive" in a["verdict"] and "layer 25" in a["verdict"]
+    r["article_probe"]["25"] = {"-1": dict(chance["-1"], above_chance=True, accuracy=0.66, ci=[0.55, 0.75],
+                                           n_test=96)}
+    a = depth_answer(r)
+    assert a["label"] == "at_minus1" and "from layer 25" in a["verdict"]

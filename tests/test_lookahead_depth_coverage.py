@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from sae.lookahead.depth import DepthConfig, layer_table, run_depth
-from sae.lookahead.depth.coverage import _latent_counts, decoder_directions, probe_split
+from sae.lookahead.depth.coverage import _latent_counts, probe_split
+from sae.lookahead.interventions import decoder_directions
 from tests.test_lookahead_depth import PLANT_LAYER, planted  # noqa: F401  (the fixture)
 
 
@@ -67,8 +68,8 @@ def test_coverage_of_sae_that_hold_all_none_or_part_of_the_signal(planted, tiny_
     assert lat_abl["fraction_removed"] > 0.9
     assert c["retrained_probe"]["reconstruction"]["above_chance"]
     assert not c["retrained_probe"]["error"]["above_chance"]
-    assert any(line.startswith(f"SAE at layer {PLANT_LAYER}, where the article signal sits") and "its latents" in line
-               for line in r.answer.lines)
+    head = f"SAE at layer {PLANT_LAYER}, where the article signal sits"
+    assert any(line.startswith(head) and "so most of it is in its latents" in line for line in r.answer.lines)
     row = layer_table(r)[0]
     assert row["probe separation in latents"] == pytest.approx(1, abs=1e-4)
 
@@ -106,6 +107,8 @@ def test_coverage_of_sae_that_hold_all_none_or_part_of_the_signal(planted, tiny_
 
 class _LinearSAE:
     """encode: x @ E (no nonlinearity), decode: a @ D + b: the split is then hand-computable."""
+
+    device = torch.device("cpu")
 
     def __init__(self, e, dec, b):
         self.e, self.dec, self.b, self.d_sae = e, dec, b, dec.shape[0]

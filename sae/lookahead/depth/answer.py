@@ -111,7 +111,7 @@ def depth_answer(r: dict) -> dict:
         lines.append(f"SAE at layer {L}: ablating its {len(s['features'])} most separating features at -1 removes "
                      f"{_pct(s['fraction_removed'])} of the gap ({s['removed']:.2f} logits); {versus}.")
     for L, c in (r.get("sae_coverage") or {}).items():
-        lines.append(coverage_line(L, c))
+        lines.append(coverage_line(L, c, probe.get(str(L), {}).get("-1", {}).get("above_chance", False)))
     if earlier:
         o, L = earlier[0]
         verdict, label = (f"The coming article is decodable before the token that chooses it (offset {o}, layer {L}): "
@@ -132,9 +132,23 @@ def depth_answer(r: dict) -> dict:
     return Answer(verdict, lines, label).to_dict()
 
 
-def coverage_line(layer: str, c: dict) -> str:
-    """Where the SAE at `layer` loses the article signal, in words (see depth/coverage.py)."""
+def coverage_line(layer: str, c: dict, probe_reads: bool = True) -> str:
+    """Where the SAE at `layer` loses the article signal, in words (see depth/coverage.py).
+    Where the probe does not read the article above chance, its direction's split is noise
+    (a ratio of two near-zero separations) and is not put in words."""
     d = c["probe_direction"]
+    ca = c["causal"]
+
+    def removed(x):
+        lo, hi = x.get("fraction_ci") or [None, None]
+        return _pct(x["fraction_removed"]) + (f" (95% CI {_pct(lo)} to {_pct(hi)})" if lo is not None else "")
+
+    causal = (f"At -1, setting the error term to its mean removes {removed(ca['error_mean_ablated'])} of the gap; "
+              f"setting every latent to its mean (error term kept) removes {removed(ca['latents_mean_ablated'])}.")
+    if not probe_reads:
+        return (f"SAE at layer {layer}: the article probe does not read the article above chance here, so there is "
+                f"no probe signal to split between its latents and its error term (the error is "
+                f"{_pct(c['relative_error'])} of the residual's norm). {causal}")
     ci = d["latents_share_ci"]
     ci_s = f", 95% CI {_pct(ci[0])} to {_pct(ci[1])}" if ci[0] is not None else ""
     spread = (f"half of the latents' part takes {d['latents_for_half']} latent(s), 90% takes "
@@ -146,19 +160,13 @@ def coverage_line(layer: str, c: dict) -> str:
              f"{pr['reconstruction']['accuracy']:.2f} (shuffled control {pr['reconstruction']['control_mean']:.2f}), "
              f"on the error term alone at {pr['error']['accuracy']:.2f} "
              f"(control {pr['error']['control_mean']:.2f}).")
-    ca = c["causal"]
-
-    def removed(x):
-        lo, hi = x.get("fraction_ci") or [None, None]
-        return _pct(x["fraction_removed"]) + (f" (95% CI {_pct(lo)} to {_pct(hi)})" if lo is not None else "")
-
-    held = ("its latents" if (d["latents_share"] or 0) > 0.5 else "its error term")
+    held = ("so most of it is in its latents" if ci[0] is not None and ci[0] > 0.5 else
+            "so most of it is in its error term" if ci[1] is not None and ci[1] < 0.5 else
+            "and the interval does not say which holds more")
     return (f"SAE at layer {layer}, where the article signal sits: along the article probe's direction at -1 its "
             f"latents carry {_pct(d['latents_share'])} of the an-vs-a separation{ci_s} and its error term "
-            f"{_pct(d['error_share'])} (the error is {_pct(c['relative_error'])} of the residual's norm), so most "
-            f"of it is in {held}; {spread}{chosen}. {probe} At -1, setting the error term to its mean removes "
-            f"{removed(ca['error_mean_ablated'])} of the gap; setting every latent to its mean (error term kept) "
-            f"removes {removed(ca['latents_mean_ablated'])}.")
+            f"{_pct(d['error_share'])} (the error is {_pct(c['relative_error'])} of the residual's norm), {held}; "
+            f"{spread}{chosen}. {probe} {causal}")
 
 
 def format_summary(r: dict, out_dir: Path) -> str:

@@ -18,6 +18,7 @@ import torch
 
 from sae.lookahead.depth.config import DepthConfig
 from sae.lookahead.depth.probes import article_probe
+from sae.lookahead.interventions import decoder_directions
 
 HALF, MOST = 0.5, 0.9  # shares of the latents' separation whose latent counts are reported
 
@@ -25,14 +26,6 @@ HALF, MOST = 0.5, 0.9  # shares of the latents' separation whose latent counts a
 def _separation(s: torch.Tensor, is_an: torch.Tensor) -> torch.Tensor:
     """s "... prompt" -> "...": mean over an-noun prompts minus mean over a-noun prompts."""
     return s[..., is_an].mean(-1) - s[..., ~is_an].mean(-1)
-
-
-def decoder_directions(sae) -> torch.Tensor:
-    """ "d_sae d": what one unit of each latent adds to the reconstruction (exact for the affine
-    decoders sae-lens uses; measured through decode so any output scaling is included)."""
-    eye = torch.eye(sae.d_sae)
-    rows = [sae.decode(eye[i:i + 1024]).cpu() for i in range(0, sae.d_sae, 1024)]
-    return torch.cat(rows) - sae.decode(torch.zeros(1, sae.d_sae)).cpu()
 
 
 def _latent_counts(contrib: torch.Tensor, total: float) -> dict:
@@ -64,7 +57,7 @@ def probe_split(sae, h: torch.Tensor, is_an: torch.Tensor, u: torch.Tensor, chos
     boot = s[:, ia].mean(-1) - s[:, ib].mean(-1)  # "3 boot"
     ok = boot[0].abs() > 1e-12
     share = (boot[1][ok] / boot[0][ok])
-    contrib = (_separation(acts.T.double(), is_an) * (decoder_directions(sae).double() @ u.double())).float()
+    contrib = (_separation(acts.T.double(), is_an) * (decoder_directions(sae).cpu().double() @ u.double())).float()
     counts = _latent_counts(contrib, latents)
     share_of = (lambda x: x / total) if abs(total) > 1e-12 else (lambda x: None)
     return {"separation": total, "latents": latents, "error": error,
