@@ -375,6 +375,10 @@ def test_lookahead_command_end_to_end(run_dir, tiny_model_dir, text_corpus, tmp_
         assert not set(s) & set(sel_feats)
         for f, t in zip(s, sel_feats):
             assert abs(float(log_d[f] - log_d[t])) <= rnd["max_abs_log10_density_difference"] + 1e-9
+    err = r["causal"]["error_term"]
+    assert err["last"]["positions"] == "last" and err["edited_positions"]["positions"] == r["causal"]["positions"]
+    assert err["last"]["gap_clean"] == pytest.approx(r["causal"]["clean_gap"]["value"], abs=1e-5)
+    assert err["last"]["gap_edited"] != pytest.approx(err["last"]["gap_clean"], abs=1e-6)  # a random SAE misses much
     assert len(r["dose_response"]["selected"]["ld_an"]) == 7
     # dose 1 is no edit (the clean means), dose 0 the ablation
     dose = r["dose_response"]

@@ -282,3 +282,28 @@ def test_bad_edits_and_positions():
 def test_feature_out_of_range_is_one_clear_error(iv, prepared):
     with pytest.raises(SaexError, match="out of range"):
         iv.run(prepared, Edit((D_SAE,)))
+
+
+def test_error_term_at_its_mean_equals_a_hand_edit(iv, prepared, plain, sae, tiny_lm):
+    """error_mean is the mean of h - decode(encode(h)) over the prompt tokens (BOS left out);
+    run_error_at_mean puts decode(encode(h)) + that mean at -1 and nothing else changes."""
+    s = sae.sae
+    errs = []
+    for e in prepared.items:
+        h = _hidden(plain, e.ids)[1:e.article_pos]  # prompt tokens: after BOS, before the article
+        errs.append(h - (_encode_by_hand(sae, h) @ s.W_dec + s.b_dec))
+    mean = torch.cat(errs).mean(0).detach()
+    torch.testing.assert_close(iv.error_mean(prepared, "prompt"), mean, atol=1e-5, rtol=1e-4)
+    an_id, a_id = (tiny_lm.tokenizer(t, add_special_tokens=False)["input_ids"][0] for t in (" an", " a"))
+    out = iv.run_error_at_mean(prepared, "last", mean)
+    for i, e in enumerate(prepared.items):
+        p = e.article_pos - 1
+
+        def by_hand(hidden, p=p):
+            hidden = hidden.clone()
+            hidden[0, p] = (_encode_by_hand(sae, hidden[0, p]) @ s.W_dec + s.b_dec) + mean
+            return hidden
+
+        logits = _plain_logits(plain, e.ids[:e.article_pos], by_hand)[-1]
+        assert abs(float(logits[an_id] - logits[a_id]) - float(out.ld[i])) <= 1e-4
+    assert (out.ld - iv.run(prepared).ld).abs().max() > 1e-4  # the SAE is imperfect: the edit does something

@@ -48,6 +48,9 @@ def answer(r: dict) -> dict:
                          f"texts beyond a Bonferroni bound (|z| > {sep['bonferroni_z']:.1f}); the strongest, "
                          f"{best['feature']}, has z = {best['z']:.1f} "
                          f"(mean {best['mean_an']:.2f} vs {best['mean_a']:.2f}).")
+    err = r["causal"].get("error_term")
+    if err and gap_real:
+        lines.append(error_term_line(err))
     sel = r["selection"]["selected"]
     if not sel:
         return Answer("No feature removed any of the gap on the selection set: null result.", lines, "null",
@@ -111,6 +114,18 @@ def answer(r: dict) -> dict:
         label = "carried" if reliable else "carried_size_uncertain"
     return Answer(verdict, lines, label, {"gap_reliable": gap_real, "target_met": target_met, "beats_random": beats,
                                           "removal_reliable": reliable}).to_dict()
+
+
+def error_term_line(err: dict) -> str:
+    """What the SAE's latents leave out: the gap removed when its error term is set to its mean."""
+    def part(e):
+        lo, hi = e["fraction_ci"]
+        return f"{_pct(e['fraction_removed'])} (95% CI {_pct(lo)} to {_pct(hi)})"
+
+    e, last = err["edited_positions"], err["last"]
+    return (f"The SAE's error term (what its latents do not reconstruct), set to its mean with every latent kept, "
+            f"removes {part(e)} of the test gap at {e['positions']} positions and {part(last)} at -1 alone. Feature "
+            "ablations keep the error term, so what it carries is out of their reach.")
 
 
 def format_summary(r: dict, out_dir: Path) -> str:

@@ -370,6 +370,18 @@ def _effect(cfg: LookaheadConfig, clean: Outcome, edited: Outcome) -> dict:
     return change
 
 
+def _error_term(cfg, iv: Intervener, prep: dict[str, Prepared], clean: Outcome) -> dict:
+    """The SAE's error term set to its selection-set mean (latents kept) at the edited positions
+    and at -1 alone: how much of the gap the SAE's latents do not carry. Every feature
+    intervention keeps the error term, so a gap that lives there is out of their reach."""
+    out = {"meaning": "the SAE's error term (residual minus reconstruction) replaced by its mean over the selection "
+                      "set's prompts at these positions, every latent kept"}
+    for name, pos in (("edited_positions", cfg.positions), ("last", "last")):
+        mean = iv.error_mean(prep["select"], pos)
+        out[name] = _effect(cfg, clean, iv.run_error_at_mean(prep["test"], pos, mean)) | {"positions": pos}
+    return out
+
+
 def _test(cfg, iv: Intervener, prep: dict[str, Prepared], clean: dict[str, Outcome], selected: list[int], attr,
           log_d: torch.Tensor, density_source: str) -> tuple[dict, dict]:
     from tqdm.auto import tqdm
@@ -377,6 +389,7 @@ def _test(cfg, iv: Intervener, prep: dict[str, Prepared], clean: dict[str, Outco
     test, c = prep["test"], clean["test"]
     causal: dict = {"set": "test", "positions": cfg.positions, "clean_gap": bootstrap_gap_dict(c, cfg),
                     "selected": selected}
+    causal["error_term"] = _error_term(cfg, iv, prep, c)
     if not selected:
         causal["note"] = "no features were selected, so nothing was tested"
         return causal, {}

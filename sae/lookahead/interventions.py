@@ -347,12 +347,41 @@ class Intervener:
             n_sinks += int(b.sink.sum())
         return Prepared(batches, len(encoded), threshold, source, n_sinks)
 
-    @torch.no_grad()
     def run(self, prepared: Prepared, edit: Edit | None = None) -> Outcome:
+        def residual(b: Batch) -> torch.Tensor:
+            if edit is None:
+                return b.h
+            return edit_residual(self.sae, b.h, b.acts, edit, position_mask(b, edit.positions, edit.include_sinks))
+
+        return self._outcome(prepared, residual)
+
+    @torch.no_grad()
+    def error_mean(self, prepared: Prepared, positions: str | list[int] = "prompt") -> torch.Tensor:
+        """ "d": the SAE's mean error term, h - decode(latents), over `positions` (ordinary ones)."""
+        total, n = torch.zeros(self.lm.d_model, dtype=torch.float64), 0
+        for b in prepared.batches:
+            mask = position_mask(b, positions)
+            err = b.h[mask] - self.sae.decode(b.acts[mask]).to(b.h.dtype)
+            total += err.double().sum(0).cpu()
+            n += len(err)
+        return (total / max(n, 1)).float()
+
+    def run_error_at_mean(self, prepared: Prepared, positions: str | list[int], mean: torch.Tensor) -> Outcome:
+        """The outcome with the SAE's error term replaced by `mean` at `positions` (ordinary ones),
+        every latent kept: what the model does when only the SAE's latents carry those positions."""
+        def residual(b: Batch) -> torch.Tensor:
+            mask = position_mask(b, positions)
+            out = b.h.clone()
+            out[mask] = self.sae.decode(b.acts[mask]).to(b.h.dtype) + mean.to(b.h.device, b.h.dtype)
+            return out
+
+        return self._outcome(prepared, residual)
+
+    @torch.no_grad()
+    def _outcome(self, prepared: Prepared, residual) -> Outcome:
         rows = {k: [] for k in ("ld", "logp_a", "logp_an", "logp_noun")}
         for b in prepared.batches:
-            mask = position_mask(b, edit.positions, edit.include_sinks) if edit is not None else None
-            h = edit_residual(self.sae, b.h, b.acts, edit, mask) if edit is not None else b.h
+            h = residual(b)
             logits = self._logits(b, h)
             logp = logits.log_softmax(-1)
             noun = torch.tensor([e.noun_id for e in b.items], device=logits.device)
