@@ -414,3 +414,18 @@ def test_lookahead_bad_input(run_dir, tiny_model_dir, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["lookahead", str(tmp_path / "no-run"), "--progress", "no"]) == 2
     assert not (tmp_path / "o" / "report.json").exists()
+
+
+def test_verdict_names_an_error_term_that_carries_more_than_the_features():
+    from sae.lookahead.answer import _outside_latents, error_term_line
+
+    def err(frac, lo, hi):
+        e = {"fraction_removed": frac, "fraction_ci": [lo, hi], "positions": "prompt"}
+        return {"edited_positions": e, "last": dict(e, positions="last")}
+
+    assert "most of the gap lies outside" in _outside_latents(err(0.74, 0.60, 0.96), 0.09)
+    assert "than in the chosen features" in _outside_latents(err(0.40, 0.20, 0.60), 0.09)
+    assert _outside_latents(err(0.40, 0.05, 0.60), 0.09) == ""  # the intervals overlap: no claim
+    assert _outside_latents(err(0.40, 0.20, 0.60), 0.30) == ""
+    assert _outside_latents(None, 0.0) == ""
+    assert "74% (95% CI 60% to 96%) of the test gap at prompt positions" in error_term_line(err(0.74, 0.60, 0.96))

@@ -53,7 +53,8 @@ def answer(r: dict) -> dict:
         lines.append(error_term_line(err))
     sel = r["selection"]["selected"]
     if not sel:
-        return Answer("No feature removed any of the gap on the selection set: null result.", lines, "null",
+        return Answer("No feature removed any of the gap on the selection set: null result."
+                      + (_outside_latents(err, 0.0) if gap_real else ""), lines, "null",
                       {"gap_reliable": gap_real, "target_met": False, "beats_random": False,
                        "removal_reliable": False}).to_dict()
     c = r["causal"]
@@ -112,8 +113,24 @@ def answer(r: dict) -> dict:
         verdict = (f"Out of sample the chosen features remove {_pct(frac)} of the gap, more than "
                    f"density-matched random features; {size}.")
         label = "carried" if reliable else "carried_size_uncertain"
+    verdict += _outside_latents(err, hi if hi is not None else frac) if gap_real else ""
     return Answer(verdict, lines, label, {"gap_reliable": gap_real, "target_met": target_met, "beats_random": beats,
                                           "removal_reliable": reliable}).to_dict()
+
+
+def _outside_latents(err: dict | None, features_high: float | None) -> str:
+    """A clause for the verdict when the SAE's error term demonstrably carries more of the gap than
+    the chosen features could: the mechanism then sits mostly outside this SAE's latents."""
+    if not err:
+        return ""
+    e = err["edited_positions"]
+    lo = e["fraction_ci"][0]
+    if lo is None or lo <= max(features_high or 0.0, 0.0):
+        return ""
+    where = ("most of the gap lies outside this SAE's latents" if lo > 0.5 else
+             "more of the gap lies outside this SAE's latents than in the chosen features")
+    return (f" The SAE's error term carries more: set to its mean (latents kept) it removes "
+            f"{_pct(e['fraction_removed'])} (95% CI {_pct(lo)} to {_pct(e['fraction_ci'][1])}), so {where}.")
 
 
 def error_term_line(err: dict) -> str:
