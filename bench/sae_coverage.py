@@ -8,7 +8,8 @@ Builds (or reuses) for the base model and for the organism: a multi-layer activa
 settings (`saex train`, 4,608 latents, k 32, 4.65 epochs) and the depth sweep with those SAEs (`saex depth`,
 layers 5-25, report with `sae_coverage`). Then two variants of the organism's SAE at the deepest layer: four times
 wider (18,432 latents), and trained on a corpus where a/an riddles with their answers (the fine-tune's own half of
-the nouns, WordNet and GCIDE) are interleaved with the default corpus. Prints one row per SAE. About 25 minutes on
+the nouns, WordNet and GCIDE) are interleaved with the default corpus; and that riddle-corpus SAE on the base model,
+the control. Prints one row per SAE. About 30 minutes on
 2 cores with fast bf16 when nothing exists yet (harvest 4.5 minutes a model, training 70 s an SAE, 5 minutes for the
 wide one, a depth sweep 1.5 minutes). `python bench/organism.py` builds the organism first.
 """
@@ -139,14 +140,17 @@ def main() -> None:
     variant(args.organism, org, f"sae-L{top}-wide", top, None, 4 * 4608)
     mix = riddle_mix(org / "riddle-mix.jsonl")
     variant(args.organism, org, f"sae-L{top}-riddles", top, str(mix), None)
+    variant(args.base, base, f"sae-L{top}-riddles", top, str(mix), None)  # the control: riddles, no planning
     print("| model | layer | latents | EV (train) | article probe at -1 | probe separation in latents (95% CI) | "
           "retrained probe: reconstruction / error | error term at mean removes | latents at mean remove | "
           "10 chosen features remove | output gap |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     lines = rows("base", base / "depth" / "report.json", {L: base / f"sae-L{L}" for L in layers})
     lines += rows("organism", org / "depth" / "report.json", {L: org / f"sae-L{L}" for L in layers})
-    for name, what in (("wide", "organism, 4x wider"), ("riddles", "organism, riddles in the SAE's data")):
-        lines += rows(what, org / f"depth-sae-L{top}-{name}" / "report.json", {top: org / f"sae-L{top}-{name}"})
+    for folder, name, what in ((org, "wide", "organism, 4x wider"),
+                               (org, "riddles", "organism, riddles in the SAE's data"),
+                               (base, "riddles", "base, riddles in the SAE's data")):
+        lines += rows(what, folder / f"depth-sae-L{top}-{name}" / "report.json", {top: folder / f"sae-L{top}-{name}"})
     print("\n".join(lines))
 
 

@@ -25,7 +25,10 @@ Per swept layer L (the residual stream after block L, `blocks.L.hook_resid_post`
   permutation p);
 - where an SAE of that layer is given: its top features by separation (an- vs a-noun
   riddles at -1, training half) ablated at -1 with the SAE's error term kept, against
-  random sets of as many features that fire on those prompts.
+  random sets of as many features that fire on those prompts; and where that SAE loses the
+  signal (`coverage.py`): the probe direction's an-vs-a separation split exactly between the
+  SAE's reconstruction and its error term, probes retrained on each alone, and the gap
+  removed when the error term (or every latent) is set to its mean at -1.
 
 One forward pass with hooks on the swept blocks gives every layer's residual; the causal
 edits rerun only the last prompt token from a cached prefix (the edit cannot change
@@ -44,6 +47,7 @@ from sae.lookahead.depth.config import (
     REPORT_FORMAT,
     DepthConfig,
 )
+from sae.lookahead.depth.coverage import probe_split, sae_coverage
 from sae.lookahead.depth.plots import plot_depth
 from sae.lookahead.depth.probes import Probe, article_probe, binomial_p, fit_probes, identity_probe
 from sae.lookahead.depth.prompts import DepthPrompts, depth_prompts, frame_prompts
@@ -54,4 +58,5 @@ from sae.runs.files import DEPTH_DIR, REPORT_FILE
 __all__ = ["ALPHA", "DEPTH_DIR", "FRAMES", "IMPLIED", "LAMBDAS", "NAMED", "PLOT_FILE", "REPORT_FILE", "REPORT_FORMAT",
            "DepthConfig", "DepthPrompts", "LayerReader", "Probe", "article_probe", "binomial_p", "compare_to_random",
            "default_out", "depth_answer", "depth_prompts", "fit_probes", "format_summary", "frame_prompts",
-           "identity_probe", "layer_table", "plot_depth", "read_report", "run_depth", "sae_edits", "sweep_layers"]
+           "identity_probe", "layer_table", "plot_depth", "probe_split", "read_report", "run_depth", "sae_coverage",
+           "sae_edits", "sweep_layers"]
