@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -57,6 +58,14 @@ def _cmd_train(ns: argparse.Namespace) -> None:
     out = train(cfg)
     run = json.loads((out / RUN_FILE).read_text())
     print(f"SAE written to {out} ({run['vectors']:,} vectors, {run['vectors_per_s']:,.0f} vectors/s)")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Under torchrun, gloo's C++ threads can abort a rank during interpreter shutdown even after
+        # destroy_process_group ("terminate called without an active exception"; seen in about 1 run
+        # in 6 on 2 busy cores), and torchrun then fails the whole run. Everything is written and
+        # the group is gone, so end the process here without the interpreter's teardown.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def _cmd_eval(ns: argparse.Namespace) -> None:
