@@ -294,6 +294,9 @@ def test_causal_numbers_equal_hand_edits(owl_report, planner_lm, planted):
 def test_a_word_without_a_feature_gets_a_null(planted, owl_corpus):
     rep = find_word(_cfg(planted, owl_corpus, word="egg"))
     assert rep["answer"]["label"] == "none"
+    rate = rep["power"]["detectable_rate"]  # a null states what it could have seen
+    assert rate is not None and f"fires before {rate:.0%} or more of its sources" in rep["answer"]["verdict"]
+    assert dict(zip(rep["power"]["rates"], rep["power"]["power"]))[rate] >= 0.8
     line = next(line for line in rep["answer"]["lines"] if line.startswith("No feature fires before 'an egg'"))
     assert f"#{rep['strongest']['feature']}, z = " in line
 
@@ -318,7 +321,10 @@ def test_multi_token_word_from_typed_prompts(planted, owl_corpus, tiny_lm):
     assert any(f"is {len(pieces)} tokens" in line for line in rep["answer"]["lines"])
     assert any("never follows a/an in the corpus" in line for line in rep["answer"]["lines"])
     assert rep["contexts"]["counts"] == {"user": 4}
-    assert rep["answer"]["label"] in ("none", "fires, no causal effect", "found")
+    # four typed prompts, two held out: too few to rule out a feature, so never a bare null
+    assert rep["answer"]["label"] in ("inconclusive", "fires, no causal effect", "found")
+    assert rep["power"]["detectable_rate"] is None
+    assert any(line.startswith("Power: even a feature") for line in rep["answer"]["lines"])
 
 
 def test_repeated_question_is_read_from_the_cache(planted, owl_corpus, owl_report):

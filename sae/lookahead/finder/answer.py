@@ -12,8 +12,11 @@ Verdicts, strongest first:
 - fires, not specific: confirmed against other nouns, but neither separated from its
   category nor shown to be a category feature;
 - inconclusive: the held-out half is too small for any test to reach its level, or the
-  causal tests could not (too few comparable random features);
-- none: nothing was confirmed on the held-out half.
+  causal tests could not (too few comparable random features), or nothing was confirmed
+  but the design could not have confirmed even a feature firing before every source of the
+  word (its power, sae.lookahead.finder.power, below 80% at every firing rate);
+- none: nothing was confirmed on the held-out half, and the design had the power to confirm a
+  feature of some firing rate, which the answer states.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ HEADINGS = {
     "category": "a feature fires before nouns of the word's category, not before the word alone",
     "fires, not specific": "a feature fires before the word more than before other nouns, but is not separated "
                            "from the word's category",
-    "inconclusive": "inconclusive: too few independent contexts for the tests to reach their levels",
+    "inconclusive": "inconclusive: too few independent contexts for the tests to decide",
     "none": "null: no feature fires before the word more than before other nouns, on held-out contexts",
 }
 TEST_NAMES = {("ablation", "word"): "ablation, Δ[log P(word) − alternatives]",
@@ -48,6 +51,13 @@ def _pct(x) -> str:
     return "n/a" if x is None else f"{x:.0%}"
 
 
+def null_supported(rep: dict) -> bool:
+    """Whether the design could have confirmed some word feature (80% power at some firing
+    rate); reports written before the power estimate count as able."""
+    pw = rep.get("power")
+    return pw is None or pw.get("detectable_rate") is not None
+
+
 def verdict_of(rep: dict) -> str:
     check = rep["design"]["check"]
     if check["resolvable"] == 0:
@@ -55,7 +65,7 @@ def verdict_of(rep: dict) -> str:
     cands = {c["feature"]: c for c in rep["candidates"]}
     confirmed = [f for f in check["tested"] if cands[f]["confirmed"]]
     if not confirmed:
-        return "none"
+        return "none" if null_supported(rep) else "inconclusive"
     causal = {int(f): v for f, v in rep["causal"]["features"].items()}
     kinds = {f: (cands[f]["specificity"] or {}).get("kind", "not checked") for f in confirmed}
     specific = [f for f in confirmed if kinds[f] in ("word", "not checked")]
@@ -80,6 +90,33 @@ def _design_line(rep: dict) -> str:
     return (f"Held-out half: {rep['contexts']['check_clusters']} independent word source(s) against the controls; "
             f"{c['relabellings']:,} relabellings, so the smallest p is {_p(c['min_p'])}: {reach} at family-wise "
             f"α = {d['alpha']}.")
+
+
+def power_line(rep: dict) -> str | None:
+    """The design's power in one sentence: the smallest word feature it would confirm, and
+    the extra sources a stronger answer needs."""
+    pw = rep.get("power")
+    if not pw:
+        return None
+    ctrl, ref = _pct(pw["control_rate"]), _pct(pw["reference_rate"])
+    target, sims = _pct(pw["target"]), pw["sims"]
+    if pw["detectable_rate"] is not None:
+        text = (f"Power: these tests would confirm a word feature that fires before {_pct(pw['detectable_rate'])} or "
+                f"more of the word's independent sources (and {ctrl} of the controls') in at least {target} of "
+                f"{sims} simulated draws; one that fires before {ref} of them, in {_pct(pw['power_at_reference'])}.")
+    else:
+        text = (f"Power: even a feature that fires before every independent source of the word (and {ctrl} of the "
+                f"controls') would be confirmed in only {_pct(pw['power'][-1])} of {sims} simulated draws, below "
+                f"{target}, so finding none says little.")
+    if pw["power_at_reference"] < pw["target"]:
+        if pw.get("extra_sources"):
+            text += (f" About {pw['extra_sources']} more independent sources of the word (contexts from other "
+                     f"documents, definitions or prompts; half of them held out) would confirm one that fires before "
+                     f"{ref} of them {_pct(pw['extra_power'])} of the time.")
+        elif pw.get("extra_sources") is None and pw.get("extra_tried"):
+            text += (f" Even {pw['extra_tried']} more independent sources would not confirm one that fires before "
+                     f"{ref} of them {target} of the time.")
+    return text
 
 
 def _feature_line(c: dict, rep: dict) -> str:
@@ -120,6 +157,8 @@ def _causal_line(f: int, ca: dict, rep: dict) -> str:
                 ("steering", "word"): f"steering it up in {rep['causal'].get('frames', 0)} neutral frames by"}[
             (t["op"], t["target"])]
         verdict = "passes" if t["passed"] else ("level unreachable" if not t["reachable"] else "does not pass")
+        if t.get("detectable") is not None and not t["passed"]:
+            verdict += f"; a mean {'below' if t['direction'] == 'lowers' else 'above'} {t['detectable']:+.3f} would"
         parts.append(f"{what} {t['mean']:+.3f} (95% CI {_ci(t['ci'])}; p = {_p(t['p'])} against {t['n_null']} "
                      f"matched random features, Holm level {_p(t['level'])}: {verdict})")
     text = f"#{f}: " + "; ".join(parts) + "."
@@ -177,6 +216,9 @@ def find_answer(rep: dict) -> dict:
                      f"contexts: the ranking half's best {len(tested)} ({detail}) do not pass Holm at "
                      f"α = {rep['design']['alpha']}; the strongest on the ranking half is #{s['feature']}, "
                      f"z = {s['z']:.1f}.")
+    power = power_line(rep)
+    if power:
+        lines.append(power)
     for f in confirmed:
         lines.append(_feature_line(cands[f], rep))
     for f, ca in rep["causal"]["features"].items():
@@ -184,7 +226,14 @@ def find_answer(rep: dict) -> dict:
     if rep["causal"].get("not_tested"):
         lines.append("Confirmed but not tested causally (raise --causal-features): "
                      + ", ".join(f"#{f}" for f in rep["causal"]["not_tested"]) + ".")
-    return Answer(HEADINGS[verdict], lines, verdict).to_dict()
+    heading = HEADINGS[verdict]
+    pw = rep.get("power") or {}
+    if verdict == "none" and pw.get("detectable_rate") is not None:
+        heading += (f" (the tests would have confirmed one that fires before {_pct(pw['detectable_rate'])} or more "
+                    f"of its sources, {_pct(pw['target'])} power)")
+    elif verdict == "inconclusive" and confirmed == [] and rep["design"]["check"]["resolvable"] > 0:
+        heading += f" (power {_pct(pw['power'][-1])} even for a feature on every source)" if pw else ""
+    return Answer(heading, lines, verdict).to_dict()
 
 
 def format_find(rep: dict, top: int = 10) -> str:

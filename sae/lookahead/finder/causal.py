@@ -18,7 +18,8 @@ contexts in activity (the share of contexts where they fire before the article),
 (mean |activation| x decoder norm where they fire) and in log firing density, edited the
 same way. Each test's p is its rank among them, (1 + as extreme) / (1 + n); n is chosen so
 that the smallest p reaches the first Holm level over every test run. Where the SAE has too
-few active latents for that, the test says its level is unreachable.
+few active latents for that, the test says its level is unreachable. Each test also states the
+smallest mean effect that would have passed its level against those nulls (`detectable`).
 """
 
 from __future__ import annotations
@@ -127,6 +128,7 @@ def causal_tests(iv, held, frames, candidates: Sequence[int], word_id: int, alt_
                  n_boot: int, seed: int, batch_size: int = 16) -> dict:
     """Every test of TESTS for each candidate, against its matched random features, with Holm
     over all of them. `held`: prepared held-out word contexts; `frames`: prepared neutral frames."""
+    from sae.lookahead.finder.power import detectable_effect
     from sae.lookahead.interventions import decoder_directions, typical_activation
 
     candidates = [int(f) for f in candidates]
@@ -173,6 +175,7 @@ def causal_tests(iv, held, frames, candidates: Sequence[int], word_id: int, alt_
         r["level"] = h["level"]
         r["passed"] = bool(h["passed"] and ok)
         r["reachable"] = r["min_p"] <= h["level"] + 1e-12
+        r["detectable"] = detectable_effect(r["null_values"], h["level"], r["direction"] == "lowers")
     features = {}
     for f in candidates:
         mine = {(r["op"], r["target"]): r for r in rows if r["feature"] == f}

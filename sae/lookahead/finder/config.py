@@ -54,6 +54,15 @@ class FindConfig(ModelOptions):
     is then a false positive."""
     bootstrap: int = 1000
     """Bootstrap resamples for intervals of causal effects."""
+    power_sims: int = 200
+    """Simulated word features per firing rate for the power estimate (planted in the activations, put through the
+    same ranking, held-out test and Holm); "null" is said only where one the tests would confirm in 80% of draws
+    exists."""
+    power_rate: float = 0.5
+    """The share of the word's independent sources a feature fires before, for the power line's reference figure
+    and for the extra sources an inconclusive answer asks for."""
+    power_control_rate: float = 0.05
+    """The share of the control sources the simulated word feature fires before as well."""
     batch_size: int = 16
     """Contexts per forward pass."""
     seed: int = 0
@@ -72,11 +81,20 @@ class FindConfig(ModelOptions):
         if self.corpus is not None and self.corpus.strip().lower() in ("", "none"):
             self.corpus = "none"
         for name, low in (("corpus_contexts", 0), ("controls_per_article", 4), ("category_nouns", 0), ("top", 1),
-                          ("confirm", 1), ("causal_features", 1), ("bootstrap", 100), ("batch_size", 1)):
+                          ("confirm", 1), ("causal_features", 1), ("bootstrap", 100), ("batch_size", 1),
+                          ("power_sims", 20)):
             if int(getattr(self, name)) < low:
                 raise SaexError(f"{name} must be at least {low}, got {getattr(self, name)}",
                                 f"pass --{name.replace('_', '-')} {low} or more")
         if not 0 < self.alpha < 0.5:
             raise SaexError(f"alpha must lie between 0 and 0.5, got {self.alpha}", "pass e.g. --alpha 0.05")
+        for name in ("power_rate", "power_control_rate"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise SaexError(f"{name} must lie between 0 and 1, got {getattr(self, name)}",
+                                f"pass e.g. --{name.replace('_', '-')} 0.5")
+        if not self.power_control_rate < self.power_rate:
+            raise SaexError(f"power_control_rate ({self.power_control_rate}) must be below power_rate "
+                            f"({self.power_rate})", "a word feature fires before the word more often than before "
+                            "other nouns: pass e.g. --power-rate 0.5 --power-control-rate 0.05")
         if not self.steer > 0:
             raise SaexError(f"steer must be positive, got {self.steer}", "pass e.g. --steer 2")

@@ -32,7 +32,7 @@ from sae.lookahead.finder.config import FindConfig
 from sae.report import Report
 from sae.runs.files import CFG_FILE, FIND_DIR, SPARSITY_FILE, WEIGHTS_FILE
 
-FIND_FORMAT = 3  # 3: the answer's verdict is its sentence, its label the short name
+FIND_FORMAT = 4  # 3: the answer's verdict is its sentence, its label the short name; 4: power
 OFFSETS = tuple(range(-8, 3))
 
 
@@ -202,6 +202,7 @@ def analyse(cfg: FindConfig, iv, wc, everything, prep, on_step: Callable[[str, f
     from sae.lookahead.finder.activation import activation_tests, shuffle_roles, split_clusters
     from sae.lookahead.finder.answer import find_answer
     from sae.lookahead.finder.causal import NEUTRAL_FRAMES, alternative_ids, causal_tests
+    from sae.lookahead.finder.power import activation_power
     from sae.lookahead.interventions import encode_prompts, subset
     from sae.lookahead.prompts import Prompt
     from sae.lookahead.statistics import aligned_activations
@@ -222,6 +223,9 @@ def analyse(cfg: FindConfig, iv, wc, everything, prep, on_step: Callable[[str, f
     act = activation_tests(values, everything, wc.article, half, cfg.confirm, cfg.alpha, cfg.seed)
     table = _table(cfg, iv, lm, sae, everything, values, half, act, wc.article, pieces[0], prep)
     clock.tick("activation tests")
+    power = activation_power(values, everything, wc.article, half, act, cfg.confirm, cfg.alpha, cfg.seed,
+                             cfg.power_control_rate, cfg.power_rate, cfg.power_sims)
+    clock.tick("power")
 
     on_step("causal tests on held-out contexts against matched random features", 0.55)
     order = sorted(act["confirmed"], key=lambda f: (_spec_rank(act, f), -act["confirmation"][f]["auc"],
@@ -261,6 +265,7 @@ def analyse(cfg: FindConfig, iv, wc, everything, prep, on_step: Callable[[str, f
         "design": {"discovery": act["discovery"], "check": act["check"], "alpha": cfg.alpha,
                    "specificity": {k: v for k, v in act["specificity"].items() if k != "features"}},
         "strongest": act["strongest"],
+        "power": power,
         "candidates": table,
         "causal": causal,
         "neutral_frames": list(NEUTRAL_FRAMES),
