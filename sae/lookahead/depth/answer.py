@@ -87,6 +87,7 @@ def depth_answer(r: dict) -> dict:
                                        f"not decodable above chance at any swept layer (best: layer {best})")
                      + f" (accuracy {fr['accuracy']:.2f}, chance {ident[str(best)]['chance']:.2f}, control "
                      f"{fr['control']:.2f}).")
+    lines += planned_lines(r)
     causal = r.get("causal") or {}
     sig = [L for L in layers if str(L) in causal and causal[str(L)]["random"]["p_permutation"] < 0.05
            and (causal[str(L)]["removed"] or 0) > 0]
@@ -130,6 +131,81 @@ def depth_answer(r: dict) -> dict:
         verdict, label = ("Null: the coming article is not readable at offset -1 at any swept layer, by the logit "
                           "lens or the probe."), "none"
     return Answer(verdict, lines, label).to_dict()
+
+
+def _implied_frame(per_offset: dict) -> str | None:
+    frames = next(iter(per_offset.values()), {})
+    return "riddle" if "riddle" in frames else next(iter(frames), None)
+
+
+def planned_lines(r: dict) -> list[str]:
+    """Planned or baked in, in words: where the implied noun first becomes readable (offset and
+    layer), whether it is there when the noun is named earlier in the context, what setting
+    its subspace to its mean at -1 does to the article and to the noun, and what that says."""
+    ni = r.get("noun_identity") or {}
+    onset, ablation = ni.get("onset") or {}, ni.get("ablation") or {}
+    if not onset:
+        return []
+    frame = _implied_frame(next((v for v in onset.values() if v), {}))
+    if frame is None:
+        return []
+    hits = sorted((int(o), int(L)) for L, per in onset.items() for o, fr in per.items()
+                  if fr.get(frame, {}).get("above_chance"))
+    at1 = sorted(L for o, L in hits if o == -1)
+    out = []
+    if hits:
+        o, L = hits[0]
+        v = onset[str(L)][str(o)][frame]
+        where = "the token that chooses the article" if o == -1 else f"offset {o}, {-o - 1} token(s) before the one that chooses it"
+        out.append(f"Planned or baked in: the noun, only implied by its gloss ({frame} frame), is first readable at "
+                   f"{where}, at layer {L} (identity probe trained where the noun is named: accuracy {v['accuracy']:.2f}, "
+                   f"shuffled control {v['control']:.2f})" + (f"; at -1 from layer {at1[0]}." if at1 else
+                                                              "; not at -1 at any swept layer."))
+    else:
+        out.append(f"Planned or baked in: the noun, only implied by its gloss ({frame} frame), is not readable by the "
+                   "identity probe trained where it is named at any swept offset or layer.")
+    ident = r.get("identity_probe") or {}
+    ref = str(at1[0]) if at1 else (str(hits[0][1]) if hits else None)
+    ic = ident.get(ref, {}).get("frames", {}).get("in_context") if ref else None
+    if ic:
+        out.append(f"When the noun is also named earlier in the context (in-context frame, probe trained on the other "
+                   f"frames), its identity is read at -1 at layer {ref} with accuracy {ic['accuracy']:.2f} (control "
+                   f"{ic['control']:.2f}" + ("; above chance)." if ic["above_chance"] else "; not above chance)."))
+    if not ablation:
+        return out
+    beats = [L for L, a in ablation.items() if (a["article"]["random"].get("p_permutation") or 1) < 0.05
+             and (a["article"]["removed"] or 0) > 0]
+    L = (max(beats, key=lambda k: ablation[k]["article"]["removed"]) if beats else
+         str(at1[0]) if at1 and str(at1[0]) in ablation else max(ablation, key=int))
+    a = ablation[L]
+    art, noun = a["article"], a["noun"]
+    rnd = art["random"]
+    lo, hi = art.get("fraction_ci") or [None, None]
+    ci = f" (95% CI {_pct(lo)} to {_pct(hi)})" if lo is not None else ""
+    p_art = "n/a" if rnd.get("p_permutation") is None else f"{rnd['p_permutation']:.3f}"
+    nr = noun["random"]
+    out.append(f"Setting the noun-identity subspace ({a['dims']} directions) to its mean at -1 at layer {L}, on "
+               f"{a['prompts']} implied-noun prompts: the article gap ({a['clean_gap']:.2f} logits) loses "
+               f"{_pct(art['fraction_removed'])}{ci}, against {_pct(rnd.get('fraction_removed_mean'))} for {rnd['n']} "
+               f"random {a['dims']}-dimensional subspaces (p = {p_art}); log P(noun | right article) changes by "
+               f"{noun['mean']:+.2f} nats (95% CI {noun['ci'][0]:+.2f} to {noun['ci'][1]:+.2f}; random subspaces "
+               f"{nr['mean']:+.2f}, p = {nr['p_permutation']:.3f}).")
+    noun_used = nr["p_permutation"] < 0.05 and noun["ci"][1] < 0
+    if at1 and beats:
+        out.append("In words: the noun is represented at the token that chooses the article, and the article depends "
+                   "on that representation more than on random directions: the article is chosen from a noun already "
+                   "in mind (planned, in this sense)" + (", and the model goes on to say that noun less without it."
+                                                         if noun_used else "."))
+    elif at1:
+        out.append("In words: the noun is represented at the token that chooses the article, but taking that "
+                   "representation away there moves the article no more than random directions do: the article does "
+                   "not run through it (the prompt's own words may choose it; baked in, in this sense)"
+                   + ("; the model does say the noun less without it." if noun_used else "."))
+    else:
+        out.append("In words: no readable representation of the implied noun at the token that chooses the article, "
+                   "so nothing here shows the article chosen from a planned noun (it may come from the prompt's "
+                   "words, or from a representation these linear probes miss).")
+    return out
 
 
 def coverage_line(layer: str, c: dict, probe_reads: bool = True) -> str:

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from sae.errors import SaexError
 from sae.options import ModelOptions
 
-REPORT_FORMAT = 2  # 2: sae_coverage per SAE layer
+REPORT_FORMAT = 3  # 2: sae_coverage per SAE layer; 3: noun_identity (onset over offsets, ablation at -1)
 PLOT_FILE = "depth.png"
 LAMBDAS = (1e-3, 1e-2, 1e-1)  # L2 strengths tried (on standardised features), chosen on the training side
 ALPHA = 0.01  # "above chance": one-sided binomial p below this and above every shuffled control

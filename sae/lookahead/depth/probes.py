@@ -31,6 +31,15 @@ class Probe:
         u = self.w[:, 0] / self.std
         return u / u.norm().clamp_min(1e-12)
 
+    def subspace(self) -> torch.Tensor:
+        """ "d r": an orthonormal basis of the residual-space directions along which a
+        multi-class probe tells its classes apart (its class weights, centred over classes;
+        r <= classes - 1)."""
+        w = self.w / self.std[:, None]
+        w = (w - w.mean(1, keepdim=True)).double()
+        u, sv, _ = torch.linalg.svd(w, full_matrices=False)
+        return u[:, sv > sv[0] * 1e-6].float()
+
 
 def _fit_many(z: torch.Tensor, mask: torch.Tensor, y: torch.Tensor, l2: torch.Tensor, n_classes: int,
               iters: int = 150) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,21 +184,38 @@ def identity_probe(x: torch.Tensor, nouns: list[str], frames: list[str], cfg: De
     out = {"chance": chance, "n_nouns": len(names), "frames": per_frame,
            "accuracy_mean": sum(accs) / len(accs),
            "control_mean": sum(v["control"] for v in per_frame.values()) / len(per_frame)}
+    transfer = named_to_implied(x, nouns, frames, seed + 11)
+    if transfer is not None:
+        out["named_to_implied"] = transfer[0]
+    return out
+
+
+def named_to_implied(x: torch.Tensor, nouns: list[str], frames: list[str], seed: int) -> tuple[dict, Probe] | None:
+    """Trained only where the noun is named (no gloss in the prompt), tested where it is only
+    implied: the implied frames share their gloss, so leave-one-frame-out could read the gloss.
+    None when the prompts lack either kind of frame. Rows of `x` that are all zero (a prompt
+    too short for this offset) are left out."""
+    names = sorted(set(nouns))
+    y = torch.tensor([names.index(n) for n in nouns])
+    chance = 1 / len(names)
+    ok = x.abs().sum(1) > 0
     named = [f for f in NAMED if f in frames]
     implied = [f for f in IMPLIED if f in frames]
-    if named and implied:
-        # Trained only where the noun is named (no gloss in the prompt), tested where it is only
-        # implied: the implied frames share their gloss, so leave-one-frame-out could read the gloss.
-        tr = torch.tensor([fr in named for fr in frames])
-        gr = [fr for fr in frames if fr in named]
-        probe, ctrl = fit_probes(x[tr], [y[tr], _shuffled(y[tr], seed + 11)], gr, len(names), folds=len(named))
-        transfer = {}
-        for f in implied:
-            te = torch.tensor([fr == f for fr in frames])
-            hits = probe.predict(x[te]) == y[te]
-            acc, c_acc = float(hits.float().mean()), float((ctrl.predict(x[te]) == y[te]).float().mean())
-            p = binomial_p(int(hits.sum()), len(hits), chance)
-            transfer[f] = {"accuracy": acc, "n_test": len(hits), "p_binomial": p, "control": c_acc,
-                           "above_chance": bool(p < ALPHA and acc > c_acc)}
-        out["named_to_implied"] = {"train_frames": named, "l2": probe.l2, "frames": transfer}
-    return out
+    if not named or not implied:
+        return None
+    tr = torch.tensor([fr in named for fr in frames]) & ok
+    gr = [fr for fr, keep in zip(frames, tr.tolist()) if keep]
+    if len(set(y[tr].tolist())) < 2:
+        return None
+    probe, ctrl = fit_probes(x[tr], [y[tr], _shuffled(y[tr], seed)], gr, len(names), folds=len(set(gr)))
+    transfer = {}
+    for f in implied:
+        te = torch.tensor([fr == f for fr in frames]) & ok
+        if not bool(te.any()):
+            continue
+        hits = probe.predict(x[te]) == y[te]
+        acc, c_acc = float(hits.float().mean()), float((ctrl.predict(x[te]) == y[te]).float().mean())
+        p = binomial_p(int(hits.sum()), len(hits), chance)
+        transfer[f] = {"accuracy": acc, "n_test": len(hits), "p_binomial": p, "control": c_acc,
+                       "above_chance": bool(p < ALPHA and acc > c_acc)}
+    return {"train_frames": named, "l2": probe.l2, "frames": transfer}, probe

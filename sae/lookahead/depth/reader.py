@@ -90,22 +90,27 @@ class LayerReader:
         return feats, valid, ld
 
     @torch.no_grad()
-    def rerun_last(self, ids: list[list[int]], layer: int, replacement: torch.Tensor,
-                   max_rows: int = 256) -> torch.Tensor:
+    def rerun_last(self, ids: list[list[int]], layer: int, replacement: torch.Tensor, max_rows: int = 256,
+                   then: Sequence[int] | None = None, targets: Sequence[int] | None = None):
         """ld "prompt variant" at the output when the residual after block `layer` at the
         last prompt position is replacement "prompt variant d" (earlier positions are as
-        clean: a causal model's past cannot see the edit, so their keys and values are cached)."""
+        clean: a causal model's past cannot see the edit, so their keys and values are cached).
+        With `then` (one token per prompt, fed after it: its article) and `targets` (one token
+        per prompt: its noun's first), also log P(target | prompt, then) "prompt variant",
+        the edit still at the prompt's last position: returns (ld, logp)."""
         from tqdm.auto import tqdm
 
         n, v, _ = replacement.shape
         out = torch.zeros(n, v)
+        logp = torch.zeros(n, v)
+        extra = 0 if then is None else 1
         block = self.lm.layers[layer]
         rows: dict[str, torch.Tensor] = {}
 
         def swap(_m, _i, o):
             h = o[0] if isinstance(o, tuple) else o
             h = h.clone()
-            h[:, -1] = rows["h"].to(h.dtype)
+            h[:, -1 - extra] = rows["h"].to(h.dtype)
             return (h, *o[1:]) if isinstance(o, tuple) else h
 
         handle = block.register_forward_hook(swap)
@@ -125,10 +130,18 @@ class LayerReader:
                     c = copy.deepcopy(cache)
                     c.batch_repeat_interleave(vs)
                     rows["h"] = replacement[idx, v0:v0 + vs].reshape(len(idx) * vs, -1).to(self.lm.device)
-                    last = x[:, -1:].repeat_interleave(vs, 0)
-                    pos = torch.full((len(idx) * vs, 1), t - 1, device=self.lm.device)
+                    last = x[:, -1:]
+                    if extra:
+                        last = torch.cat([last, torch.tensor([[then[i]] for i in idx], device=self.lm.device)], 1)
+                    last = last.repeat_interleave(vs, 0)
+                    pos = torch.arange(t - 1, t + extra, device=self.lm.device).expand(len(idx) * vs, -1)
                     o = self.base(input_ids=last, position_ids=pos, use_cache=True, **{self._cache_kw: c})
-                    out[idx, v0:v0 + vs] = self._head_ld(o.last_hidden_state[:, -1]).view(len(idx), vs)
+                    hid = o.last_hidden_state
+                    out[idx, v0:v0 + vs] = self._head_ld(hid[:, 0]).view(len(idx), vs)
+                    if extra:
+                        lp = self.head(hid[:, 1]).float().log_softmax(-1)
+                        tgt = torch.tensor([targets[i] for i in idx], device=lp.device).repeat_interleave(vs)
+                        logp[idx, v0:v0 + vs] = lp.gather(1, tgt[:, None])[:, 0].cpu().view(len(idx), vs)
         finally:
             handle.remove()
-        return out
+        return out if then is None else (out, logp)

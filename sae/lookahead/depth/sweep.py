@@ -78,6 +78,33 @@ def read_report(folder: str | Path) -> Report | None:
     return Report("depth", r, path) if isinstance(r, dict) and r.get("format") == REPORT_FORMAT else None
 
 
+def _noun_identity(reader: LayerReader, lm: LoadedModel, prompts, ids, read, layers, nouns, cfg: DepthConfig) -> dict:
+    """Onset of the named-to-implied identity probe over offsets and layers, and the ablation of
+    its subspace at -1 on the implied-frame prompts (depth/identity.py); {} without both kinds of frame."""
+    from sae.lookahead.depth.config import IMPLIED
+    from sae.lookahead.depth.identity import identity_ablation, identity_onset
+
+    feats, valid, _ = read
+    frames = [p.condition for p in prompts]
+    if len(set(nouns)) < 2:
+        return {}
+    onset, probes = identity_onset(feats, valid, nouns, frames, layers, cfg.seed + 500)
+    if not probes:
+        return {}
+    rows = [i for i, f in enumerate(frames) if f in IMPLIED]
+    tok = lm.tokenizer
+    art = [reader.an_id if prompts[i].article == "an" else reader.a_id for i in rows]
+    noun = [tok(" " + prompts[i].noun, add_special_tokens=False)["input_ids"][0] for i in rows]
+    is_an = torch.tensor([prompts[i].article == "an" for i in rows])
+    ablation = {}
+    if is_an.any() and (~is_an).any():
+        for j, L in enumerate(layers):
+            if L in probes:
+                ablation[str(L)] = identity_ablation(reader, [ids[i] for i in rows], L, feats[rows, j, -1],
+                                                     probes[L].subspace(), is_an, art, noun, cfg, cfg.seed + 700 + L)
+    return {"onset": onset, "ablation": ablation}
+
+
 def run_depth(cfg: DepthConfig, lm: LoadedModel | None = None) -> Report:
     """The sweep; writes OUT/report.json and OUT/depth.png and returns the report. A complete
     report made with the same settings is returned as it is."""
@@ -165,6 +192,11 @@ def run_depth(cfg: DepthConfig, lm: LoadedModel | None = None) -> Report:
             report["identity_probe"][str(L)] = identity_probe(fi[:, j, -1], nouns["identity"], frames, cfg,
                                                               cfg.seed + L)
     tick("probes")
+
+    # planned or baked in: where the implied noun is readable, and what removing it at -1 does
+    report["noun_identity"] = _noun_identity(reader, lm, sets["identity"], ids["identity"], read["identity"], layers,
+                                             nouns["identity"], cfg)
+    tick("noun identity")
 
     # causal: project the probe direction out at -1 of the held-out riddles; SAE ablations
     report["causal"], report["sae"], report["sae_coverage"] = {}, {}, {}

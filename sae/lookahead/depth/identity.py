@@ -1,0 +1,72 @@
+"""Planned, or baked into the prompt? Where the noun's identity appears before the article, and
+what the article and the noun lose when it is taken away there.
+
+- Onset: the named-to-implied identity probe (trained where the noun is named, tested where
+  a gloss only implies it; depth/probes.py) fitted at every offset -K..-1 and layer, so the
+  report can say at which prompt token and layer the implied noun first becomes readable.
+- Ablation: at each layer, on the implied-frame prompts (riddle, question, dialogue) of the
+  identity nouns, the residual at -1 has its component in the probe's subspace (the
+  directions that tell the nouns apart, r of them) set to its mean, and the model is rerun
+  from there with the right article fed after the prompt. Read: the an-vs-a gap at -1 (does
+  the article depend on the represented noun?) and log P(noun's first token | prompt,
+  article) (is it the noun the model goes on to say?), each against random r-dimensional
+  subspaces set to their mean the same way.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sae.lookahead.depth.causal import _gap, compare_to_random
+from sae.lookahead.depth.config import IMPLIED, DepthConfig
+from sae.lookahead.depth.probes import named_to_implied
+from sae.statistics import bootstrap_mean, empirical_p
+
+
+def identity_onset(feats: torch.Tensor, valid: torch.Tensor, nouns: list[str], frames: list[str], layers: list[int],
+                   seed: int) -> tuple[dict, dict]:
+    """feats "prompt layer offset d", valid "prompt offset" -> ({layer: {offset: transfer result}}, {layer: probe
+    at -1}): the named-to-implied probe at every offset and layer."""
+    k = feats.shape[2]
+    out, probes = {}, {}
+    for j, L in enumerate(layers):
+        per = {}
+        for o in range(k):
+            x = feats[:, j, o] * valid[:, o, None]
+            res = named_to_implied(x, nouns, frames, seed + 100 * L + o)
+            if res is None:
+                continue
+            per[str(o - k)] = res[0]["frames"]
+            if o == k - 1:
+                probes[L] = res[1]
+        out[str(L)] = per
+    return out, probes
+
+
+def _random_subspaces(n: int, d: int, r: int, seed: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.linalg.qr(torch.randn(d, r, generator=g, dtype=torch.float64))[0].float() for _ in range(n)]
+
+
+def identity_ablation(reader, ids: list[list[int]], layer: int, h: torch.Tensor, basis: torch.Tensor,
+                      is_an: torch.Tensor, article_ids: list[int], noun_ids: list[int], cfg: DepthConfig,
+                      seed: int) -> dict:
+    """h "prompt d" at -1 after block `layer` of the implied-frame prompts `ids`; basis "d r" the
+    identity probe's subspace. The article gap and log P(noun | article) with that subspace set
+    to its mean over these prompts, against `cfg.random_directions` random subspaces of r dims."""
+    mean = h.mean(0)
+    bases = [basis] + _random_subspaces(cfg.random_directions, h.shape[1], basis.shape[1], seed)
+    variants = [h] + [h - ((h - mean) @ b) @ b.T for b in bases]
+    ld, logp = reader.rerun_last(ids, layer, torch.stack(variants, 1), then=article_ids, targets=noun_ids)
+    clean_ld, clean_lp = ld[:, 0], logp[:, 0]
+    article = compare_to_random(clean_ld, ld[:, 1], ld[:, 2:], is_an, cfg, seed)
+    d_noun = logp[:, 1] - clean_lp
+    d_random = (logp[:, 2:] - clean_lp[:, None]).mean(0).double()
+    est = bootstrap_mean(d_noun, cfg.bootstrap, seed)
+    sd = float(d_random.std()) if len(d_random) > 1 else 0.0
+    noun = est | {"clean_mean": float(clean_lp.mean()),
+                  "random": {"n": len(d_random), "mean": float(d_random.mean()), "sd": sd,
+                             "z": (est["mean"] - float(d_random.mean())) / sd if sd > 0 else None,
+                             "p_permutation": empirical_p(est["mean"], d_random, lower=True)}}
+    return {"dims": int(basis.shape[1]), "prompts": len(ids), "frames": list(IMPLIED),
+            "clean_gap": float(_gap(clean_ld, is_an)), "article": article, "noun": noun}
