@@ -132,7 +132,8 @@ def summary(rows: list[dict]) -> None:
               f"{statistics.median(rates):.0%}" if rates else "no noun's design reaches 80% power at any rate")
         extra = [r["real"]["extra_sources"] for r in mine if r["real"]["extra_sources"]]
         if extra:
-            print(f"extra sources for 80% power at a feature on half the sources: median {statistics.median(extra):.0f} "
+            print(f"extra sources for 80% power at a feature on half the sources: "
+                  f"median {statistics.median(extra):.0f} "
                   f"({len(extra)} nouns; {sum(r['real']['power_at_half'] >= 0.8 for r in mine)} need none)")
 
 

@@ -83,10 +83,12 @@ def test_the_implied_noun_is_found_where_planted_and_its_removal_takes_the_artic
     art = ab["article"]
     assert art["random"]["p_permutation"] < 0.05 and art["fraction_ci"][0] > 0.3
     assert art["random"]["fraction_removed_mean"] < art["fraction_removed"] / 2
+    # the plant carries the article along one direction only: without the article probe's, less is removed
+    assert ab["article_without_probe_direction"]["fraction_removed"] < 0.75 * art["fraction_removed"]
     lines = r.answer.lines
-    assert any(line.startswith("Planned or baked in: the noun, only implied by its gloss (riddle frame), is first "
-                               f"readable at the token that chooses the article, at layer {PLANT_LAYER}")
-               for line in lines)
+    assert any(line.startswith("Planned or baked in: the noun, only implied by its gloss (riddle frame), is readable "
+                               f"only at the token that chooses the article, at layer {PLANT_LAYER}")
+               and f"by offset: at -1 from layer {PLANT_LAYER}." in line for line in lines)
     assert any(line.startswith("In words: the noun is represented at the token that chooses the article, and the "
                                "article depends on that representation") for line in lines)
 

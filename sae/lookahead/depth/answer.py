@@ -133,6 +133,11 @@ def depth_answer(r: dict) -> dict:
     return Answer(verdict, lines, label).to_dict()
 
 
+NOT_PLANNED = ("In words: no readable representation of the implied noun at the token that chooses the article, so "
+               "nothing here shows the article chosen from a planned noun (it may come from the prompt's words, or "
+               "from a representation these linear probes miss).")
+
+
 def _implied_frame(per_offset: dict) -> str | None:
     frames = next(iter(per_offset.values()), {})
     return "riddle" if "riddle" in frames else next(iter(frames), None)
@@ -154,13 +159,20 @@ def planned_lines(r: dict) -> list[str]:
     at1 = sorted(L for o, L in hits if o == -1)
     out = []
     if hits:
+        first = {}
+        for o, L in hits:
+            first.setdefault(o, L)
         o, L = hits[0]
         v = onset[str(L)][str(o)][frame]
-        where = "the token that chooses the article" if o == -1 else f"offset {o}, {-o - 1} token(s) before the one that chooses it"
-        out.append(f"Planned or baked in: the noun, only implied by its gloss ({frame} frame), is first readable at "
-                   f"{where}, at layer {L} (identity probe trained where the noun is named: accuracy {v['accuracy']:.2f}, "
-                   f"shuffled control {v['control']:.2f})" + (f"; at -1 from layer {at1[0]}." if at1 else
-                                                              "; not at -1 at any swept layer."))
+        where = ("only at the token that chooses the article" if o == -1 else
+                 f"first at offset {o}, {-o - 1} token(s) before the one that chooses it")
+        per = "; ".join(f"at {k} from layer {first[k]}" for k in sorted(first))
+        out.append(f"Planned or baked in: the noun, only implied by its gloss ({frame} frame), is readable {where}, "
+                   f"at layer {L} (identity probe trained where the noun is named: accuracy {v['accuracy']:.2f}, "
+                   f"shuffled control {v['control']:.2f}); by offset: {per}"
+                   + (". " if at1 else "; never at -1 at a swept layer. ")
+                   + "Offsets before -1 hold the end of the gloss itself, so reading the noun there can mean the "
+                     "prompt names it in other words rather than that the model has computed it.")
     else:
         out.append(f"Planned or baked in: the noun, only implied by its gloss ({frame} frame), is not readable by the "
                    "identity probe trained where it is named at any swept offset or layer.")
@@ -172,6 +184,8 @@ def planned_lines(r: dict) -> list[str]:
                    f"frames), its identity is read at -1 at layer {ref} with accuracy {ic['accuracy']:.2f} (control "
                    f"{ic['control']:.2f}" + ("; above chance)." if ic["above_chance"] else "; not above chance)."))
     if not ablation:
+        if not at1:
+            out.append(NOT_PLANNED)
         return out
     beats = [L for L, a in ablation.items() if (a["article"]["random"].get("p_permutation") or 1) < 0.05
              and (a["article"]["removed"] or 0) > 0]
@@ -190,6 +204,15 @@ def planned_lines(r: dict) -> list[str]:
                f"random {a['dims']}-dimensional subspaces (p = {p_art}); log P(noun | right article) changes by "
                f"{noun['mean']:+.2f} nats (95% CI {noun['ci'][0]:+.2f} to {noun['ci'][1]:+.2f}; random subspaces "
                f"{nr['mean']:+.2f}, p = {nr['p_permutation']:.3f}).")
+    wo = a.get("article_without_probe_direction")
+    if wo is not None:
+        lo2, hi2 = wo.get("fraction_ci") or [None, None]
+        ci2 = f" (95% CI {_pct(lo2)} to {_pct(hi2)})" if lo2 is not None else ""
+        out.append(f"The same subspace without the article probe's own direction removes {_pct(wo['fraction_removed'])}"
+                   f"{ci2} of the article gap: " + ("the noun code carries the article beyond that one direction."
+                                                    if lo2 is not None and lo2 > 0 else
+                                                    "what it removed runs through the article direction the noun code "
+                                                    "contains."))
     noun_used = nr["p_permutation"] < 0.05 and noun["ci"][1] < 0
     if at1 and beats:
         out.append("In words: the noun is represented at the token that chooses the article, and the article depends "
@@ -202,9 +225,7 @@ def planned_lines(r: dict) -> list[str]:
                    "not run through it (the prompt's own words may choose it; baked in, in this sense)"
                    + ("; the model does say the noun less without it." if noun_used else "."))
     else:
-        out.append("In words: no readable representation of the implied noun at the token that chooses the article, "
-                   "so nothing here shows the article chosen from a planned noun (it may come from the prompt's "
-                   "words, or from a representation these linear probes miss).")
+        out.append(NOT_PLANNED)
     return out
 
 

@@ -4,13 +4,16 @@ what the article and the noun lose when it is taken away there.
 - Onset: the named-to-implied identity probe (trained where the noun is named, tested where
   a gloss only implies it; depth/probes.py) fitted at every offset -K..-1 and layer, so the
   report can say at which prompt token and layer the implied noun first becomes readable.
-- Ablation: at each layer, on the implied-frame prompts (riddle, question, dialogue) of the
-  identity nouns, the residual at -1 has its component in the probe's subspace (the
-  directions that tell the nouns apart, r of them) set to its mean, and the model is rerun
-  from there with the right article fed after the prompt. Read: the an-vs-a gap at -1 (does
-  the article depend on the represented noun?) and log P(noun's first token | prompt,
-  article) (is it the noun the model goes on to say?), each against random r-dimensional
-  subspaces set to their mean the same way.
+- Ablation: at each layer where that probe reads the implied noun at -1, on the
+  implied-frame prompts (riddle, question, dialogue) of the identity nouns, the residual at -1
+  has its component in the probe's subspace (the directions that tell the nouns apart, r of
+  them) set to its mean, and the model is rerun from there with the right article fed after
+  the prompt. Read: the an-vs-a gap at -1 (does the article depend on the represented noun?)
+  and log P(noun's first token | prompt, article) (is it the noun the model goes on to say?),
+  each against random r-dimensional subspaces set to their mean the same way. The subspace
+  holds whatever tells an-nouns from a-nouns, so it is also ablated without the article
+  probe's own direction: what it removes then comes from the noun code beyond one article
+  direction.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch
 from sae.lookahead.depth.causal import _gap, compare_to_random
 from sae.lookahead.depth.config import IMPLIED, DepthConfig
 from sae.lookahead.depth.probes import named_to_implied
+from sae.lookahead.statistics import gap_change
 from sae.statistics import bootstrap_mean, empirical_p
 
 
@@ -50,18 +54,26 @@ def _random_subspaces(n: int, d: int, r: int, seed: int) -> list[torch.Tensor]:
 
 def identity_ablation(reader, ids: list[list[int]], layer: int, h: torch.Tensor, basis: torch.Tensor,
                       is_an: torch.Tensor, article_ids: list[int], noun_ids: list[int], cfg: DepthConfig,
-                      seed: int) -> dict:
+                      seed: int, article_direction: torch.Tensor | None = None) -> dict:
     """h "prompt d" at -1 after block `layer` of the implied-frame prompts `ids`; basis "d r" the
     identity probe's subspace. The article gap and log P(noun | article) with that subspace set
     to its mean over these prompts, against `cfg.random_directions` random subspaces of r dims."""
     mean = h.mean(0)
-    bases = [basis] + _random_subspaces(cfg.random_directions, h.shape[1], basis.shape[1], seed)
+    own = [basis]
+    if article_direction is not None:  # the same subspace without the article probe's direction
+        u = article_direction.float() / article_direction.norm()
+        rest = basis - u[:, None] * (u @ basis)[None]
+        q, sv, _ = torch.linalg.svd(rest.double(), full_matrices=False)
+        own.append(q[:, sv > sv[0] * 1e-6].float())
+    bases = own + _random_subspaces(cfg.random_directions, h.shape[1], basis.shape[1], seed)
     variants = [h] + [h - ((h - mean) @ b) @ b.T for b in bases]
     ld, logp = reader.rerun_last(ids, layer, torch.stack(variants, 1), then=article_ids, targets=noun_ids)
     clean_ld, clean_lp = ld[:, 0], logp[:, 0]
-    article = compare_to_random(clean_ld, ld[:, 1], ld[:, 2:], is_an, cfg, seed)
+    r0 = 1 + len(own)  # first random variant
+    article = compare_to_random(clean_ld, ld[:, 1], ld[:, r0:], is_an, cfg, seed)
+    without = (gap_change(clean_ld, ld[:, 2], is_an, cfg.bootstrap, seed) if len(own) > 1 else None)
     d_noun = logp[:, 1] - clean_lp
-    d_random = (logp[:, 2:] - clean_lp[:, None]).mean(0).double()
+    d_random = (logp[:, r0:] - clean_lp[:, None]).mean(0).double()
     est = bootstrap_mean(d_noun, cfg.bootstrap, seed)
     sd = float(d_random.std()) if len(d_random) > 1 else 0.0
     noun = est | {"clean_mean": float(clean_lp.mean()),
@@ -69,4 +81,5 @@ def identity_ablation(reader, ids: list[list[int]], layer: int, h: torch.Tensor,
                              "z": (est["mean"] - float(d_random.mean())) / sd if sd > 0 else None,
                              "p_permutation": empirical_p(est["mean"], d_random, lower=True)}}
     return {"dims": int(basis.shape[1]), "prompts": len(ids), "frames": list(IMPLIED),
-            "clean_gap": float(_gap(clean_ld, is_an)), "article": article, "noun": noun}
+            "clean_gap": float(_gap(clean_ld, is_an)), "article": article, "noun": noun,
+            "article_without_probe_direction": without}

@@ -78,9 +78,11 @@ def read_report(folder: str | Path) -> Report | None:
     return Report("depth", r, path) if isinstance(r, dict) and r.get("format") == REPORT_FORMAT else None
 
 
-def _noun_identity(reader: LayerReader, lm: LoadedModel, prompts, ids, read, layers, nouns, cfg: DepthConfig) -> dict:
+def _noun_identity(reader: LayerReader, lm: LoadedModel, prompts, ids, read, layers, nouns, cfg: DepthConfig,
+                   article_directions: dict) -> dict:
     """Onset of the named-to-implied identity probe over offsets and layers, and the ablation of
-    its subspace at -1 on the implied-frame prompts (depth/identity.py); {} without both kinds of frame."""
+    its subspace at -1 on the implied-frame prompts (depth/identity.py) at each layer where that probe reads the
+    implied noun at -1 above chance; {} without both kinds of frame."""
     from sae.lookahead.depth.config import IMPLIED
     from sae.lookahead.depth.identity import identity_ablation, identity_onset
 
@@ -98,10 +100,12 @@ def _noun_identity(reader: LayerReader, lm: LoadedModel, prompts, ids, read, lay
     is_an = torch.tensor([prompts[i].article == "an" for i in rows])
     ablation = {}
     if is_an.any() and (~is_an).any():
-        for j, L in enumerate(layers):
-            if L in probes:
+        frame = "riddle" if "riddle" in frames else next(f for f in IMPLIED if f in frames)
+        for j, L in enumerate(layers):  # only where there is a readable noun to take away
+            if L in probes and onset[str(L)]["-1"].get(frame, {}).get("above_chance"):
                 ablation[str(L)] = identity_ablation(reader, [ids[i] for i in rows], L, feats[rows, j, -1],
-                                                     probes[L].subspace(), is_an, art, noun, cfg, cfg.seed + 700 + L)
+                                                     probes[L].subspace(), is_an, art, noun, cfg, cfg.seed + 700 + L,
+                                                     article_directions.get(L))
     return {"onset": onset, "ablation": ablation}
 
 
@@ -195,7 +199,7 @@ def run_depth(cfg: DepthConfig, lm: LoadedModel | None = None) -> Report:
 
     # planned or baked in: where the implied noun is readable, and what removing it at -1 does
     report["noun_identity"] = _noun_identity(reader, lm, sets["identity"], ids["identity"], read["identity"], layers,
-                                             nouns["identity"], cfg)
+                                             nouns["identity"], cfg, directions)
     tick("noun identity")
 
     # causal: project the probe direction out at -1 of the held-out riddles; SAE ablations
