@@ -205,7 +205,7 @@ def planned_lines(r: dict) -> list[str]:
                f"{noun['mean']:+.2f} nats (95% CI {noun['ci'][0]:+.2f} to {noun['ci'][1]:+.2f}; random subspaces "
                f"{nr['mean']:+.2f}, p = {nr['p_permutation']:.3f}).")
     wo = a.get("article_without_probe_direction")
-    if wo is not None:
+    if wo is not None and L in beats:  # what is left without that direction matters only where there was an effect
         lo2, hi2 = wo.get("fraction_ci") or [None, None]
         ci2 = f" (95% CI {_pct(lo2)} to {_pct(hi2)})" if lo2 is not None else ""
         out.append(f"The same subspace without the article probe's own direction removes {_pct(wo['fraction_removed'])}"
