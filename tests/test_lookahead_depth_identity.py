@@ -125,3 +125,24 @@ def test_two_token_rerun_equals_a_hand_edit(tiny_lm):
             want_lp = logits[pos + 1].log_softmax(-1)[targets[i]]
             assert float(ld[i, k]) == pytest.approx(float(want_ld), abs=1e-4)
             assert float(logp[i, k]) == pytest.approx(float(want_lp), abs=1e-4)
+
+
+def test_a_gap_that_may_be_zero_is_not_read_as_planning():
+    """A model with no reliable article gap on the gloss-only prompts (the shuffled-article
+    control: 0.07 logits) can show a large *share* of it removed; the answer must not call
+    that planned."""
+    from sae.lookahead.depth.answer import planned_lines
+
+    frames = {"riddle": {"accuracy": 0.7, "control": 0.0, "above_chance": True}}
+    change = {"removed": 0.1, "fraction_removed": 1.5, "fraction_ci": [0.6, 9.8],
+              "random": {"n": 32, "p_permutation": 0.03, "fraction_removed_mean": 0.05}}
+    ablation = {"dims": 23, "prompts": 72, "clean_gap": 0.07, "article": change,
+                "noun": {"mean": -0.02, "ci": [-0.03, -0.01], "random": {"mean": 0.0, "p_permutation": 0.03}},
+                "article_without_probe_direction": change}
+    unsure = dict(ablation, clean_gap_ci=[-0.1, 0.2])
+    r = {"noun_identity": {"onset": {"25": {"-1": frames}}, "ablation": {"25": unsure}}}
+    lines = planned_lines(r)
+    assert lines[-1].startswith("In words: on these prompts the model shows no reliable an-vs-a gap (0.07 logits")
+    assert not any("planned, in this sense" in line or "without the article probe" in line for line in lines)
+    r["noun_identity"]["ablation"]["25"]["clean_gap_ci"] = [0.03, 0.12]
+    assert "planned, in this sense" in planned_lines(r)[-1]

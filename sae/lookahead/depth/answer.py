@@ -205,7 +205,8 @@ def planned_lines(r: dict) -> list[str]:
                f"{noun['mean']:+.2f} nats (95% CI {noun['ci'][0]:+.2f} to {noun['ci'][1]:+.2f}; random subspaces "
                f"{nr['mean']:+.2f}, p = {nr['p_permutation']:.3f}).")
     wo = a.get("article_without_probe_direction")
-    if wo is not None and L in beats:  # what is left without that direction matters only where there was an effect
+    if wo is not None and L in beats and (a.get("clean_gap_ci") or [None])[0] is not None \
+            and a["clean_gap_ci"][0] > 0:  # what is left without that direction matters only where there was an effect
         lo2, hi2 = wo.get("fraction_ci") or [None, None]
         ci2 = f" (95% CI {_pct(lo2)} to {_pct(hi2)})" if lo2 is not None else ""
         out.append(f"The same subspace without the article probe's own direction removes {_pct(wo['fraction_removed'])}"
@@ -214,6 +215,13 @@ def planned_lines(r: dict) -> list[str]:
                                                     "what it removed runs through the article direction the noun code "
                                                     "contains."))
     noun_used = nr["p_permutation"] < 0.05 and noun["ci"][1] < 0
+    gci = a.get("clean_gap_ci") or [None, None]
+    if gci[0] is None or gci[0] <= 0:
+        shown = "n/a" if gci[0] is None else f"{gci[0]:.2f} to {gci[1]:.2f}"
+        out.append(f"In words: on these prompts the model shows no reliable an-vs-a gap ({a['clean_gap']:.2f} logits, "
+                   f"95% CI {shown}), so there is no article choice to trace to the noun: neither planned nor baked in "
+                   "can be read here, and the shares above are of a gap that may be zero.")
+        return out
     if at1 and beats:
         out.append("In words: the noun is represented at the token that chooses the article, and the article depends "
                    "on that representation more than on random directions: the article is chosen from a noun already "

@@ -13,7 +13,9 @@ what the article and the noun lose when it is taken away there.
   each against random r-dimensional subspaces set to their mean the same way. The subspace
   holds whatever tells an-nouns from a-nouns, so it is also ablated without the article
   probe's own direction: what it removes then comes from the noun code beyond one article
-  direction.
+  direction. A share of a gap whose interval reaches zero means nothing (a model that does
+  not choose the article from the noun can show 150% of 0.07 logits), so the answer reads the
+  ablation only where the clean gap on these prompts is reliably above zero.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch
 from sae.lookahead.depth.causal import _gap, compare_to_random
 from sae.lookahead.depth.config import IMPLIED, DepthConfig
 from sae.lookahead.depth.probes import named_to_implied
-from sae.lookahead.statistics import gap_change
+from sae.lookahead.statistics import bootstrap_gap, gap_change
 from sae.statistics import bootstrap_mean, empirical_p
 
 
@@ -81,5 +83,6 @@ def identity_ablation(reader, ids: list[list[int]], layer: int, h: torch.Tensor,
                              "z": (est["mean"] - float(d_random.mean())) / sd if sd > 0 else None,
                              "p_permutation": empirical_p(est["mean"], d_random, lower=True)}}
     return {"dims": int(basis.shape[1]), "prompts": len(ids), "frames": list(IMPLIED),
-            "clean_gap": float(_gap(clean_ld, is_an)), "article": article, "noun": noun,
+            "clean_gap": float(_gap(clean_ld, is_an)),
+            "clean_gap_ci": bootstrap_gap(clean_ld, is_an, cfg.bootstrap, seed)["ci"], "article": article, "noun": noun,
             "article_without_probe_direction": without}
