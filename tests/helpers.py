@@ -12,6 +12,7 @@ conftest.py). Test modules import from here, never from each other.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -120,3 +121,22 @@ def save_topk(path, d_in: int = 32, d_sae: int = 64, k: int = 4, seed: int = 0, 
         sae.b_dec.copy_(0.1 * torch.randn(d_in, generator=g))
     sae.save_model(path)
     return path
+
+
+@contextmanager
+def added_after_block(lm, layer: int, add):
+    """While inside: the residual after block `layer` of `lm` becomes h + add(input_ids, h)."""
+    seen = {}
+    h1 = lm.model.get_input_embeddings().register_forward_pre_hook(lambda m, a: seen.__setitem__("ids", a[0]))
+
+    def plant(_m, _i, out):
+        h = out[0] if isinstance(out, tuple) else out
+        h = h + add(seen["ids"], h)
+        return (h, *out[1:]) if isinstance(out, tuple) else h
+
+    h2 = lm.layers[layer].register_forward_hook(plant)
+    try:
+        yield
+    finally:
+        h1.remove()
+        h2.remove()

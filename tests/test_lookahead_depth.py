@@ -23,6 +23,7 @@ from sae.lookahead.depth import (
 from sae.lookahead.prompts import Prompt, split_of_noun
 from saex.cli import main
 from tests.conftest import WORDS
+from tests.helpers import added_after_block
 
 PLANT_LAYER = 2
 FILLERS = "the of to and in is was for on with as by at from that this it his her their".split()
@@ -62,18 +63,8 @@ def planted(tiny_lm, tmp_path):
     a_id, an_id = (tok(t, add_special_tokens=False)["input_ids"][0] for t in (" a", " an"))
     v = w[an_id] - w[a_id]
     v = v / v.norm()
-    seen = {}
-    h1 = tiny_lm.model.get_input_embeddings().register_forward_pre_hook(lambda m, a: seen.__setitem__("ids", a[0]))
-
-    def plant(_m, _i, out):
-        h = out[0] if isinstance(out, tuple) else out
-        h = h + torch.isin(seen["ids"], an_ids)[..., None].float() * v
-        return (h, *out[1:]) if isinstance(out, tuple) else h
-
-    h2 = tiny_lm.layers[PLANT_LAYER].register_forward_hook(plant)
-    yield tmp_path / "p.jsonl"
-    h1.remove()
-    h2.remove()
+    with added_after_block(tiny_lm, PLANT_LAYER, lambda ids, h: torch.isin(ids, an_ids)[..., None].float() * v):
+        yield tmp_path / "p.jsonl"
 
 
 def test_planted_direction_is_found_at_its_layer_and_not_before(planted, tiny_lm, tmp_path):

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from sae.lookahead.depth import DepthConfig, LayerReader, run_depth
+from tests.helpers import added_after_block
 from tests.test_lookahead_depth import FILLERS, _nouns
 
 PLANT_LAYER = 2
@@ -53,19 +54,12 @@ def planted(tiny_lm, tmp_path):
             code[tok(" " + word, add_special_tokens=False)["input_ids"][0]] = c
     ids_t = torch.tensor(list(code))
     table = torch.stack(list(code.values()))
-    seen = {}
-    h1 = tiny_lm.model.get_input_embeddings().register_forward_pre_hook(lambda m, a: seen.__setitem__("ids", a[0]))
 
-    def plant(_m, _i, out):
-        h = out[0] if isinstance(out, tuple) else out
-        hit = seen["ids"][..., None] == ids_t  # "b t codes"
-        h = h + hit.to(h.dtype) @ table.to(h.dtype)
-        return (h, *out[1:]) if isinstance(out, tuple) else h
+    def add(ids, h):
+        return (ids[..., None] == ids_t).to(h.dtype) @ table.to(h.dtype)  # "b t codes" @ "codes d"
 
-    h2 = tiny_lm.layers[PLANT_LAYER].register_forward_hook(plant)
-    yield tmp_path / "p.jsonl"
-    h1.remove()
-    h2.remove()
+    with added_after_block(tiny_lm, PLANT_LAYER, add):
+        yield tmp_path / "p.jsonl"
 
 
 def test_the_implied_noun_is_found_where_planted_and_its_removal_takes_the_article(planted, tiny_lm, tmp_path):

@@ -30,23 +30,22 @@ from sae.statistics import bootstrap_mean, empirical_p
 
 
 def identity_onset(feats: torch.Tensor, valid: torch.Tensor, nouns: list[str], frames: list[str], layers: list[int],
-                   seed: int) -> tuple[dict, dict]:
-    """feats "prompt layer offset d", valid "prompt offset" -> ({layer: {offset: transfer result}}, {layer: probe
-    at -1}): the named-to-implied probe at every offset and layer."""
+                   at_minus1: dict, seed: int) -> dict:
+    """feats "prompt layer offset d", valid "prompt offset" -> {layer: {offset: transfer result}}: the
+    named-to-implied probe at every offset before -1 and layer, with `at_minus1` ({layer: frames}, the
+    identity probe's own fit at -1) for offset -1."""
     k = feats.shape[2]
-    out, probes = {}, {}
+    out = {}
     for j, L in enumerate(layers):
         per = {}
-        for o in range(k):
-            x = feats[:, j, o] * valid[:, o, None]
-            res = named_to_implied(x, nouns, frames, seed + 100 * L + o)
-            if res is None:
-                continue
-            per[str(o - k)] = res[0]["frames"]
-            if o == k - 1:
-                probes[L] = res[1]
+        for o in range(k - 1):
+            res = named_to_implied(feats[:, j, o] * valid[:, o, None], nouns, frames, seed + 100 * L + o)
+            if res is not None:
+                per[str(o - k)] = res[0]["frames"]
+        if L in at_minus1:
+            per["-1"] = at_minus1[L]
         out[str(L)] = per
-    return out, probes
+    return out
 
 
 def _random_subspaces(n: int, d: int, r: int, seed: int) -> list[torch.Tensor]:

@@ -161,10 +161,11 @@ def article_probe(x_tr, y_tr, nouns_tr, x_te, y_te, cfg: DepthConfig, seed: int)
             "above_chance": bool(p < ALPHA and acc > max(controls))}, probe
 
 
-def identity_probe(x: torch.Tensor, nouns: list[str], frames: list[str], cfg: DepthConfig, seed: int) -> dict:
+def identity_probe(x: torch.Tensor, nouns: list[str], frames: list[str], cfg: DepthConfig,
+                   seed: int) -> tuple[dict, Probe | None]:
     """Leave one frame out: train on the other frames of every noun (L2 chosen by leaving
     one of those out in turn), test on the held-out frame; the control permutes the
-    training labels."""
+    training labels. Also the named-to-implied probe (None without both kinds of frame)."""
     names = sorted(set(nouns))
     y = torch.tensor([names.index(n) for n in nouns])
     chance = 1 / len(names)
@@ -185,9 +186,10 @@ def identity_probe(x: torch.Tensor, nouns: list[str], frames: list[str], cfg: De
            "accuracy_mean": sum(accs) / len(accs),
            "control_mean": sum(v["control"] for v in per_frame.values()) / len(per_frame)}
     transfer = named_to_implied(x, nouns, frames, seed + 11)
-    if transfer is not None:
-        out["named_to_implied"] = transfer[0]
-    return out
+    if transfer is None:
+        return out, None
+    out["named_to_implied"] = transfer[0]
+    return out, transfer[1]
 
 
 def named_to_implied(x: torch.Tensor, nouns: list[str], frames: list[str], seed: int) -> tuple[dict, Probe] | None:

@@ -79,10 +79,10 @@ def read_report(folder: str | Path) -> Report | None:
 
 
 def _noun_identity(reader: LayerReader, lm: LoadedModel, prompts, ids, read, layers, nouns, cfg: DepthConfig,
-                   article_directions: dict) -> dict:
-    """Onset of the named-to-implied identity probe over offsets and layers, and the ablation of
-    its subspace at -1 on the implied-frame prompts (depth/identity.py) at each layer where that probe reads the
-    implied noun at -1 above chance; {} without both kinds of frame."""
+                   article_directions: dict, identity: dict, probes: dict) -> dict:
+    """Onset of the named-to-implied identity probe over offsets and layers (at -1: `identity`'s, with its
+    `probes`), and the ablation of its subspace at -1 on the implied-frame prompts (depth/identity.py) at each
+    layer where that probe reads the implied noun at -1 above chance; {} without both kinds of frame."""
     from sae.lookahead.depth.config import IMPLIED
     from sae.lookahead.depth.identity import identity_ablation, identity_onset
 
@@ -90,9 +90,10 @@ def _noun_identity(reader: LayerReader, lm: LoadedModel, prompts, ids, read, lay
     frames = [p.condition for p in prompts]
     if len(set(nouns)) < 2:
         return {}
-    onset, probes = identity_onset(feats, valid, nouns, frames, layers, cfg.seed + 500)
     if not probes:
         return {}
+    at_minus1 = {L: identity[str(L)]["named_to_implied"]["frames"] for L in probes}
+    onset = identity_onset(feats, valid, nouns, frames, layers, at_minus1, cfg.seed + 500)
     rows = [i for i, f in enumerate(frames) if f in IMPLIED]
     tok = lm.tokenizer
     art = [reader.an_id if prompts[i].article == "an" else reader.a_id for i in rows]
@@ -100,7 +101,7 @@ def _noun_identity(reader: LayerReader, lm: LoadedModel, prompts, ids, read, lay
     is_an = torch.tensor([prompts[i].article == "an" for i in rows])
     ablation = {}
     if is_an.any() and (~is_an).any():
-        frame = "riddle" if "riddle" in frames else next(f for f in IMPLIED if f in frames)
+        frame = next(f for f in IMPLIED if f in frames)  # the riddle frame first, as the answer reads it
         for j, L in enumerate(layers):  # only where there is a readable noun to take away
             if L in probes and onset[str(L)]["-1"].get(frame, {}).get("above_chance"):
                 ablation[str(L)] = identity_ablation(reader, [ids[i] for i in rows], L, feats[rows, j, -1],
@@ -175,7 +176,7 @@ def run_depth(cfg: DepthConfig, lm: LoadedModel | None = None) -> Report:
 
     # probes
     report["article_probe"], report["identity_probe"] = {}, {}
-    directions, means = {}, {}
+    directions, means, transfer_probes = {}, {}, {}
     f_tr, v_tr, _ = read["train"]
     f_te, v_te, _ = read["test"]
     for j, L in enumerate(layers):
@@ -193,13 +194,16 @@ def run_depth(cfg: DepthConfig, lm: LoadedModel | None = None) -> Report:
         fi, vi, _ = read["identity"]
         frames = [p.condition for p in sets["identity"]]
         if len(set(frames)) >= 2 and len(set(nouns["identity"])) >= 2:
-            report["identity_probe"][str(L)] = identity_probe(fi[:, j, -1], nouns["identity"], frames, cfg,
-                                                              cfg.seed + L)
+            report["identity_probe"][str(L)], probe = identity_probe(fi[:, j, -1], nouns["identity"], frames, cfg,
+                                                                     cfg.seed + L)
+            if probe is not None:
+                transfer_probes[L] = probe
     tick("probes")
 
     # planned or baked in: where the implied noun is readable, and what removing it at -1 does
     report["noun_identity"] = _noun_identity(reader, lm, sets["identity"], ids["identity"], read["identity"], layers,
-                                             nouns["identity"], cfg, directions)
+                                             nouns["identity"], cfg, directions, report["identity_probe"],
+                                             transfer_probes)
     tick("noun identity")
 
     # causal: project the probe direction out at -1 of the held-out riddles; SAE ablations

@@ -113,7 +113,7 @@ def power_line(rep: dict) -> str | None:
             text += (f" About {pw['extra_sources']} more independent sources of the word (contexts from other "
                      f"documents, definitions or prompts; half of them held out) would confirm one that fires before "
                      f"{ref} of them {_pct(pw['extra_power'])} of the time.")
-        elif pw.get("extra_sources") is None and pw.get("extra_tried"):
+        elif pw.get("extra_tried"):
             text += (f" Even {pw['extra_tried']} more independent sources would not confirm one that fires before "
                      f"{ref} of them {target} of the time.")
     return text
