@@ -17,6 +17,7 @@ st.set_page_config(page_title="sae-explorer", layout="wide")
 pages = [st.Page(str(PAGES / "overview.py"), title="Overview", default=True)]
 for name, title in (("feature", "Feature"), ("search", "Search"), ("finder", "Find a word"),
                     ("prompt_lab", "Prompt lab"), ("lookahead", "Lookahead"), ("depth", "Depth"),
+                    ("compare", "Compare"),
                     ("annotations", "Annotations")):
     pages.append(st.Page(str(PAGES / f"{name}.py"), title=title, url_path=name))
 st.navigation(pages).run()

@@ -202,7 +202,12 @@ def _cmd_store(ns: argparse.Namespace) -> None:
 def _cmd_demo(ns: argparse.Namespace) -> None:
     from saex.demo import DemoConfig, run_demo
 
-    run_demo(dataclass_from_args(DemoConfig, ns))
+    cfg = dataclass_from_args(DemoConfig, ns)
+    run = run_demo(cfg)
+    if cfg.organism and not cfg.plan_only:
+        from saex.demo_organism import run_organism_demo
+
+        run_organism_demo(cfg, run)
 
 
 def _labels_key(run: str):

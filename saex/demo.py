@@ -82,6 +82,10 @@ class DemoConfig:
     lookahead: Literal["auto", "yes", "no"] = "auto"
     """Run the a/an lookahead analysis: auto (when it fits the plan, at the size that fits), yes (always;
     its full size if that fits, else its quick one), no."""
+    organism: bool = False
+    """Then fine-tune the planning organism (`saex organism`) into OUT_DIR/organism-model and run the same steps
+    on it at the same sizes into OUT_DIR/organism, ask the finder on both and sweep depth on both, for the
+    explorer's Compare page. Not part of --minutes: it prints its own estimate (about 20 min on 2 cores)."""
 
     def __post_init__(self):
         if not self.minutes > 0:
@@ -173,7 +177,7 @@ class _Steps:
         seconds = time.perf_counter() - self.t
         est = self.plan.estimate_s.get(name)
         print(f"{line} ({seconds:.0f} s" + (f"; estimated {est:.0f} s" if est else "") + ")", flush=True)
-        self.plan.seconds[name] = round(seconds, 1)
+        self.plan.seconds.setdefault(name, round(seconds, 1))  # a rerun that skips a done step keeps its real time
         write_json_atomic(self.path, asdict(self.plan))
         self.t = time.perf_counter()
 
@@ -228,5 +232,5 @@ def run_demo(cfg: DemoConfig) -> Path:
     else:
         why = "--lookahead no" if cfg.lookahead == "no" else "it did not fit the plan"
         print(f"[8/8] lookahead: skipped ({why}); run it with: saex lookahead {run}", flush=True)
-    print(f"done in {time.perf_counter() - t0:.0f} s. Explore it: saex explore {run}")
+    print(f"done in {time.perf_counter() - t0:.0f} s. Explore it: saex explore {run}", flush=True)
     return run

@@ -59,7 +59,7 @@ with left:
                                 unsafe_allow_html=True)
 with right:
     st.markdown("#### Activation histogram")
-    st.altair_chart(render.log_histogram(f.hist_counts, f.hist_edges), use_container_width=True)
+    st.altair_chart(render.log_histogram(f.hist_counts, f.hist_edges), width="stretch")
     st.markdown("#### Output tokens (decoder through final norm and unembedding)")
     b, s = st.columns(2)
     b.dataframe(pd.DataFrame([(t, round(v, 3)) for _, t, v in f.boosted], columns=["boosted", "effect"]),
@@ -89,7 +89,7 @@ else:
                "matched prompts, not a finding")
     st.altair_chart(render.aligned_chart(al.offsets, {f"a ({forms['a']})": al.articles["a"],
                                                       f"an ({forms['an']})": al.articles["an"]}),
-                    use_container_width=True)
+                    width="stretch")
 
     def _onset(v):
         return "never" if v is None else f"{v:+d}"

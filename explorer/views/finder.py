@@ -147,7 +147,7 @@ data = pd.DataFrame([{"offset": o, "group": g, "mean": entry[g]["mean"][j], "lo"
                       "hi": entry[g]["hi"][j], "n": entry[g]["n"][j]}
                      for g in ("word", "controls", "category", "other article") if g in entry
                      for j, o in enumerate(prof["offsets"])])
-st.altair_chart(render.profile_chart(data), use_container_width=True)
+st.altair_chart(render.profile_chart(data), width="stretch")
 onset = entry.get("onset")
 st.caption(f"onset (earliest offset where word contexts exceed the controls, Bonferroni over offsets): "
            f"{onset if onset is not None else 'none'} · contexts: {prof['n_texts']}")
