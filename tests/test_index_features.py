@@ -281,10 +281,9 @@ def test_output_effects_equal_a_hand_computation(built, tiny_lm):
     run, _, cfg = built
     index = FeatureIndex(run)
     w_dec = load_sae(run).sae.W_dec.detach()
-    norm = tiny_lm.model.model.norm  # LlamaRMSNorm
+    norm = tiny_lm.model.model.norm  # LlamaRMSNorm: its scale frozen, the direct effect is the gain times d
     U = tiny_lm.model.lm_head.weight.detach()
-    h = w_dec / torch.sqrt(w_dec.pow(2).mean(1, keepdim=True) + norm.variance_epsilon) * norm.weight
-    effect = h @ U.T
+    effect = (w_dec * norm.weight) @ U.T
     effect = effect - effect.mean(1, keepdim=True)
     for f in (0, 7, 63):
         page = index.feature(f)

@@ -1,18 +1,19 @@
 """What each feature's decoder direction does to the next-token logits, and which
-features point the same way.
+features point the same way. The one definition of a direction's direct effect on the
+vocabulary: the index, the labels, the lookahead and the word finder all read it from here.
 
-Output effect of feature f on token t: the decoder row W_dec[f] is put through the
-model's final norm as if it were the residual stream, then through the unembedding,
-relative to the vocabulary mean:
+Direct effect of a residual direction d on token t, with the final norm's scale frozen (the
+usual direct logit attribution for a pre-norm model):
 
-    h_f = norm(W_dec[f]) - norm(0)          (norm(0) removes a LayerNorm's bias; 0 for RMSNorm)
-    effect[f, t] = h_f . (U[t] - mean_t U[t])
+    effect[t] = (g * c(d)) . (U[t] - mean_t U[t])
 
-This is the direct path only (the blocks after the hook are skipped) and the norm is
-applied to the direction alone, so effects are logits per unit-RMS residual along the
-direction: comparable across features and tokens, not the exact change a firing makes.
-Centring on the vocabulary mean drops what a direction adds to every logit alike, which
-softmax ignores.
+g is the final norm's gain (read from the module itself, so Gemma's 1 + weight is right too),
+c(d) centres d where the norm centres its input (LayerNorm) and is d itself for RMSNorm. This is
+the first-order change of logit t, relative to the vocabulary mean, when d is added to a residual
+of RMS 1 whose own direction d does not move (for a residual of RMS s, divide by s). It keeps the
+decoder row's norm, so a feature whose decoder row is twice as long has twice the effect. The
+blocks after the hook are skipped: this is the direct path only. Centring on the vocabulary mean
+drops what a direction adds to every logit alike, which softmax ignores.
 """
 
 from __future__ import annotations
@@ -29,17 +30,51 @@ def final_norm_and_unembedding(lm) -> tuple[torch.nn.Module, torch.nn.Module]:
 
 
 @torch.no_grad()
-def unembedding_directions(lm, w_dec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(h "d_sae d_model": decoder rows through the final norm, U "vocab d_model" centred)."""
+def frozen_norm(lm) -> tuple[torch.Tensor, bool]:
+    """The final norm with its scale frozen, as (gain "d_model", centres): read off the module by
+    putting probe vectors of mean 0 and RMS 1 through it (norm(v) - norm(0) = gain * v for them), and
+    a constant vector, which a centring norm (LayerNorm) maps to its bias alone."""
     norm, unembed = final_norm_and_unembedding(lm)
-    dev = unembed.weight.device
-    w = w_dec.to(dev, torch.float32)
+    n, dev = unembed.weight.shape[1], unembed.weight.device
+    zero = norm(torch.zeros(1, n, device=dev)).float()[0]
+    gain = torch.zeros(n)
+    for shift in (0, 1):  # with an odd width one coordinate of each probe is 0: the other probe covers it
+        v = torch.tensor([(-1.0) ** (i + shift) for i in range(n)])
+        if n % 2:
+            v[(n - 1 + shift) % n] = 0.0
+        v = v / v.pow(2).mean().sqrt()
+        out = (norm(v[None].to(dev)).float()[0] - zero).cpu()
+        gain = torch.where(v != 0, out / torch.where(v != 0, v, torch.ones(())), gain)
+    const = (norm(torch.ones(1, n, device=dev)).float()[0] - zero).cpu()
+    return gain, bool(const.abs().max() <= 1e-3 * gain.abs().max())
+
+
+@torch.no_grad()
+def unembedding_directions(lm, w_dec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h "d_sae d_model", U "vocab d_model"): h @ U.T is each decoder row's direct effect on each
+    token (the module's definition): h = gain * c(W_dec), U the unembedding less its vocabulary mean."""
+    _, unembed = final_norm_and_unembedding(lm)
+    w = w_dec.detach().float().cpu()
     if w.shape[1] != unembed.weight.shape[1]:
         raise SaexError(f"the SAE's decoder has width {w.shape[1]}, the model's unembedding {unembed.weight.shape[1]}",
                         "use the model the SAE was trained on (--model)")
-    h = norm(w).float() - norm(torch.zeros(1, w.shape[1], device=dev)).float()
-    U = unembed.weight.float()
-    return h.cpu(), (U - U.mean(0)).cpu()
+    gain, centres = frozen_norm(lm)
+    if centres:
+        w = w - w.mean(1, keepdim=True)
+    U = unembed.weight.detach().float().cpu()
+    return w * gain, U - U.mean(0)
+
+
+@torch.no_grad()
+def token_directions(lm, token_ids) -> torch.Tensor:
+    """ "k d_model": for each token, the vector whose dot product with a residual direction is that
+    direction's direct effect on the token's logit (the module's definition), so that
+    directions @ token_directions(lm, ids).T is the effect of each direction on each token."""
+    _, unembed = final_norm_and_unembedding(lm)
+    gain, centres = frozen_norm(lm)
+    U = unembed.weight.detach().float().cpu()
+    w = (U[torch.as_tensor(list(token_ids), dtype=torch.long)] - U.mean(0)) * gain
+    return w - w.mean(1, keepdim=True) if centres else w
 
 
 @torch.no_grad()

@@ -20,7 +20,7 @@ from sae.index.aligned import ARTICLE_OF, onset, summarise
 from sae.index.aligned import FILE as ALIGNED_FILE
 from sae.runs.files import INDEX_DIR
 
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2
 MANIFEST_FILE = "manifest.json"
 FEATURES_FILE = "features.safetensors"
 SEARCH_FILE = "search.safetensors"

@@ -28,6 +28,7 @@ import torch
 
 from sae.errors import SaexError
 from sae.fsutil import ensure_writable_dir, write_json_atomic
+from sae.index.output_effects import token_directions
 from sae.lookahead.answer import answer
 from sae.lookahead.interventions import (
     Edit,
@@ -65,7 +66,6 @@ from sae.lookahead.statistics import (
     profile_report,
     rank_for_noun,
     separating_features,
-    unembedding,
 )
 from sae.options import ModelOptions
 from sae.report import Report
@@ -305,7 +305,7 @@ def run_lookahead(cfg: LookaheadConfig) -> Report:
 
     grad_last = attr.grad_mean([-1])
     directions = decoder_directions(sae)
-    effects = logit_effects(directions, unembedding(lm, [iv.an_id, iv.a_id]))
+    effects = logit_effects(directions, token_directions(lm, [iv.an_id, iv.a_id]))
     report["features"] = [{"feature": f, "log10_density": float(log_d[f]),
                            "dla_an_minus_a": float(effects[f, 0] - effects[f, 1]),
                            "grad_per_unit_at_minus1": float(grad_last[f]),
@@ -493,7 +493,7 @@ def _target(cfg, iv: Intervener, prompts: list[Prompt], rest: Prepared, directio
     attr = iv.attribute(prep)
     o = iv.run(prep)
     noun_id = tok(" " + noun, add_special_tokens=False)["input_ids"][0]
-    effects = logit_effects(directions, unembedding(iv.lm, [noun_id, iv.an_id, iv.a_id]))
+    effects = logit_effects(directions, token_directions(iv.lm, [noun_id, iv.an_id, iv.a_id]))
     art = prompts[0].article
     ranking = rank_for_noun(prep, attr, rest, effects, art)
     out = {"noun": noun, "article": art, "noun_first_token": tok.decode([noun_id]),

@@ -22,7 +22,6 @@ from statistics import NormalDist
 
 import torch
 
-from sae.data.models import LoadedModel
 from sae.lookahead.interventions import Attribution, Prepared
 from sae.lookahead.prompts import Prompt, pronounce
 
@@ -207,19 +206,6 @@ def gap_attribution(attr: Attribution, is_an: torch.Tensor) -> torch.Tensor:
     an-vs-a gap ablating it would remove."""
     per_prompt = attr.attr.sum(1)
     return per_prompt[is_an].mean(0) - per_prompt[~is_an].mean(0)
-
-
-def unembedding(lm: LoadedModel, token_ids: Sequence[int]) -> torch.Tensor:
-    """ "k d_model": output-embedding rows of the tokens times the final norm's gain (when
-    there is one), so a residual direction's dot product is its direct logit effect
-    (ignoring the norm's division by the residual's scale)."""
-    head = lm.model.get_output_embeddings()
-    w = head.weight[torch.as_tensor(list(token_ids))].detach().float()
-    found = lm.final_norm()
-    norm = found[0]._modules[found[1]] if found else None
-    if norm is not None and getattr(norm, "weight", None) is not None:
-        return w * norm.weight.detach().float()
-    return w
 
 
 def logit_effects(directions: torch.Tensor, unembed: torch.Tensor) -> torch.Tensor:

@@ -285,8 +285,8 @@ def _spec_rank(act: dict, f: int) -> int:
 def _table(cfg, iv, lm, sae, contexts, values, half, act, article, first_id, prep) -> list[dict]:
     """One row per feature worth showing: the ranking half's best and every latent tested on
     the held-out half, with descriptive evidence side by side."""
+    from sae.index.output_effects import token_directions
     from sae.lookahead.interventions import decoder_directions, subset
-    from sae.lookahead.statistics import unembedding
 
     feats = list(dict.fromkeys(act["check"]["tested"] + act["order"][:cfg.top]))
     if not feats:
@@ -304,10 +304,7 @@ def _table(cfg, iv, lm, sae, contexts, values, half, act, article, first_id, pre
         means[name] = v.double().mean(0) if rows else torch.full((len(feats),), float("nan"))
 
     directions = decoder_directions(sae).float()
-    vocab = lm.model.get_output_embeddings().weight.shape[0]
-    u = unembedding(lm, [first_id])[0]
-    u_mean = unembedding(lm, range(vocab)).mean(0)
-    dla = (directions @ (u - u_mean).to(directions.device)).cpu()
+    dla = (directions @ token_directions(lm, [first_id])[0].to(directions.device)).cpu()
     pct = torch.empty_like(dla)
     pct[dla.argsort()] = torch.arange(len(dla), dtype=dla.dtype) / max(len(dla) - 1, 1)
 
