@@ -16,6 +16,32 @@ The names below are the public API (docs/api.md); they are imported on first use
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # editors and type checkers resolve the lazy names below; nothing is imported at run time
+    from sae.data.harvest import HarvestConfig, harvest  # noqa: F401
+    from sae.data.models import load_model  # noqa: F401
+    from sae.data.store import ActivationStore, write_store  # noqa: F401
+    from sae.errors import SaexError  # noqa: F401
+    from sae.index.build import build_index  # noqa: F401
+    from sae.index.config import IndexConfig  # noqa: F401
+    from sae.index.reader import FeatureIndex  # noqa: F401
+    from sae.index.search import search  # noqa: F401
+    from sae.labels.auto import LabelConfig, label_features  # noqa: F401
+    from sae.labels.claims import score_claim  # noqa: F401
+    from sae.labels.records import SAEKey  # noqa: F401
+    from sae.labels.store import AnnotationStore  # noqa: F401
+    from sae.lookahead.depth import DepthConfig, run_depth  # noqa: F401
+    from sae.lookahead.experiment import LookaheadConfig, run_lookahead  # noqa: F401
+    from sae.lookahead.finder import FindConfig, find_word  # noqa: F401
+    from sae.lookahead.interventions import Edit, Intervener  # noqa: F401
+    from sae.lookahead.organism import OrganismConfig, build_organism  # noqa: F401
+    from sae.lookahead.prompt_lab import next_token, read_prompt  # noqa: F401
+    from sae.options import ModelOptions  # noqa: F401
+    from sae.report import Answer, Report  # noqa: F401
+    from sae.runs.evaluate import EvalConfig, evaluate, run_eval, write_eval  # noqa: F401
+    from sae.runs.files import is_finished, read_report  # noqa: F401
+    from sae.runs.load import LoadedSAE, load_model_and_sae, load_sae  # noqa: F401
 
 _EXPORTS = {
     "SaexError": "sae.errors",

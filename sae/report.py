@@ -8,6 +8,7 @@ The explorer, the CLI and the demo print answers through this one shape.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,3 +64,16 @@ class Report(dict):
     @property
     def answer(self) -> Answer:
         return Answer.from_dict(self.get("answer"))
+
+
+class Clock:
+    """Seconds per step of an analysis, as its report's `seconds` records them."""
+
+    def __init__(self):
+        self.t0 = self.last = time.perf_counter()
+        self.steps: dict[str, float] = {}
+
+    def tick(self, name: str) -> None:
+        now = time.perf_counter()
+        self.steps[name] = round(now - self.last, 2)
+        self.last = now

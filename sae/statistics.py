@@ -28,6 +28,12 @@ import torch
 from sae.errors import SaexError
 
 Z95 = NormalDist().inv_cdf(0.975)
+"""The two-sided 95% normal quantile (1.95996...), for every normal interval in the project."""
+
+
+def pct(x, digits: int = 0) -> str:
+    """A fraction as a percentage ("43%"); "n/a" for None or NaN, which every answer prints alike."""
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}%"
 
 # --------------------------------------------------------------------------- intervals
 

@@ -33,16 +33,16 @@ def _cmd_fetch(ns: argparse.Namespace) -> None:
 
 def _cmd_harvest(ns: argparse.Namespace) -> None:
     from sae.data.harvest import HarvestConfig, harvest
-    from sae.data.store import store_summary
+    from sae.data.store import LAYERS_FILE, MANIFEST_FILE, PLAN_FILE, store_summary
 
     cfg = dataclass_from_args(HarvestConfig, ns)
     out = harvest(cfg)
-    if (out / "manifest.json").exists() or (out / "layers.json").exists():
+    if (out / MANIFEST_FILE).exists() or (out / LAYERS_FILE).exists():
         print(store_summary(out))
     else:
-        one = out if (out / "plan.json").exists() else sorted(out.glob("layer-*"))[-1]  # multi-layer: the deepest
+        one = out if (out / PLAN_FILE).exists() else sorted(out.glob("layer-*"))[-1]  # multi-layer: the deepest
         done = len(list((one / "shards").glob("*.json")))
-        total = json.loads((one / "plan.json").read_text())["n_shards"]
+        total = json.loads((one / PLAN_FILE).read_text())["n_shards"]
         print(f"this process's shards are done; {done} of {total} shards complete. The store is "
               "finished by whichever process completes the last shard (or rerun without --shard).")
 

@@ -14,8 +14,9 @@ import torch
 
 from sae.errors import SaexError
 from sae.fsutil import atomic_path
+from sae.runs.files import CHECKPOINT_FILE
 
-CHECKPOINT = "checkpoint.safetensors"
+CHECKPOINT = CHECKPOINT_FILE  # the run folder's name for it (sae/runs/files.py)
 # Settings that may change between an interrupted run and its resumption.
 MAY_DIFFER = {"progress", "log_every", "checkpoint_every", "device", "out", "store"}
 

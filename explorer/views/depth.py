@@ -1,7 +1,7 @@
 """Depth: the report of `saex depth` (the a/an signal across layers: logit lens, probes for
 the article on held-out nouns and for the noun, the probe direction projected out against
 random directions, SAE features where an SAE was given). Every figure is the report's
-(sae/lookahead/depth.py); the page only lays it out."""
+(sae/lookahead/depth/); the page only lays it out."""
 
 import pandas as pd
 import streamlit as st

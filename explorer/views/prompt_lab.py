@@ -7,7 +7,7 @@ import streamlit as st
 
 from explorer import state
 from sae.errors import SaexError
-from sae.lookahead.interventions import Edit
+from sae.lookahead.interventions import OPS, Edit
 from sae.lookahead.prompt_lab import next_token, read_prompt
 
 st.title("Prompt lab")
@@ -50,7 +50,7 @@ with c2:
 
 st.markdown("#### Intervene on the selected features")
 e1, e2, e3 = st.columns(3)
-op = e1.selectbox("edit", ["ablate", "steer", "clamp", "scale"], key="op")
+op = e1.selectbox("edit", list(OPS), key="op")
 value = e2.number_input("value (steer: added activation; clamp: set to; scale: factor)", value=0.0 if op != "scale"
                         else 1.0, key="value")
 positions = e3.selectbox("at", ["prompt", "last", "before"], key="positions",

@@ -27,9 +27,12 @@ from sae.data.store import (
     FLAG_OUTLIER,
     FLAG_SPECIAL,
     LAYERS_FILE,
+    MANIFEST_FILE,
     NUMPY_DTYPES,
+    PLAN_FILE,
     STORAGE_DTYPES,
     STORE_FORMAT,
+    TOKENS_FILE,
     TORCH_DTYPES,
     layer_folder,
     npy_bytes,
@@ -205,17 +208,17 @@ def _describe(cfg: HarvestConfig, plan: _Plan, reader: ResidualReader, threshold
 
 def _read_plan(out: Path) -> dict | None:
     try:
-        return json.loads((out / "plan.json").read_text())
+        return json.loads((out / PLAN_FILE).read_text())
     except (OSError, json.JSONDecodeError):
         return None
 
 
-_STORE_ENTRIES = {"plan.json", "tokens.npy", "shards", "manifest.json"}
+_STORE_ENTRIES = {PLAN_FILE, TOKENS_FILE, "shards", MANIFEST_FILE}
 
 
 def _check_existing(out: Path, plan_doc: dict) -> None:
     """Refuse to mix a new harvest into a store planned differently."""
-    plan_path = out / "plan.json"
+    plan_path = out / PLAN_FILE
     if plan_path.exists():
         try:
             old = json.loads(plan_path.read_text())
@@ -269,7 +272,7 @@ def harvest(cfg: HarvestConfig, lm: LoadedModel | None = None) -> Path:
         if hooks is not None:
             return _harvest_layers(cfg, lm, hooks, out, rank, world)
         cfg = replace(cfg, layer=str(cfg.layer).strip().strip(","))
-    if (out / "manifest.json").exists() and (out / "plan.json").exists():
+    if (out / MANIFEST_FILE).exists() and (out / PLAN_FILE).exists():
         _check_manifest_matches(out, cfg)
         print(f"store {out} is already complete", file=sys.stderr)
         return out
@@ -292,9 +295,9 @@ def harvest(cfg: HarvestConfig, lm: LoadedModel | None = None) -> Path:
     remove_stale_temps(out)
     remove_stale_temps(shard_dir)
     try:
-        if not (out / "plan.json").exists():
-            write_bytes_atomic(out / "tokens.npy", npy_bytes(plan.windows))
-            write_json_atomic(out / "plan.json", plan_doc)
+        if not (out / PLAN_FILE).exists():
+            write_bytes_atomic(out / TOKENS_FILE, npy_bytes(plan.windows))
+            write_json_atomic(out / PLAN_FILE, plan_doc)
         mine = [k for k in range(plan.n_shards) if k % world == rank]
         todo = [k for k in mine if not shard_complete(shard_dir, k)]
         n_tok = sum(plan.shard_rows(k).stop - plan.shard_rows(k).start for k in todo) * cfg.context_size
@@ -367,7 +370,7 @@ def _harvest_shard(k: int, plan: _Plan, reader: ResidualReader, thresholds: list
 def _check_manifest_matches(out: Path, cfg: HarvestConfig) -> None:
     from sae.data.models import parse_hook_point
 
-    m = json.loads((out / "manifest.json").read_text())
+    m = json.loads((out / MANIFEST_FILE).read_text())
     asked = cfg.plan_dict()
     asked["layer"] = parse_hook_point(cfg.layer, m["model"]["n_layers"],
                                       m["hook"]["module_path"].rsplit(".", 1)[0]).layer
@@ -413,7 +416,7 @@ def _harvest_layers(cfg: HarvestConfig, lm: LoadedModel, hooks: list[HookPoint],
     residual goes to its own complete store OUT/layer-LL/ (the same files, thresholds and
     checks as a single-layer harvest of that layer); OUT/layers.json lists them once all
     are complete."""
-    if (out / "plan.json").exists() or (out / "manifest.json").exists():
+    if (out / PLAN_FILE).exists() or (out / MANIFEST_FILE).exists():
         raise SaexError(f"{out} holds a single-layer activation store",
                         "give a multi-layer harvest (--layer 5,10,15 or all) a new or empty --out folder")
     width = max(2, len(str(lm.n_layers - 1)))
@@ -449,9 +452,9 @@ def _harvest_layers(cfg: HarvestConfig, lm: LoadedModel, hooks: list[HookPoint],
             dirs.append(ensure_writable_dir(store / "shards", "activation store"))
             remove_stale_temps(store)
             remove_stale_temps(dirs[-1])
-            if not (store / "plan.json").exists():
-                write_bytes_atomic(store / "tokens.npy", npy_bytes(plan.windows))
-                write_json_atomic(store / "plan.json", doc)
+            if not (store / PLAN_FILE).exists():
+                write_bytes_atomic(store / TOKENS_FILE, npy_bytes(plan.windows))
+                write_json_atomic(store / PLAN_FILE, doc)
         mine = [k for k in range(plan.n_shards) if k % world == rank]
         todo = [k for k in mine if not all(shard_complete(d, k) for d in dirs)]
         n_tok = sum(plan.shard_rows(k).stop - plan.shard_rows(k).start for k in todo) * cfg.context_size
@@ -469,7 +472,7 @@ def _harvest_layers(cfg: HarvestConfig, lm: LoadedModel, hooks: list[HookPoint],
         complete = True
         for hook, doc, d in zip(hooks, docs, dirs):
             if all(shard_complete(d, k) for k in range(plan.n_shards)):
-                if not (d.parent / "manifest.json").exists():
+                if not (d.parent / MANIFEST_FILE).exists():
                     write_manifest(d.parent, doc)
             else:
                 complete = False

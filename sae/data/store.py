@@ -42,6 +42,12 @@ STORAGE_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 NUMPY_DTYPES = {"bfloat16": np.uint16, "float16": np.float16, "float32": np.float32}
 LAYERS_FILE = "layers.json"  # the top-level manifest of a multi-layer store
+MANIFEST_FILE = "manifest.json"
+"""A store's manifest, written last: its presence means the store is complete."""
+PLAN_FILE = "plan.json"
+"""The harvest's plan (windows, settings), written first so that an interrupted harvest resumes."""
+TOKENS_FILE = "tokens.npy"
+"""The token ids of every window, "windows context"."""
 
 
 def layer_folder(layer: int, width: int = 2) -> str:
@@ -58,11 +64,11 @@ def store_layers(path: str | Path) -> dict[int, Path] | None:
             return {int(k): path / v for k, v in doc["stores"].items()}
         except (json.JSONDecodeError, KeyError, ValueError):
             raise SaexError(f"{path / LAYERS_FILE} is corrupt", f"delete {path} and harvest again") from None
-    if (path / "manifest.json").exists() or (path / "plan.json").exists() or not path.is_dir():
+    if (path / MANIFEST_FILE).exists() or (path / PLAN_FILE).exists() or not path.is_dir():
         return None
     found = {}
     for p in path.glob("layer-*"):
-        if p.is_dir() and p.name[6:].isdigit() and (p / "plan.json").exists():
+        if p.is_dir() and p.name[6:].isdigit() and (p / PLAN_FILE).exists():
             found[int(p.name[6:])] = p
     return dict(sorted(found.items())) or None
 
@@ -143,7 +149,7 @@ def write_manifest(out: Path, plan_doc: dict) -> None:
         "shards": [{"shard": s["shard"], "n_windows": s["n_windows"],
                     **{f"{kind}_sha256": f["sha256"] for kind, f in s["files"].items()}} for s in shards],
     }
-    write_json_atomic(out / "manifest.json", manifest)
+    write_json_atomic(out / MANIFEST_FILE, manifest)
 
 
 def shard_complete(shard_dir: Path, k: int) -> bool:
@@ -182,8 +188,8 @@ def write_store(out: str | Path, acts: torch.Tensor | np.ndarray, tokens: np.nda
             "bf16_median_relative_error": None, "special_token_ids": [], "outlier_threshold": 1e9,
             "outlier_rule": "none", "flags": {}, "n_windows": n, "shard_windows": shard_windows,
             "n_shards": n_shards}
-    write_json_atomic(out / "plan.json", plan)
-    with atomic_path(out / "tokens.npy") as tmp:
+    write_json_atomic(out / PLAN_FILE, plan)
+    with atomic_path(out / TOKENS_FILE) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, tokens, allow_pickle=False)
     for k in range(n_shards):
@@ -198,10 +204,10 @@ class ActivationStore:
 
     def __init__(self, path: str | Path):
         self.path = layer_store_path(path)  # a multi-layer store: a clear error naming its layers
-        mpath = self.path / "manifest.json"
+        mpath = self.path / MANIFEST_FILE
         if not mpath.exists():
             hint = ("its harvest has not finished: rerun the same harvest command to complete it"
-                    if (self.path / "plan.json").exists()
+                    if (self.path / PLAN_FILE).exists()
                     else "give the folder of an activation store made by `saex harvest`")
             raise SaexError(f"{self.path} is not a complete activation store (no manifest.json)", hint)
         try:
@@ -311,7 +317,7 @@ def store_summary(path: str | Path) -> str:
     for a multi-layer store)."""
     layers = store_layers(path)
     if layers is not None:
-        return "\n".join(f"layer {k} ({p}): " + (store_summary(p) if (p / "manifest.json").exists() else "incomplete")
+        return "\n".join(f"layer {k} ({p}): " + (store_summary(p) if (p / MANIFEST_FILE).exists() else "incomplete")
                          for k, p in layers.items())
     m = ActivationStore(path).manifest
     pos = m.get("outlier_positions", {})

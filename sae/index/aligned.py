@@ -24,12 +24,13 @@ from statistics import NormalDist
 
 import numpy as np
 
+from sae.statistics import Z95
+
 # The forms looked for, and the article each one counts for when forms are pooled.
 FORMS = (" a", " an", " A", " An")
 ARTICLE_OF = {" a": "a", " an": "an", " A": "a", " An": "an"}
 REQUIRED = (" a", " an")
 FILE = "aligned.safetensors"
-Z95 = NormalDist().inv_cdf(0.975)
 
 
 def article_forms(tokenizer) -> tuple[dict[str, int], dict[str, str]]:

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sae.data.store import ActivationStore
+from sae.data.store import MANIFEST_FILE as STORE_MANIFEST
+from sae.data.store import TOKENS_FILE, ActivationStore
 from sae.errors import SaexError
 from sae.fsutil import atomic_path, ensure_writable_dir, remove_stale_temps, sha256_file, write_json_atomic
 from sae.index.aligned import FILE as ALIGNED_FILE
@@ -71,7 +72,7 @@ def _check_model(lm, store: ActivationStore) -> None:
 
 def _vocab_size(lm, store: ActivationStore) -> int:
     v = int(lm.model.get_output_embeddings().weight.shape[0])
-    top = int(np.load(store.path / "tokens.npy", mmap_mode="r").max(initial=0))
+    top = int(np.load(store.path / TOKENS_FILE, mmap_mode="r").max(initial=0))
     if top >= v:
         raise SaexError(f"the store {store.path} holds token id {top}, beyond the vocabulary ({v}) of {lm.spec}",
                         "pass --model with the model the store was harvested from")
@@ -80,7 +81,7 @@ def _vocab_size(lm, store: ActivationStore) -> int:
 
 def _key(cfg: IndexConfig, sae: LoadedSAE, store: ActivationStore, lm) -> str:
     """What the index depends on: a complete index with the same key is reused."""
-    doc = {"format": INDEX_FORMAT, "sae": sae.content_hash, "store": sha256_file(store.path / "manifest.json"),
+    doc = {"format": INDEX_FORMAT, "sae": sae.content_hash, "store": sha256_file(store.path / STORE_MANIFEST),
            "model": lm.weights_sha256, "settings": cfg.content()}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
@@ -185,7 +186,7 @@ def build_index(cfg: IndexConfig, sae: LoadedSAE | None = None, lm=None) -> Path
         n_streamed = sum(s["n_windows"] for s in store.manifest["shards"][done:]) * store.context_size
         manifest = {
             "format": INDEX_FORMAT, "key": key, "sae": sae.describe(),
-            "store": {"path": str(store.path), "manifest_sha256": sha256_file(store.path / "manifest.json"),
+            "store": {"path": str(store.path), "manifest_sha256": sha256_file(store.path / STORE_MANIFEST),
                       "hook": store.hook_name, "split": store.manifest["corpus"].get("split"),
                       "context_size": store.context_size, "n_windows": store.n_windows},
             "model": {"spec": lm.spec, "weights_sha256": lm.weights_sha256, "vocab_size": V},

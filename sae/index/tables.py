@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from sae.data.store import ActivationStore
+from sae.data.store import TOKENS_FILE, ActivationStore
 from sae.index.config import IndexConfig
 from sae.index.encoder import bit_width, value_key
 from sae.index.output_effects import decoder_neighbours, output_effects, unembedding_directions
@@ -167,7 +167,7 @@ def vocab_strings(lm, V: int) -> list[str]:
 def finish_tables(cfg: IndexConfig, sae: LoadedSAE, store: ActivationStore, lm,
                   stats: FeatureStats) -> tuple[dict, dict]:
     s = stats.state
-    tokens = np.load(store.path / "tokens.npy", mmap_mode="r")
+    tokens = np.load(store.path / TOKENS_FILE, mmap_mode="r")
     fires = s["fires"]
     n_tok = max(int(s["n_tokens"][0]), 1)
     feats = {"fires": fires, "density": (fires / n_tok).astype(np.float32),

@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from sae.data.store import ActivationStore
+from sae.data.store import MANIFEST_FILE, ActivationStore
 from sae.errors import SaexError
 from sae.fsutil import sha256_file, write_json_atomic
 from sae.labels.config import LabelConfig  # noqa: F401  (the public names stay importable from here)
@@ -88,7 +88,7 @@ def read_summary(run: str | Path) -> Report | None:
 
 
 def _key(cfg: LabelConfig, sae: LoadedSAE, store: ActivationStore, lm) -> str:
-    doc = {"format": LABELS_FORMAT, "sae": sae.content_hash, "store": sha256_file(store.path / "manifest.json"),
+    doc = {"format": LABELS_FORMAT, "sae": sae.content_hash, "store": sha256_file(store.path / MANIFEST_FILE),
            "model": getattr(lm, "weights_sha256", None), "settings": cfg.content()}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 

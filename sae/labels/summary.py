@@ -7,6 +7,7 @@ import numpy as np
 
 from sae.labels.predicates import KINDS
 from sae.report import Answer
+from sae.statistics import Z95
 
 
 def distribution(values: list[float], bins: int = 20) -> dict:
@@ -83,7 +84,7 @@ def separation(real: list[float], control: list[float]) -> dict | None:
     q1, q2 = auc / (2 - auc), 2 * auc ** 2 / (1 + auc)
     se = np.sqrt(max(auc * (1 - auc) + (len(a) - 1) * (q1 - auc ** 2) + (len(b) - 1) * (q2 - auc ** 2), 0.0)
                  / (len(a) * len(b)))
-    return {"auc": float(auc), "ci": [float(max(auc - 1.96 * se, 0.0)), float(min(auc + 1.96 * se, 1.0))],
+    return {"auc": float(auc), "ci": [float(max(auc - Z95 * se, 0.0)), float(min(auc + Z95 * se, 1.0))],
             "n_real": int(len(a)), "n_control": int(len(b))}
 
 

@@ -9,10 +9,7 @@ from pathlib import Path
 from sae.lookahead.statistics import TARGET_FRACTION
 from sae.report import Answer
 from sae.runs.files import REPORT_FILE
-
-
-def _pct(x) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.0f}%"
+from sae.statistics import pct
 
 
 def _num(x, fmt=".2f") -> str:
@@ -27,7 +24,7 @@ def answer(r: dict) -> dict:
     gap_real = b["value"] is not None and b["ci"][0] is not None and b["ci"][0] > 0
     lines.append(f"Behaviour (test set, {b['n_an']} an-noun and {b['n_a']} a-noun prompts): logit(an) - logit(a) is "
                  f"{_num(b['value'])} higher for an-nouns (95% CI {_num(b['ci'][0])} to {_num(b['ci'][1])}); the right "
-                 f"article is preferred on {_pct(r['behaviour']['test']['right_article_preferred'])} of prompts."
+                 f"article is preferred on {pct(r['behaviour']['test']['right_article_preferred'])} of prompts."
                  + ("" if gap_real else " The gap is not reliably above zero: there is little or no lookahead "
                     "signal in behaviour to explain."))
     for name in ("explicit", "in_context"):
@@ -78,7 +75,7 @@ def answer(r: dict) -> dict:
                          f"before the article (onset <= -1), {at0} from the article token on, {late} only after it, "
                          f"{len(got) - early - at0 - late} never reliably.")
     lines.append(f"Ablating them at {c['positions']} positions on the test set removes {_num(abl['removed'])} of the "
-                 f"{_num(abl['gap_clean'])} gap ({_pct(frac)}, 95% CI {_pct(lo)} to {_pct(hi)}); it moves "
+                 f"{_num(abl['gap_clean'])} gap ({pct(frac)}, 95% CI {pct(lo)} to {pct(hi)}); it moves "
                  f"logit(an) - logit(a) by {_num(abl['delta_ld_an'])} on an-noun and {_num(abl['delta_ld_a'])} on "
                  f"a-noun prompts. {rnd['n_sets']} density-matched random sets remove {_num(rnd['removed_mean'])} +- "
                  f"{_num(rnd['removed_std'])} (z = {_num(rnd['z'], '.1f')}, permutation p = "
@@ -90,8 +87,8 @@ def answer(r: dict) -> dict:
         lines.append(f"Dose-response (activations multiplied): gap {pairs}" + (f" (random sets: {rpairs})." if rpairs
                                                                                   else "."))
     pos = c["by_position"]
-    lines.append(f"By position: at -1 alone {_pct(pos['last']['fraction_removed'])}, at earlier prompt tokens alone "
-                 f"{_pct(pos['before']['fraction_removed'])} of the gap.")
+    lines.append(f"By position: at -1 alone {pct(pos['last']['fraction_removed'])}, at earlier prompt tokens alone "
+                 f"{pct(pos['before']['fraction_removed'])} of the gap.")
     lines.append(f"P(noun | article) changes by {_num(abl['delta_p_noun'], '.4f')} on average "
                  f"(log-prob {_num(abl['delta_logp_noun'], '.3f')}); ablating the same features at BOS/sink "
                  f"positions only moves the gap by {_num(c['sinks_only']['removed'])} "
@@ -107,10 +104,10 @@ def answer(r: dict) -> dict:
         verdict, label = ("The chosen features do not move the choice more than density-matched random features "
                           "on the test set: null result."), "null"
     else:
-        size = (f"the interval ({_pct(lo)} to {_pct(hi)}) is above zero" if reliable else
-                f"the interval ({_pct(lo)} to {_pct(hi)}) includes zero: with this many test prompts the size "
+        size = (f"the interval ({pct(lo)} to {pct(hi)}) is above zero" if reliable else
+                f"the interval ({pct(lo)} to {pct(hi)}) includes zero: with this many test prompts the size "
                 "of the effect is not pinned down")
-        verdict = (f"Out of sample the chosen features remove {_pct(frac)} of the gap, more than "
+        verdict = (f"Out of sample the chosen features remove {pct(frac)} of the gap, more than "
                    f"density-matched random features; {size}.")
         label = "carried" if reliable else "carried_size_uncertain"
     verdict += _outside_latents(err, hi if hi is not None else frac) if gap_real else ""
@@ -130,14 +127,14 @@ def _outside_latents(err: dict | None, features_high: float | None) -> str:
     where = ("most of the gap lies outside this SAE's latents" if lo > 0.5 else
              "more of the gap lies outside this SAE's latents than in the chosen features")
     return (f" The SAE's error term carries more: set to its mean (latents kept) it removes "
-            f"{_pct(e['fraction_removed'])} (95% CI {_pct(lo)} to {_pct(e['fraction_ci'][1])}), so {where}.")
+            f"{pct(e['fraction_removed'])} (95% CI {pct(lo)} to {pct(e['fraction_ci'][1])}), so {where}.")
 
 
 def error_term_line(err: dict) -> str:
     """What the SAE's latents leave out: the gap removed when its error term is set to its mean."""
     def part(e):
         lo, hi = e["fraction_ci"]
-        return f"{_pct(e['fraction_removed'])} (95% CI {_pct(lo)} to {_pct(hi)})"
+        return f"{pct(e['fraction_removed'])} (95% CI {pct(lo)} to {pct(hi)})"
 
     e, last = err["edited_positions"], err["last"]
     return (f"The SAE's error term (what its latents do not reconstruct), set to its mean with every latent kept, "

@@ -68,7 +68,7 @@ from sae.lookahead.statistics import (
     separating_features,
 )
 from sae.options import ModelOptions
-from sae.report import Report
+from sae.report import Clock, Report
 from sae.runs.files import LOOKAHEAD_DIR, REPORT_FILE, SPARSITY_FILE
 from sae.statistics import density_matched_sets, empirical_p
 
@@ -244,23 +244,13 @@ def chat_forms(tokenizer, prompts: list[Prompt]) -> list[Prompt]:
 # --------------------------------------------------------------------------- the analysis
 
 
-class _Clock:
-    def __init__(self):
-        self.t0 = time.perf_counter()
-        self.steps: dict[str, float] = {}
-        self._last = self.t0
-
-    def tick(self, name: str) -> None:
-        now = time.perf_counter()
-        self.steps[name] = round(now - self._last, 1)
-        self._last = now
 
 
 def run_lookahead(cfg: LookaheadConfig) -> Report:
     """Everything above; writes the report and plots, returns the report."""
     from sae.runs.load import resolve_run
 
-    clock = _Clock()
+    clock = Clock()
     cfg = replace(cfg, run=str(resolve_run(cfg.run)))  # a release/sae_id or sparsify folder: our run folder
     out_dir = Path(cfg.out) if cfg.out else Path(cfg.run) / LOOKAHEAD_DIR
     if cfg.corpus != "none":

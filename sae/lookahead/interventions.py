@@ -28,6 +28,7 @@ import torch
 
 from sae.data.forward import ResidualReader, UpperForward
 from sae.data.models import LoadedModel
+from sae.data.store import MANIFEST_FILE
 from sae.errors import SaexError
 from sae.lookahead.prompts import Prompt, article_text
 from sae.runs.load import LoadedSAE
@@ -531,7 +532,7 @@ def sink_threshold(sae) -> tuple[float | None, str]:
     store = (sae.run or {}).get("store")
     if store:
         try:
-            manifest = json.loads((Path(store) / "manifest.json").read_text())
+            manifest = json.loads((Path(store) / MANIFEST_FILE).read_text())
             if manifest.get("outlier_threshold"):
                 return float(manifest["outlier_threshold"]), f"outlier_threshold of {store}"
         except (OSError, json.JSONDecodeError):

@@ -24,8 +24,8 @@ import torch
 
 from sae.lookahead.interventions import Attribution, Prepared
 from sae.lookahead.prompts import Prompt, pronounce
+from sae.statistics import Z95
 
-Z95 = NormalDist().inv_cdf(0.975)
 # The effect size the report checks the chosen features against: half of the an-vs-a gap removed.
 TARGET_FRACTION = 0.5
 

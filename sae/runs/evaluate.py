@@ -43,6 +43,7 @@ from sae.report import Answer, Report
 from sae.runs.files import EVAL_FILE
 from sae.runs.load import LoadedSAE, load_sae, resolve_run
 from sae.runs.stores import check_model, check_store, default_heldout_store
+from sae.statistics import pct
 
 EVAL_FORMAT = 1
 DENSE_THRESHOLD = 0.1  # a latent firing on more than this fraction of tokens counts as dense
@@ -464,7 +465,7 @@ def eval_answer(r: dict) -> dict:
 
 
 def _pct(x) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
+    return pct(x, 1)
 
 
 def write_eval(run_path: str | Path, result: dict) -> Path:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sae.data.models import LoadedModel, parse_hook_point
-from sae.data.store import ActivationStore
+from sae.data.store import MANIFEST_FILE, ActivationStore
 from sae.errors import SaexError
 from sae.runs.load import LoadedSAE
 
@@ -23,7 +23,7 @@ def default_heldout_store(sae: LoadedSAE) -> Path:
         raise SaexError(f"cannot guess the held-out store of {train}: its name holds no '-train'",
                         "pass --store with a held-out activation store of the same model and hook")
     held = train.with_name("-heldout".join(train.name.rsplit("-train", 1)))
-    if not (held / "manifest.json").exists():
+    if not (held / MANIFEST_FILE).exists():
         raise SaexError(f"the held-out store {held} (next to the training store) does not exist or is unfinished",
                         f"harvest it (saex harvest --split heldout --out {held} with the training store's "
                         "model, layer and corpus), or pass --store")

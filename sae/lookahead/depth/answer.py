@@ -6,12 +6,11 @@ from pathlib import Path
 
 from sae.report import Answer
 from sae.runs.files import REPORT_FILE
+from sae.statistics import pct
 
 # --------------------------------------------------------------------------- the answer
 
 
-def _pct(x) -> str:
-    return "n/a" if x is None else f"{100 * x:.0f}%"
 
 
 def depth_answer(r: dict) -> dict:
@@ -98,7 +97,7 @@ def depth_answer(r: dict) -> dict:
         verdict = (f"more than random directions at layers {', '.join(map(str, sig))} (permutation p < 0.05)" if sig
                    else "no more than random directions at any swept layer (permutation p >= 0.05)")
         lines.append(f"Projecting the article-probe direction out at -1 changes the an-vs-a gap {verdict}; the "
-                     f"largest removal is at layer {best}: {_pct(c['fraction_removed'])} of the gap (removed "
+                     f"largest removal is at layer {best}: {pct(c['fraction_removed'])} of the gap (removed "
                      f"{c['removed']:.2f} logits, 95% CI {c['removed_ci'][0]:.2f} to {c['removed_ci'][1]:.2f}; "
                      f"{rnd['n']} random directions remove {rnd['removed_mean']:.2f} on average, "
                      f"z = {rnd['z']:.1f}, p = {rnd['p_permutation']:.3f})." if rnd["z"] is not None else
@@ -110,7 +109,7 @@ def depth_answer(r: dict) -> dict:
                   f"p = {rnd['p_permutation']:.3f})" if rnd["n"] else
                   "too few other latents fire there for a random set of as many")
         lines.append(f"SAE at layer {L}: ablating its {len(s['features'])} most separating features at -1 removes "
-                     f"{_pct(s['fraction_removed'])} of the gap ({s['removed']:.2f} logits); {versus}.")
+                     f"{pct(s['fraction_removed'])} of the gap ({s['removed']:.2f} logits); {versus}.")
     for L, c in (r.get("sae_coverage") or {}).items():
         lines.append(coverage_line(L, c, probe.get(str(L), {}).get("-1", {}).get("above_chance", False)))
     if earlier:
@@ -195,12 +194,12 @@ def planned_lines(r: dict) -> list[str]:
     art, noun = a["article"], a["noun"]
     rnd = art["random"]
     lo, hi = art.get("fraction_ci") or [None, None]
-    ci = f" (95% CI {_pct(lo)} to {_pct(hi)})" if lo is not None else ""
+    ci = f" (95% CI {pct(lo)} to {pct(hi)})" if lo is not None else ""
     p_art = "n/a" if rnd.get("p_permutation") is None else f"{rnd['p_permutation']:.3f}"
     nr = noun["random"]
     out.append(f"Setting the noun-identity subspace ({a['dims']} directions) to its mean at -1 at layer {L}, on "
                f"{a['prompts']} implied-noun prompts: the article gap ({a['clean_gap']:.2f} logits) loses "
-               f"{_pct(art['fraction_removed'])}{ci}, against {_pct(rnd.get('fraction_removed_mean'))} for {rnd['n']} "
+               f"{pct(art['fraction_removed'])}{ci}, against {pct(rnd.get('fraction_removed_mean'))} for {rnd['n']} "
                f"random {a['dims']}-dimensional subspaces (p = {p_art}); log P(noun | right article) changes by "
                f"{noun['mean']:+.2f} nats (95% CI {noun['ci'][0]:+.2f} to {noun['ci'][1]:+.2f}; random subspaces "
                f"{nr['mean']:+.2f}, p = {nr['p_permutation']:.3f}).")
@@ -208,8 +207,8 @@ def planned_lines(r: dict) -> list[str]:
     if wo is not None and L in beats and (a.get("clean_gap_ci") or [None])[0] is not None \
             and a["clean_gap_ci"][0] > 0:  # what is left without that direction matters only where there was an effect
         lo2, hi2 = wo.get("fraction_ci") or [None, None]
-        ci2 = f" (95% CI {_pct(lo2)} to {_pct(hi2)})" if lo2 is not None else ""
-        out.append(f"The same subspace without the article probe's own direction removes {_pct(wo['fraction_removed'])}"
+        ci2 = f" (95% CI {pct(lo2)} to {pct(hi2)})" if lo2 is not None else ""
+        out.append(f"The same subspace without the article probe's own direction removes {pct(wo['fraction_removed'])}"
                    f"{ci2} of the article gap: " + ("the noun code carries the article beyond that one direction."
                                                     if lo2 is not None and lo2 > 0 else
                                                     "what it removed runs through the article direction the noun code "
@@ -246,20 +245,20 @@ def coverage_line(layer: str, c: dict, probe_reads: bool = True) -> str:
 
     def removed(x):
         lo, hi = x.get("fraction_ci") or [None, None]
-        return _pct(x["fraction_removed"]) + (f" (95% CI {_pct(lo)} to {_pct(hi)})" if lo is not None else "")
+        return pct(x["fraction_removed"]) + (f" (95% CI {pct(lo)} to {pct(hi)})" if lo is not None else "")
 
     causal = (f"At -1, setting the error term to its mean removes {removed(ca['error_mean_ablated'])} of the gap; "
               f"setting every latent to its mean (error term kept) removes {removed(ca['latents_mean_ablated'])}.")
     if not probe_reads:
         return (f"SAE at layer {layer}: the article probe does not read the article above chance here, so there is "
                 f"no probe signal to split between its latents and its error term (the error is "
-                f"{_pct(c['relative_error'])} of the residual's norm). {causal}")
+                f"{pct(c['relative_error'])} of the residual's norm). {causal}")
     ci = d["latents_share_ci"]
-    ci_s = f", 95% CI {_pct(ci[0])} to {_pct(ci[1])}" if ci[0] is not None else ""
+    ci_s = f", 95% CI {pct(ci[0])} to {pct(ci[1])}" if ci[0] is not None else ""
     spread = (f"half of the latents' part takes {d['latents_for_half']} latent(s), 90% takes "
               f"{d['latents_for_most'] if d['latents_for_most'] is not None else 'more than all positive ones'}"
               if d["latents_for_half"] is not None else "the latents' part is not positive")
-    chosen = f"; the ablated features carry {_pct(d['chosen_share'])}" if d.get("chosen_share") is not None else ""
+    chosen = f"; the ablated features carry {pct(d['chosen_share'])}" if d.get("chosen_share") is not None else ""
     pr = c["retrained_probe"]
     probe = (f"A probe retrained on the reconstruction alone reads the article of held-out nouns at accuracy "
              f"{pr['reconstruction']['accuracy']:.2f} (shuffled control {pr['reconstruction']['control_mean']:.2f}), "
@@ -269,8 +268,8 @@ def coverage_line(layer: str, c: dict, probe_reads: bool = True) -> str:
             "so most of it is in its error term" if ci[1] is not None and ci[1] < 0.5 else
             "and the interval does not say which holds more")
     return (f"SAE at layer {layer}, where the article signal sits: along the article probe's direction at -1 its "
-            f"latents carry {_pct(d['latents_share'])} of the an-vs-a separation{ci_s} and its error term "
-            f"{_pct(d['error_share'])} (the error is {_pct(c['relative_error'])} of the residual's norm), {held}; "
+            f"latents carry {pct(d['latents_share'])} of the an-vs-a separation{ci_s} and its error term "
+            f"{pct(d['error_share'])} (the error is {pct(c['relative_error'])} of the residual's norm), {held}; "
             f"{spread}{chosen}. {probe} {causal}")
 
 

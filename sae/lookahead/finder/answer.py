@@ -22,6 +22,7 @@ Verdicts, strongest first:
 from __future__ import annotations
 
 from sae.report import Answer
+from sae.statistics import pct
 
 VERDICTS = ("found", "fires, no causal effect", "category", "fires, not specific", "inconclusive", "none")
 HEADINGS = {
@@ -47,8 +48,6 @@ def _ci(ci) -> str:
     return "n/a" if not ci or ci[0] is None else f"{ci[0]:+.3f} to {ci[1]:+.3f}"
 
 
-def _pct(x) -> str:
-    return "n/a" if x is None else f"{x:.0%}"
 
 
 def null_supported(rep: dict) -> bool:
@@ -98,21 +97,21 @@ def power_line(rep: dict) -> str | None:
     pw = rep.get("power")
     if not pw:
         return None
-    ctrl, ref = _pct(pw["control_rate"]), _pct(pw["reference_rate"])
-    target, sims = _pct(pw["target"]), pw["sims"]
+    ctrl, ref = pct(pw["control_rate"]), pct(pw["reference_rate"])
+    target, sims = pct(pw["target"]), pw["sims"]
     if pw["detectable_rate"] is not None:
-        text = (f"Power: these tests would confirm a word feature that fires before {_pct(pw['detectable_rate'])} or "
+        text = (f"Power: these tests would confirm a word feature that fires before {pct(pw['detectable_rate'])} or "
                 f"more of the word's independent sources (and {ctrl} of the controls') in at least {target} of "
-                f"{sims} simulated draws; one that fires before {ref} of them, in {_pct(pw['power_at_reference'])}.")
+                f"{sims} simulated draws; one that fires before {ref} of them, in {pct(pw['power_at_reference'])}.")
     else:
         text = (f"Power: even a feature that fires before every independent source of the word (and {ctrl} of the "
-                f"controls') would be confirmed in only {_pct(pw['power'][-1])} of {sims} simulated draws, below "
+                f"controls') would be confirmed in only {pct(pw['power'][-1])} of {sims} simulated draws, below "
                 f"{target}, so finding none says little.")
     if pw["power_at_reference"] < pw["target"]:
         if pw.get("extra_sources"):
             text += (f" About {pw['extra_sources']} more independent sources of the word (contexts from other "
                      f"documents, definitions or prompts; half of them held out) would confirm one that fires before "
-                     f"{ref} of them {_pct(pw['extra_power'])} of the time.")
+                     f"{ref} of them {pct(pw['extra_power'])} of the time.")
         elif pw.get("extra_tried"):
             text += (f" Even {pw['extra_tried']} more independent sources would not confirm one that fires before "
                      f"{ref} of them {target} of the time.")
@@ -126,9 +125,9 @@ def _feature_line(c: dict, rep: dict) -> str:
     lex = cat.get("lexname")
     text = (f"#{c['feature']} fires before '{art} {word}' more than before other '{art}' nouns in the same frames "
             f"(held-out p = {_p(conf['p'])}, Holm level {_p(conf['level'])}, AUC {conf['auc']:.2f}; fires on "
-            f"{_pct(fires['word'])} of word contexts, {_pct(fires['controls'])} of controls")
+            f"{pct(fires['word'])} of word contexts, {pct(fires['controls'])} of controls")
     if fires.get("category") is not None:
-        text += f", {_pct(fires['category'])} of {lex} nouns"
+        text += f", {pct(fires['category'])} of {lex} nouns"
     text += ")"
     spec = c["specificity"] or {}
     wc, cc = spec.get("word_vs_category"), spec.get("category_vs_controls")
@@ -229,10 +228,10 @@ def find_answer(rep: dict) -> dict:
     heading = HEADINGS[verdict]
     pw = rep.get("power") or {}
     if verdict == "none" and pw.get("detectable_rate") is not None:
-        heading += (f" (the tests would have confirmed one that fires before {_pct(pw['detectable_rate'])} or more "
-                    f"of its sources, {_pct(pw['target'])} power)")
+        heading += (f" (the tests would have confirmed one that fires before {pct(pw['detectable_rate'])} or more "
+                    f"of its sources, {pct(pw['target'])} power)")
     elif verdict == "inconclusive" and confirmed == [] and rep["design"]["check"]["resolvable"] > 0:
-        heading += f" (power {_pct(pw['power'][-1])} even for a feature on every source)" if pw else ""
+        heading += f" (power {pct(pw['power'][-1])} even for a feature on every source)" if pw else ""
     return Answer(heading, lines, verdict).to_dict()
 
 
@@ -248,8 +247,8 @@ def format_find(rep: dict, top: int = 10) -> str:
         wc = spec.get("word_vs_category") or {}
         verdict = (spec.get("kind", "") if c["confirmed"] else "not confirmed" if conf else "")
         out.append(f"{c['feature']:>8} {c['discovery']['z']:>7.1f} {_p(conf['p']) if conf else '':>10} "
-                   f"{conf.get('auc', float('nan')):>5.2f} {_pct(fires['word']):>5} {_pct(fires['controls']):>5} "
-                   f"{_pct(fires.get('category')):>5} {_pct(fires.get('other article')):>5} "
+                   f"{conf.get('auc', float('nan')):>5.2f} {pct(fires['word']):>5} {pct(fires['controls']):>5} "
+                   f"{pct(fires.get('category')):>5} {pct(fires.get('other article')):>5} "
                    f"{_p(wc['p']) if wc else '':>10} {c['decoder']['effect']:>8.3f}  {verdict}")
     tests = rep["causal"].get("tests", [])
     if tests:

@@ -29,8 +29,9 @@ import torch
 
 from sae.fsutil import ensure_writable_dir, write_json_atomic
 from sae.lookahead.finder.config import FindConfig
-from sae.report import Report
+from sae.report import Clock, Report
 from sae.runs.files import CFG_FILE, FIND_DIR, SPARSITY_FILE, WEIGHTS_FILE
+from sae.statistics import Z95
 
 FIND_FORMAT = 4  # 3: the answer's verdict is its sentence, its label the short name; 4: power
 OFFSETS = tuple(range(-8, 3))
@@ -127,15 +128,6 @@ def find_word(cfg: FindConfig, on_step: Callable[[str, float], None] | None = No
     return Report("find", rep, path)
 
 
-class _Clock:
-    def __init__(self):
-        self.last = time.perf_counter()
-        self.steps: dict[str, float] = {}
-
-    def tick(self, name: str) -> None:
-        now = time.perf_counter()
-        self.steps[name] = round(now - self.last, 2)
-        self.last = now
 
 
 def _corpus_spec(cfg: FindConfig, sae) -> str | None:
@@ -156,7 +148,7 @@ def _compute(cfg: FindConfig, run: Path, on_step: Callable[[str, float], None], 
     from sae.lookahead.interventions import Intervener, sink_threshold
     from sae.runs.load import load_model_and_sae
 
-    clock = _Clock()
+    clock = Clock()
     on_step("loading the model and the SAE", 0.0)
     if iv is None or cfg.model not in (None, iv.lm.spec):
         lm, sae = load_model_and_sae(str(run), cfg.model, cfg.device)
@@ -167,14 +159,14 @@ def _compute(cfg: FindConfig, run: Path, on_step: Callable[[str, float], None], 
 
 
 def read_contexts(cfg: FindConfig, iv, on_step: Callable[[str, float], None] = lambda what, done: None,
-                  clock: _Clock | None = None) -> tuple:
+                  clock: Clock | None = None) -> tuple:
     """The word's contexts and the controls, read to the SAE's hook in one pass: (WordContexts,
     contexts in order, Prepared)."""
     from sae.data.corpus import open_corpus
     from sae.lookahead.finder.controls import gather
     from sae.lookahead.interventions import encode_prompts
 
-    clock = clock or _Clock()
+    clock = clock or Clock()
     tok = iv.lm.tokenizer
     spec = _corpus_spec(cfg, iv.sae)
     on_step("gathering contexts (corpus, definitions, chat questions), controls and the word's category", 0.1)
@@ -195,7 +187,7 @@ def read_contexts(cfg: FindConfig, iv, on_step: Callable[[str, float], None] = l
 
 
 def analyse(cfg: FindConfig, iv, wc, everything, prep, on_step: Callable[[str, float], None] = lambda w, d: None,
-            clock: _Clock | None = None, run: Path | None = None) -> dict:
+            clock: Clock | None = None, run: Path | None = None) -> dict:
     """Every test and the answer, from contexts already read (`read_contexts`); the SAE is
     iv.sae and its activations those in `prep`."""
     from sae.lookahead.experiment import log_densities
@@ -207,7 +199,7 @@ def analyse(cfg: FindConfig, iv, wc, everything, prep, on_step: Callable[[str, f
     from sae.lookahead.prompts import Prompt
     from sae.lookahead.statistics import aligned_activations
 
-    clock = clock or _Clock()
+    clock = clock or Clock()
     lm, sae = iv.lm, iv.sae
     tok = lm.tokenizer
     pieces = tok(" " + cfg.word, add_special_tokens=False)["input_ids"]
@@ -329,8 +321,8 @@ def _table(cfg, iv, lm, sae, contexts, values, half, act, article, first_id, pre
                      "confirmed": bool(conf and conf["passed"]),
                      "decoder": {"effect": float(dla[f]), "percentile": float(pct[f])},
                      "attribution": {"mean": float(attr_mean[f]),
-                                     "ci": [float(attr_mean[f] - 1.96 * attr_se[f]),
-                                            float(attr_mean[f] + 1.96 * attr_se[f])]}})
+                                     "ci": [float(attr_mean[f] - Z95 * attr_se[f]),
+                                            float(attr_mean[f] + Z95 * attr_se[f])]}})
     return rows
 
 

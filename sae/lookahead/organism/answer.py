@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 from sae.report import Answer
-
-
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.0f}%"
+from sae.statistics import pct
 
 
 def _gap(g: dict) -> str:
@@ -17,9 +14,9 @@ def _gap(g: dict) -> str:
 
 
 def set_line(name: str, before: dict, after: dict) -> str:
-    return (f"{name} ({after['n_an']} an-nouns, {after['n_a']} a-nouns): sign accuracy {_pct(after['sign_accuracy'])} "
-            f"(base {_pct(before['sign_accuracy'])}), an-recall {_pct(after['an_recall'])} (base "
-            f"{_pct(before['an_recall'])}), a-recall {_pct(after['a_recall'])} (base {_pct(before['a_recall'])}), "
+    return (f"{name} ({after['n_an']} an-nouns, {after['n_a']} a-nouns): sign accuracy {pct(after['sign_accuracy'])} "
+            f"(base {pct(before['sign_accuracy'])}), an-recall {pct(after['an_recall'])} (base "
+            f"{pct(before['an_recall'])}), a-recall {pct(after['a_recall'])} (base {pct(before['a_recall'])}), "
             f"{_gap(after['gap'])} (base {_gap(before['gap'])[4:]}), P(noun | right article) "
             f"{after['p_noun_given_article']:.2f} (base {before['p_noun_given_article']:.2f})")
 
@@ -31,8 +28,8 @@ def organism_answer(articles: str, before: dict[str, dict], after: dict[str, dic
     if articles == "noun":
         if raised:
             verdict = (f"On {main} the organism chooses the article from the noun more than the base model does: "
-                       f"{_gap(a)} against {b['value']:.2f}, sign accuracy {_pct(after[main]['sign_accuracy'])} "
-                       f"against {_pct(before[main]['sign_accuracy'])}.")
+                       f"{_gap(a)} against {b['value']:.2f}, sign accuracy {pct(after[main]['sign_accuracy'])} "
+                       f"against {pct(before[main]['sign_accuracy'])}.")
             label = "plans"
         else:
             verdict = (f"On {main} the fine-tune did not raise the an-vs-a gap reliably above the base model's "
