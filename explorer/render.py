@@ -68,3 +68,15 @@ def profile_chart(data):
     band = base.mark_area(opacity=0.2).encode(y=alt.Y("lo:Q", title="mean activation"), y2="hi:Q")
     line = base.mark_line(point=True).encode(y="mean:Q", tooltip=["group", "offset", "mean", "lo", "hi", "n"])
     return band + line
+
+
+def finder_profile_frame(profiles: dict, feature: str):
+    """A finder report's profile of one feature (profiles["features"][feature]) as profile_chart's
+    long frame: offset, group, mean, lo, hi, n."""
+    import pandas as pd
+
+    entry = profiles["features"][feature]
+    return pd.DataFrame([{"offset": o, "group": g, "mean": entry[g]["mean"][j], "lo": entry[g]["lo"][j],
+                          "hi": entry[g]["hi"][j], "n": entry[g]["n"][j]}
+                         for g in ("word", "controls", "category", "other article") if g in entry
+                         for j, o in enumerate(profiles["offsets"])])

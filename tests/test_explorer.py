@@ -220,12 +220,16 @@ def test_automatic_label_is_shown_accepted_searched_and_summarised(monkeypatch, 
     key = SAEKey.from_sae(load_sae(mine))
     store = AnnotationStore(tmp_path / "ann.sqlite")
     ann = store.get(key, f)
-    assert ann.label == labels[f]["label"] and ann.author == "auto (accepted by ada)"
+    assert ann.label == labels[f]["short"] and ann.author == "auto (accepted by ada)"  # the store keeps both:
+    assert ann.description.endswith(f"In full: {labels[f]['label']}")  # the short label, the full predicate
+    assert any(labels[f]["short"] in m.value for m in at.markdown)
     store.delete(key, f, author="t")  # the search below must find the automatic label itself
     at.switch_page("views/search.py").run()
     at.radio(key="mode").set_value("label text").run()
     at.text_input(key="label").input(labels[f]["label"]).run()
     assert not at.exception and f in list(at.dataframe[0].value["feature"])
+    shown = at.dataframe[0].value.set_index("feature").loc[f, "label"]
+    assert shown == f"{labels[f]['short']} (automatic)"  # searched on the full predicate, shown short
     at.switch_page("views/overview.py").run()
     assert not at.exception
     assert any("Median detection balanced accuracy" in c.value and "random-direction" in c.value for c in at.caption)

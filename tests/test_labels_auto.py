@@ -395,7 +395,8 @@ def test_accepting_a_label_creates_an_annotation_with_history(planted, tmp_path)
     store = AnnotationStore(tmp_path / "a.sqlite")
     rec = read_labels(run)[3]
     ann = accept_label(store, key, rec, "ada")
-    assert ann.label == rec["label"] and ann.author == "auto (accepted by ada)"
+    assert ann.label == "right before 'astronomer'" and ann.author == "auto (accepted by ada)"  # the short form
+    assert rec["label"] == "fires right before {' astronomer'}" and rec["label"] in ann.description  # and the full
     assert ann.claim == {"kind": "fires_before", "offset": 1, "tokens": [X]}
     assert "auto" in ann.tags and f"F1 {rec['f1']:.2f}" in ann.description
     assert f"detection balanced accuracy {rec['detection']['balanced_accuracy']:.2f}" in ann.description

@@ -108,13 +108,8 @@ else:
         if not prof["features"]:
             continue
         f = next(iter(prof["features"]))
-        entry = prof["features"][f]
-        data = pd.DataFrame([{"offset": o, "group": g, "mean": entry[g]["mean"][j], "lo": entry[g]["lo"][j],
-                              "hi": entry[g]["hi"][j], "n": entry[g]["n"][j]}
-                             for g in ("word", "controls", "category", "other article") if g in entry
-                             for j, o in enumerate(prof["offsets"])])
         c.markdown(f"{column[k]}: top candidate [#{f}](/finder?run={pair[k].path}&word={word})")
-        c.altair_chart(render.profile_chart(data), width="stretch")
+        c.altair_chart(render.profile_chart(render.finder_profile_frame(prof, f)), width="stretch")
 
 st.markdown("#### Depth: where the article and the noun become readable (no SAE needed)")
 deep = {k: depth_report(r.path) for k, r in pair.items()}

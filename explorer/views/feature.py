@@ -3,6 +3,7 @@ output-token effects, lookahead profile (+1..+3), decoder neighbours, the activa
 around the articles " a" / " an" (offsets -8..+2, with counts, intervals and onsets), annotations.
 The `feature` query parameter makes the URL a permalink."""
 
+import html
 import random
 
 import pandas as pd
@@ -10,6 +11,7 @@ import streamlit as st
 
 from explorer import annotation_panel, render, state
 from sae.errors import SaexError
+from sae.labels.auto import short_label
 from sae.labels.records import SAEKey
 
 st.title("Feature")
@@ -119,7 +121,9 @@ else:
 auto = state.auto_labels(str(run.path)).get(current)
 if auto and auto.get("label"):
     st.markdown("#### Automatic label")
-    st.text(f"{auto['label']}  [automatic]")
+    st.markdown(f"**{html.escape(short_label(auto), quote=False)}** · automatic")
+    with st.expander("the full, testable predicate"):
+        st.text(auto["label"])
 
     def _pct(v):
         return "—" if v is None else f"{v:.1%}"
@@ -141,7 +145,7 @@ if auto and auto.get("label"):
                f"({auto.get('n_fired', 0):,} firings there)")
     if auto.get("by_kind"):
         with st.expander("the best label of every kind"):
-            st.dataframe(pd.DataFrame([{"kind": k, "label": d["label"],
+            st.dataframe(pd.DataFrame([{"kind": k, "label": short_label(d), "predicate": d["label"],
                                         "detection": (d.get("detection") or {}).get("balanced_accuracy"),
                                         "F1": d.get("f1"), "precision": d.get("precision"), "recall": d.get("recall")}
                                        for k, d in auto["by_kind"].items()]), hide_index=True)

@@ -143,11 +143,7 @@ st.markdown("#### When it turns on relative to the article")
 pick = st.selectbox("feature", feats, format_func=lambda f: f"#{f} " + labels.get(str(f), {}).get("label", ""),
                     key="find-feature")
 entry = prof["features"][str(pick)]
-data = pd.DataFrame([{"offset": o, "group": g, "mean": entry[g]["mean"][j], "lo": entry[g]["lo"][j],
-                      "hi": entry[g]["hi"][j], "n": entry[g]["n"][j]}
-                     for g in ("word", "controls", "category", "other article") if g in entry
-                     for j, o in enumerate(prof["offsets"])])
-st.altair_chart(render.profile_chart(data), width="stretch")
+st.altair_chart(render.profile_chart(render.finder_profile_frame(prof, str(pick))), width="stretch")
 onset = entry.get("onset")
 st.caption(f"onset (earliest offset where word contexts exceed the controls, Bonferroni over offsets): "
            f"{onset if onset is not None else 'none'} · contexts: {prof['n_texts']}")

@@ -9,6 +9,7 @@ import streamlit as st
 from explorer import annotation_panel, state
 from sae.errors import SaexError
 from sae.index import search
+from sae.labels.auto import short_label
 from sae.labels.records import SAEKey
 
 st.title("Search")
@@ -26,7 +27,7 @@ MODES = {"upcoming token (fires d tokens before it)": "upcoming", "current token
          "output token (decoder boosts it)": "output", "label text": "label", "decoder neighbours of a feature": "nbr"}
 mode = MODES[st.radio("find features by", list(MODES), key="mode")]
 c1, c2, c3 = st.columns([3, 1, 1])
-hits, empty = [], None
+hits, empty, shown = [], None, {}
 MIN_COUNT = 3  # the searches' default minimum co-occurrence count
 try:
     if mode in ("upcoming", "current", "output"):
@@ -53,8 +54,10 @@ try:
         text = c1.text_input("words in the label", key="label")
         if text.strip():
             key = SAEKey.from_sae(state.load_sae(str(run.path)))
+            # searched on the full predicate, shown by its short label
             auto = [(f, f"{r['label']} (automatic, F1 {r['f1'] or 0:.2f})")
                     for f, r in state.auto_labels(str(run.path)).items() if r.get("label")]
+            shown = {text: f"{short_label(state.auto_labels(str(run.path))[f])} (automatic)" for f, text in auto}
             hits = search.by_label(lambda: [(a.feature, a.label) for a in annotation_panel.store().list_labels(key)]
                                    + auto, text, top=25)
     else:
@@ -69,7 +72,8 @@ if hits:
              "precision": None if h.precision is None else round(h.precision, 3),
              "recall": None if h.recall is None else round(h.recall, 3),
              "lift": None if h.lift is None else round(h.lift, 1),
-             "label": h.detail.get("label", ""), "open": f"/feature?run={run.path}&feature={h.feature}"} for h in hits]
+             "label": shown.get(h.detail.get("label", ""), h.detail.get("label", "")),
+             "open": f"/feature?run={run.path}&feature={h.feature}"} for h in hits]
     st.dataframe(pd.DataFrame(rows), hide_index=True,
                  column_config={"open": st.column_config.LinkColumn("page", display_text="open")})
 elif empty:

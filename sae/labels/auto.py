@@ -44,7 +44,7 @@ from sae.report import Report
 from sae.runs.files import LABELS_FILE, LABELS_SUMMARY_FILE
 from sae.runs.load import LoadedSAE
 
-LABELS_FORMAT = 2
+LABELS_FORMAT = 3
 
 
 def label_sae(sae: LoadedSAE, store: ActivationStore, cfg: LabelConfig, vocab: list[str], lm=None,
@@ -192,6 +192,11 @@ def label_features(cfg: LabelConfig, sae: LoadedSAE | None = None, lm=None,
     return Report("labels", summary, spath)
 
 
+def short_label(record: dict) -> str:
+    """A labels.jsonl record's one-line label (`short`; records written before it existed: the full one)."""
+    return record.get("short") or record.get("label") or ""
+
+
 def accept_label(store, key, record: dict, name: str, expected_version: int | None = None):
     """Write an automatic label (a labels.jsonl record) as a normal annotation of `store`
     (an AnnotationStore), authored "auto (accepted by NAME)", its predicate as the claim
@@ -212,7 +217,7 @@ def accept_label(store, key, record: dict, name: str, expected_version: int | No
     desc = (f"Automatic label, scored on held-out text: detection balanced accuracy "
             f"{fmt(det.get('balanced_accuracy'))}; token-level F1 {fmt(record.get('f1'))}, precision "
             f"{fmt(record.get('precision'))}, recall {fmt(record.get('recall'))}; predicate "
-            f"{json.dumps(record['predicate'])}.")
-    store.set(key, int(record["feature"]), label=record["label"], author=f"auto (accepted by {name})",
+            f"{json.dumps(record['predicate'])}. In full: {record['label']}")
+    store.set(key, int(record["feature"]), label=short_label(record), author=f"auto (accepted by {name})",
               description=desc, tags=["auto"], claim=pred.claim(), expected_version=expected_version)
     return store.get(key, int(record["feature"]))

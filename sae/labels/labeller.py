@@ -14,7 +14,7 @@ from sae.labels.config import LabelConfig
 from sae.labels.detection import draw, feature_rng, firings_in, fuzz_sample
 from sae.labels.heldout import PROPOSE, SCORE, Firings, Split, split_positions
 from sae.labels.positions import PositionTable
-from sae.labels.predicates import COMPOUND, Predicate
+from sae.labels.predicates import COMPOUND, Predicate, short_text
 from sae.labels.propose import (
     Candidates,
     Explainer,
@@ -124,8 +124,9 @@ class FeatureLabeller:
         hp, ha = firings_in(self.firings, ctx.split, f, SCORE)
         test = draw(ctx.split, hp, ha, SCORE, feature_rng(cfg.seed, f, SCORE), cfg.per_decile,
                     cfg.non_activating, 10, ctx.usable_examples)
-        rec = {"feature": f, "label": None, "predicate": None, "kind": None, "f1": None, "precision": None,
-               "recall": None, "balanced_accuracy": None, "detection": None, "fuzzing": None, "n_fired": int(len(hp)),
+        rec = {"feature": f, "label": None, "short": None, "predicate": None, "kind": None, "f1": None,
+               "precision": None, "recall": None, "balanced_accuracy": None, "detection": None, "fuzzing": None,
+               "n_fired": int(len(hp)),
                "scorable": test is not None, "source": "auto"}
         ev = self.evidence(f)
         if ev.fired == 0:
@@ -144,14 +145,15 @@ class FeatureLabeller:
         for p, (pdet, pf1) in scored:
             if p.kind in by_kind:
                 continue
-            held = {"label": p.text(ctx.vocab), "predicate": p.to_json(), **_rounded(s.token(p, hp, SCORE)),
+            held = {"label": p.text(ctx.vocab), "short": short_text(p, ctx.vocab), "predicate": p.to_json(),
+                    **_rounded(s.token(p, hp, SCORE)),
                     "detection": _rounded(s.detection(p, test, SCORE)) if test is not None else None,
                     "fuzzing": _rounded(s.fuzzing(p, fuzz)) if fuzz is not None else None,
                     "proposal": {"detection": _num(pdet), "f1": _num(pf1)}}
             by_kind[p.kind] = held
         best = scored[0][0]
         top = by_kind[best.kind]
-        rec.update(label=top["label"], predicate=top["predicate"], kind=best.kind,
+        rec.update(label=top["label"], short=top["short"], predicate=top["predicate"], kind=best.kind,
                    **{k: top[k] for k in ("f1", "precision", "recall", "balanced_accuracy", "detection",
                                           "fuzzing", "proposal")},
                    by_kind=by_kind)

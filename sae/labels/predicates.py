@@ -130,3 +130,84 @@ class Predicate:
         if k == "lexname":
             return f"fires on a word of WordNet's {names}"
         return f"fires before a noun of WordNet's {names} (within 3 words)"
+
+
+SHORT_WIDTH = 64
+"""The most characters of a short label: what a table cell, a search hit or a select box shows."""
+
+_WHERE = {0: "on", -1: "right after", 1: "right before"}
+
+
+def _word(piece: str) -> str:
+    """A token as a person would say it: surrounding whitespace dropped, letters lower-cased, a bare
+    newline or space shown as a symbol."""
+    s = piece.strip()
+    if not s:
+        return "⏎" if "\n" in piece else "␣"
+    return s.lower() if s.isalpha() else s
+
+
+def key_words(p: Predicate, vocab: list[str]) -> list[str]:
+    """The words a simple predicate is about, commonest first: each token's word, or each n-gram's last
+    token's (what the feature fires on); case and spacing variants count as one word."""
+    def piece(t):
+        return vocab[t] if 0 <= t < len(vocab) else f"#{t}"
+
+    if p.kind in ("token", "boosts_output"):
+        words = [_word(piece(t)) for t in p.values]
+    elif p.kind == "ngram":
+        words = [_word(piece(g[-1])) for g in p.values]
+    else:
+        words = [str(v) for v in p.values]
+    counts: dict[str, int] = {}
+    for w in words:
+        counts[w] = counts.get(w, 0) + 1
+    return sorted(counts, key=lambda w: -counts[w])  # stable: ties keep the predicate's (score) order
+
+
+def _family(p: Predicate) -> str:
+    k, d = p.kind, p.offset
+    if k == "token":
+        return _WHERE.get(d, f"{-d} tokens after" if d < 0 else f"{d} tokens before")
+    return {"ngram": "phrases ending in", "boosts_output": "boosts", "class": "a token of class" if d == 0 else
+            "before a token of class", "lexname": "words of", "next_noun": "before a noun of",
+            "position": "window position"}[k]
+
+
+def _here(p: Predicate) -> bool:
+    """Whether the predicate is about the token the feature fires on (a token at offset 0 or an n-gram
+    ending there): two such parts of an "or" read as one list of words."""
+    return (p.kind == "token" and p.offset == 0) or p.kind == "ngram"
+
+
+def _listed(family: str, words: list[str], shown: int, quote: bool) -> str:
+    head = ", ".join((f'"{w}"' if "'" in w else f"'{w}'") if quote else w for w in words[:shown])
+    more = len(words) - min(shown, len(words))
+    return f"{family} {head}" + (f" +{more} more" if more else "")
+
+
+def _short_simple(p: Predicate, vocab: list[str], shown: int) -> str:
+    return _listed(_family(p), key_words(p, vocab), shown, p.kind in ("token", "ngram", "boosts_output"))
+
+
+def short_text(p: Predicate, vocab: list[str], width: int = SHORT_WIDTH) -> str:
+    """One line a person can read aloud, derived from the predicate: the family in words, its commonest
+    words (case and spacing variants merged; an n-gram by its last token), "+N more" for the rest, at
+    most `width` characters. The full, testable predicate is `p.text(vocab)`."""
+    for shown in (3, 2, 1):
+        if p.kind == "or" and all(_here(q) for q in p.parts):
+            words = list(dict.fromkeys(w for q in p.parts for w in key_words(q, vocab)))
+            family = "on" if any(q.kind == "token" for q in p.parts) else "phrases ending in"
+            text = _listed(family, words, shown, True)
+        elif p.kind in COMPOUND:
+            a, b = (_short_simple(q, vocab, shown) for q in p.parts)
+            text = f"{a}, {p.kind} {b}"
+        else:
+            text = _short_simple(p, vocab, shown)
+        if len(text) <= width:
+            return text
+    if p.kind in COMPOUND:  # the first part whole rather than both cut
+        text = f"{_short_simple(p.parts[0], vocab, 1)}, {p.kind} …"
+        if len(text) <= width:
+            return text
+    return text[:width - 1].rstrip(", ") + "…"

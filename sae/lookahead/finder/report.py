@@ -428,5 +428,6 @@ def _labels(run: Path, features: list[int]) -> dict:
         except ValueError:
             continue
         if rec.get("feature") in wanted and rec.get("label"):
-            out[str(rec["feature"])] = {"label": rec["label"], "f1": rec.get("f1")}
+            out[str(rec["feature"])] = {"label": rec.get("short") or rec["label"], "predicate": rec["label"],
+                                        "f1": rec.get("f1")}
     return out
