@@ -52,12 +52,22 @@ for c, (k, r) in zip(cols, pair.items()):
     c.caption(f"model {r.model} · run {r.path}")
 
 
+TEXT_ROWS = ("verdict", "planned or baked in", "power")  # sentences: two columns of text above the numbers
+
+
 def _table(rows: list[dict]) -> None:
-    st.dataframe(pd.DataFrame([{"measure": r["measure"], column["a"]: r["a"], column["b"]: r["b"]} for r in rows]),
+    for r in rows:
+        if r["measure"] in TEXT_ROWS:
+            st.caption(r["measure"])
+            left, right = st.columns(2)
+            left.markdown(r["a"])
+            right.markdown(r["b"])
+    numbers = [r for r in rows if r["measure"] not in TEXT_ROWS]
+    st.dataframe(pd.DataFrame([{"measure": r["measure"], column["a"]: r["a"], column["b"]: r["b"]} for r in numbers]),
                  hide_index=True, width="stretch",
-                 column_config={"measure": st.column_config.TextColumn(width="medium"),
-                                column["a"]: st.column_config.TextColumn(width="large"),
-                                column["b"]: st.column_config.TextColumn(width="large")})
+                 column_config={"measure": st.column_config.TextColumn(width="large"),
+                                column["a"]: st.column_config.TextColumn(width="medium"),
+                                column["b"]: st.column_config.TextColumn(width="medium")})
 
 
 st.markdown("#### Lookahead: do the chosen features carry the article gap?")
@@ -71,7 +81,8 @@ else:
         st.altair_chart(alt.Chart(dose).mark_line(point=True).encode(
             x=alt.X("dose:Q", title="the chosen features' activations multiplied by (1 = clean, 0 = ablated)"),
             y=alt.Y("gap:Q", title="gap: logit(an) − logit(a), an- minus a-noun prompts"),
-            color=alt.Color("model:N", title="model"), strokeDash=alt.StrokeDash("features:N", title="features"),
+            color=alt.Color("model:N", title="model", scale=alt.Scale(range=["#1f77b4", "#d62728"])),
+            strokeDash=alt.StrokeDash("features:N", title="features"),
             tooltip=["model", "features", "dose", "gap"]), width="stretch")
         st.caption("Dose-response on the test prompts: a feature set that carries the decision moves the gap with "
                    "its dose; random sets of matched density stay flat.")

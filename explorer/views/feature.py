@@ -38,7 +38,9 @@ st.query_params["feature"] = str(current)
 
 f = state.feature(str(run.path), current)
 label = annotation_panel.store().get(SAEKey.from_sae(state.load_sae(str(run.path))), current)
-st.subheader(f"#{current}" + (f" · {label.label}" if label else ""))
+auto_here = state.auto_labels(str(run.path)).get(current) or {}
+title = label.label if label else (f"{short_label(auto_here)} (automatic)" if auto_here.get("label") else "")
+st.subheader(f"#{current}" + (f" · {title}" if title else ""))
 m = st.columns(4)
 m[0].metric("density", f"{f.density:.3%}")
 m[1].metric("fires on", f"{f.fires:,} tokens")
