@@ -25,16 +25,20 @@ from sae.lookahead.experiment import LookaheadConfig, run_lookahead
 from sae.runs.evaluate import evaluate, write_eval
 from sae.runs.files import RUN_FILE, is_finished, read_report
 from saex.demo_plan import (
+    FLOOR_VECTORS,
     FULL_CE_WINDOWS,
     FULL_HELDOUT,
     FULL_TOKENS,
+    LOOKAHEAD_FIXED_RUNS,
     LOOKAHEAD_SIZES,
     SAFETY,
     Sizes,
     Speeds,
     estimate,
     fit_sizes,
+    lookahead_runs,
     measure_speeds,
+    replan_after_harvest,
 )
 from training.config import load_config
 from training.train import train
@@ -105,6 +109,8 @@ class DemoPlan:
     lookahead_size: str = "full"
     estimate_s: dict = field(default_factory=dict)
     """Seconds per step, estimated before the run from the measured speeds."""
+    replanned: str = ""
+    """What the re-plan after the training harvest changed (saex.demo_plan.replan_after_harvest), in words."""
     seconds: dict = field(default_factory=dict)
     """Seconds per step, measured (filled in as the steps finish)."""
 
@@ -166,6 +172,29 @@ def _load_or_plan(cfg: DemoConfig, lm, root: Path, elapsed: float) -> DemoPlan:
     return plan
 
 
+def _replan(cfg: DemoConfig, plan: DemoPlan, root: Path, left_s: float) -> None:
+    """The rest of the plan at the pace the training harvest actually ran (kept in demo.json)."""
+    train_epochs = load_config(cfg.train_config or DEFAULT_TRAIN_CONFIG).epochs
+    size = plan.lookahead_size if plan.lookahead else "none"
+    per_run = plan.estimate_s.get("lookahead", 0.0) / (lookahead_runs(size) + LOOKAHEAD_FIXED_RUNS) \
+        if size != "none" else 0.0
+    lookahead_s = {s: per_run * (lookahead_runs(s) + LOOKAHEAD_FIXED_RUNS) for s in ("full", "quick")}
+    asked = {k: True for k in ("epochs",) if getattr(cfg, k) is not None}
+    if cfg.lookahead != "auto":
+        asked["lookahead"] = True
+    epochs = plan.epochs or train_epochs
+    new = replan_after_harvest(plan.estimate_s, plan.seconds.get("harvest_train", 0.0), left_s, epochs, size,
+                               lookahead_s, min(epochs, max(1.0, FLOOR_VECTORS / plan.tokens)), asked)
+    if not new.note:
+        return
+    plan.epochs = new.epochs if new.epochs != epochs else plan.epochs
+    plan.lookahead, plan.lookahead_size = new.lookahead != "none", new.lookahead if new.lookahead != "none" \
+        else plan.lookahead_size
+    plan.replanned = new.note
+    write_json_atomic(root / PLAN_FILE, asdict(plan))
+    print(f"re-plan: {new.note}", flush=True)
+
+
 class _Steps:
     """Times each step, prints it beside the plan's estimate, and keeps the times in demo.json."""
 
@@ -200,6 +229,8 @@ def run_demo(cfg: DemoConfig) -> Path:
                             split=split, tokens=tokens, device=cfg.device)
         out = harvest(hcfg, lm=lm)
         steps.done(f"harvest_{split}", f"[{step}/8] {split} activations: {store_summary(out)}")
+        if split == "train" and not cfg.full and not plan.replanned and not is_finished(root / "sae"):
+            _replan(cfg, plan, root, left_s=cfg.minutes * 60 * SAFETY - (time.perf_counter() - t0))
     run = root / "sae"
     if not is_finished(run):
         train(load_config(cfg.train_config or DEFAULT_TRAIN_CONFIG, store=str(root / "acts-train"), out=str(run),

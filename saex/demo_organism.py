@@ -69,7 +69,7 @@ def run_organism_demo(cfg, base_run: Path, *, organism=None, words=COMPARE_WORDS
         org_root.mkdir(parents=True, exist_ok=True)
         write_json_atomic(org_root / PLAN_FILE, asdict(replace(
             plan, reason=f"the base demo's sizes ({root / PLAN_FILE}), so that the two runs compare",
-            estimate_s=dict(plan.seconds), seconds={})))
+            estimate_s=dict(plan.seconds), seconds={}, replanned="no: kept at the base demo's sizes")))
     t = time.perf_counter()
     org_run = run_demo(replace(cfg, model=str(model_dir), out_dir=str(org_root), organism=False, full=False,
                                plan_only=False))

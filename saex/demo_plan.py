@@ -225,3 +225,47 @@ def fit_sizes(budget_s: float, sp: Speeds, d_sae: int, train_epochs: float, aske
                  f"{estimate(floor, sp, d_sae, train_epochs).total / 60 / SAFETY:.0f} min in all); pass --tokens and "
                  "--epochs for a smaller one")
     return floor, "; ".join(notes)
+
+
+@dataclass
+class Replan:
+    epochs: float | None
+    lookahead: str  # full, quick or none
+    note: str  # what changed and why, in words; "" when nothing did
+
+
+def replan_after_harvest(est: dict[str, float], harvest_s: float, left_s: float, epochs: float,
+                         lookahead: str, lookahead_s: dict[str, float], floor_epochs: float,
+                         asked: dict) -> Replan:
+    """After the training harvest, which took `harvest_s` against its estimate est["harvest_train"]: the
+    rest of the plan at that pace. Every later step's estimate is scaled by the same ratio (what made the
+    harvest slow, another job on the cores or a slower clock, slows them too); where they no longer fit
+    `left_s`, what the plan bought last goes first: epochs above the quality floor (`floor_epochs`), then the
+    lookahead (full, then quick). Faster than estimated: nothing changes (the stores are already sized).
+    `lookahead_s`: the lookahead's estimate per size; `asked`: the user's own choices, never changed."""
+    ratio = harvest_s / max(est.get("harvest_train", 0.0), 1e-9)
+    if ratio <= 1.1:
+        return Replan(epochs, lookahead, "")
+    later = ("harvest_heldout", "training", "evaluation", "index", "labels")
+    fixed = sum(est.get(k, 0.0) for k in later if k != "training") * ratio
+    train_per_epoch = est.get("training", 0.0) * ratio / max(epochs, 1e-9)
+
+    def total(e: float, size: str) -> float:
+        return fixed + train_per_epoch * e + lookahead_s.get(size, 0.0) * ratio
+
+    new_epochs, size = epochs, lookahead
+    if total(new_epochs, size) > left_s and "epochs" not in asked:
+        spare = left_s - total(0.0, size)
+        new_epochs = max(floor_epochs, min(epochs, round(spare / max(train_per_epoch, 1e-9), 2)))
+    order = ("full", "quick", "none")
+    while "lookahead" not in asked and size != "none" and total(new_epochs, size) > left_s:
+        size = order[order.index(size) + 1]
+    changes = []
+    if new_epochs != epochs:
+        changes.append(f"{epochs:g} -> {new_epochs:g} training epochs")
+    if size != lookahead:
+        changes.append(f"the {lookahead} lookahead -> " + ("none (left for later)" if size == "none" else
+                                                           f"the {size} one"))
+    note = (f"the training harvest ran {ratio:.2f}x its estimate, so the rest was re-planned to fit the "
+            f"{left_s / 60:.1f} min left: " + ", ".join(changes)) if changes else ""
+    return Replan(new_epochs, size, note)

@@ -141,3 +141,39 @@ def test_a_rerun_keeps_the_plan_and_records_step_times(tmp_path, tiny_lm):
     with pytest.raises(SaexError, match="holds a demo of 8,192 training tokens") as e:
         _load_or_plan(DemoConfig(out_dir=str(tmp_path), full=True), tiny_lm, tmp_path, 0.0)
     assert "--out-dir" in e.value.fix
+
+
+# The re-plan after the training harvest, against hand arithmetic: later steps 10 + 10 + 5 + 15 s, training
+# 60 s for 6 epochs, the lookahead 100 s (full) or 40 s (quick).
+EST = {"harvest_train": 100.0, "harvest_heldout": 10.0, "training": 60.0, "evaluation": 10.0, "index": 5.0,
+       "labels": 15.0}
+LOOK = {"full": 100.0, "quick": 40.0}
+
+
+def test_a_harvest_on_time_or_faster_changes_nothing():
+    from saex.demo_plan import replan_after_harvest
+
+    for took in (60.0, 100.0, 110.0):
+        r = replan_after_harvest(EST, took, 10.0, 6.0, "full", LOOK, 3.0, {})
+        assert (r.epochs, r.lookahead, r.note) == (6.0, "full", "")
+
+
+def test_a_slow_harvest_cuts_epochs_to_the_floor_then_the_lookahead():
+    from saex.demo_plan import replan_after_harvest
+
+    # at 1.5x: 60 fixed + 15 per epoch + 150 (full) or 60 (quick)
+    assert replan_after_harvest(EST, 150.0, 300.0, 6.0, "full", LOOK, 3.0, {}).note == ""  # 60 + 90 + 150 fits
+    r = replan_after_harvest(EST, 150.0, 285.0, 6.0, "full", LOOK, 3.0, {})
+    assert (r.epochs, r.lookahead) == (5.0, "full")  # (285 - 60 - 150) / 15 = 5 epochs
+    r = replan_after_harvest(EST, 150.0, 250.0, 6.0, "full", LOOK, 3.0, {})
+    assert (r.epochs, r.lookahead) == (3.0, "quick")  # the floor, 255 s with the full lookahead: too long
+    assert "1.50x its estimate" in r.note and "6 -> 3 training epochs" in r.note and "the quick one" in r.note
+    r = replan_after_harvest(EST, 150.0, 100.0, 6.0, "full", LOOK, 3.0, {})
+    assert (r.epochs, r.lookahead) == (3.0, "none") and "left for later" in r.note
+
+
+def test_the_users_own_choices_are_never_replanned():
+    from saex.demo_plan import replan_after_harvest
+
+    r = replan_after_harvest(EST, 150.0, 100.0, 6.0, "full", LOOK, 3.0, {"epochs": True, "lookahead": True})
+    assert (r.epochs, r.lookahead, r.note) == (6.0, "full", "")
