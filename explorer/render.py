@@ -80,3 +80,28 @@ def finder_profile_frame(profiles: dict, feature: str):
                           "hi": entry[g]["hi"][j], "n": entry[g]["n"][j]}
                          for g in ("word", "controls", "category", "other article") if g in entry
                          for j, o in enumerate(profiles["offsets"])])
+
+
+def compared_histograms(series: dict[str, dict], title: str):
+    """Score distributions of an SAE and its controls, one row each on a shared axis (never stacked), as
+    fractions of each one's features, with each median marked. series: {name: {"hist_edges", "hist_counts",
+    "median"}}."""
+    import altair as alt
+    import pandas as pd
+
+    rows = []
+    for name, s in series.items():
+        total = max(sum(s["hist_counts"]), 1)
+        rows += [{"scores": name, "from": lo, "to": hi, "features": c, "fraction": c / total,
+                  "median": s.get("median")}
+                 for lo, hi, c in zip(s["hist_edges"][:-1], s["hist_edges"][1:], s["hist_counts"])]
+    data = pd.DataFrame(rows)
+    base = alt.Chart().encode(color=alt.Color("scores:N", legend=None))
+    bars = base.mark_bar(opacity=0.75).encode(
+        x=alt.X("from:Q", title=title), x2="to:Q", y=alt.Y("fraction:Q", title="share of features",
+                                                            axis=alt.Axis(format="%")),
+        tooltip=["scores", "from", "to", "features", alt.Tooltip("fraction:Q", format=".1%")])
+    median = base.mark_rule(strokeWidth=2, strokeDash=[4, 2], color="black").encode(
+        x="median:Q", tooltip=[alt.Tooltip("median:Q", format=".3f", title="median")])
+    return alt.layer(bars, median, data=data).properties(height=110).facet(
+        row=alt.Row("scores:N", title=None, header=alt.Header(labelAngle=0, labelAlign="left")))

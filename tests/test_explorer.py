@@ -233,6 +233,9 @@ def test_automatic_label_is_shown_accepted_searched_and_summarised(monkeypatch, 
     at.switch_page("views/overview.py").run()
     assert not at.exception
     assert any("Median detection balanced accuracy" in c.value and "random-direction" in c.value for c in at.caption)
+    charts = [c.proto.spec for c in at.get("vega_lite_chart")]
+    compared = [c for c in charts if '"facet"' in c and '"median"' in c]  # one row per SAE, medians marked
+    assert len(compared) == 2 and all('"stack"' not in c for c in compared)
 
 
 def _markdown(at) -> str:

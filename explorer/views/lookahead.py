@@ -14,15 +14,16 @@ from sae.errors import SaexError
 from sae.lookahead.interventions import Edit
 from sae.lookahead.prompt_lab import next_token, read_prompt
 from sae.report import Answer
+from sae.runs.files import read_report
 
 st.title("Lookahead")
 run = state.require_run()
-folder = run.path / "lookahead"
-if not (folder / "report.json").exists():
+report = read_report(run.path, "lookahead")
+if report is None:
     st.warning("This run has no lookahead report yet.")
     st.code(f"saex lookahead {run.path}", language="bash")
     st.stop()
-report = json.loads((folder / "report.json").read_text())
+folder = report.path.parent
 
 answer = Answer.from_dict(report["answer"])
 lines = answer.lines

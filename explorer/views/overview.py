@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from explorer import state
+from explorer import render, state
 
 st.title("Overview")
 run = state.require_run()
@@ -11,8 +11,8 @@ run = state.require_run()
 cfg, info, ev = run.cfg, run.run, run.eval
 st.subheader(str(run.path))
 c = st.columns(4)
-c[0].metric("model", run.model)
-c[1].metric("hook point", run.hook_name)
+c[0].metric("model", run.model, help=run.model)  # the full name on hover where the card cuts it
+c[1].metric("hook point", run.hook_name, help=run.hook_name)
 c[2].metric("architecture", run.architecture + (f" (k={cfg['k']})" if "k" in cfg else ""))
 c[3].metric("latents", f"{cfg.get('d_sae', 0):,} x {cfg.get('d_in', 0)}")
 if info.get("pretrained"):
@@ -54,10 +54,8 @@ if "real" in variants and len(variants) > 1:
     st.markdown("#### Automatic labels on held-out text, against two control SAEs")
     for metric, title in (("detection", "detection balanced accuracy (delphi's sampling)"),
                           ("f1", "token-level F1 of the best label")):
-        st.caption(title)
-        edges = variants["real"][metric]["hist_edges"]
-        st.bar_chart(pd.DataFrame({names[k]: v[metric]["hist_counts"] for k, v in variants.items()},
-                                  index=[f"{e:.2f}" for e in edges[:-1]]))
+        st.altair_chart(render.compared_histograms({names[k]: v[metric] for k, v in variants.items()}, title),
+                        width="stretch")
     real = variants["real"]
     ctrl = variants.get("random") or real
     st.caption(f"Median detection balanced accuracy {real['detection']['median'] or 0:.2f} and median F1 "

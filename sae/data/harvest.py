@@ -51,6 +51,9 @@ from sae.precision import resolve
 COMPILE_MIN_TOKENS = {"bf16": 1_000_000, "fp32": 250_000}
 
 
+OUTLIER_FACTOR = 6.0
+"""A position whose residual norm is above this many times the median is an outlier (an attention sink)."""
+
 @dataclass
 class HarvestConfig:
     """What to harvest and how. Fields marked (plan) must match when a store is resumed."""
@@ -78,7 +81,7 @@ class HarvestConfig:
     """(plan) bf16, fp16 or fp32 on disk."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     """(plan) Forward precision: auto (bf16 autocast if within tolerance of fp32), bf16 or fp32."""
-    outlier_factor: float = 6.0
+    outlier_factor: float = OUTLIER_FACTOR
     """(plan) Positions with norm above this many times the median norm are outliers."""
     outlier_threshold: float | None = None
     """(plan) A fixed outlier norm threshold instead of outlier_factor x median."""

@@ -27,6 +27,7 @@ from typing import Literal, get_args
 import torch
 
 from sae.data.forward import ResidualReader, UpperForward
+from sae.data.harvest import OUTLIER_FACTOR
 from sae.data.models import LoadedModel
 from sae.data.store import MANIFEST_FILE
 from sae.errors import SaexError
@@ -36,8 +37,7 @@ from sae.runs.load import LoadedSAE
 Op = Literal["ablate", "clamp", "steer", "scale"]
 OPS: tuple[str, ...] = get_args(Op)
 NAMED_POSITIONS = ("prompt", "last", "before", "article", "all", "sinks")
-# The harvest's outlier rule, used when the SAE's training store records no threshold.
-SINK_FACTOR = 6.0
+SINK_FACTOR = OUTLIER_FACTOR  # the harvest's outlier rule, used when the SAE's training store records no threshold
 
 
 def article_ids(tokenizer, form: str = " a") -> tuple[int, int]:
