@@ -44,7 +44,7 @@ def test_overview_shows_the_run(monkeypatch, run_root, tmp_path):
     at.run()
     assert not at.exception
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["hook point"] == "blocks.0.hook_resid_post"
+    assert any(m.value == "**`blocks.0.hook_resid_post`**" for m in at.markdown)  # in full, not cut by a card
     assert metrics["latents"] == "64 x 16" and metrics["architecture"] == "topk (k=4)"
     assert any(f"saex eval {run_root / 'sae'}" in c.value for c in at.code)  # not evaluated yet
     assert at.query_params["run"] in (str(run_root / "sae"), [str(run_root / "sae")])

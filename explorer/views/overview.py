@@ -10,9 +10,10 @@ run = state.require_run()
 
 cfg, info, ev = run.cfg, run.run, run.eval
 st.subheader(str(run.path))
-c = st.columns(4)
-c[0].metric("model", run.model, help=run.model)  # the full name on hover where the card cuts it
-c[1].metric("hook point", run.hook_name, help=run.hook_name)
+c = st.columns([3, 3, 2, 2])
+for col, name, value in ((c[0], "model", run.model), (c[1], "hook point", run.hook_name)):
+    col.caption(name)  # names in full, wrapped: a metric card would cut them
+    col.markdown(f"**`{value}`**")
 c[2].metric("architecture", run.architecture + (f" (k={cfg['k']})" if "k" in cfg else ""))
 c[3].metric("latents", f"{cfg.get('d_sae', 0):,} x {cfg.get('d_in', 0)}")
 if info.get("pretrained"):
