@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 PAGES = [("overview", "", "Training curves"), ("feature", "&feature={feature}", "Top activations"),
          ("search", "", "find features by"), ("finder", "&word=island", "every test run"),
-         ("prompt_lab", "", "Prompt lab"), ("lookahead", "", "Lookahead"), ("depth", "", "Against depth"),
+         ("prompt_lab", "", "Prompt lab"), ("lookahead", "", "Behaviour by prompt set"), ("depth", "", "Against depth"),
          ("compare", "&word=astronomer", "where the article and the noun become readable"),
          ("annotations", "", "Export / import")]
 

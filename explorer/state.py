@@ -148,3 +148,11 @@ def intervener(path: str):
     check_sae_fits(sae, lm)
     threshold, source = sink_threshold(sae)  # the harvest's outlier threshold, as the lookahead report uses
     return Intervener(lm, sae, sink_threshold=threshold, sink_threshold_source=source)
+
+
+def short_auto_label(path: str, feature: int) -> str:
+    """The feature's short automatic label (sae.labels.auto.short_label), "" when it has none."""
+    from sae.labels.auto import short_label
+
+    rec = auto_labels(path).get(feature)
+    return short_label(rec) if rec else ""

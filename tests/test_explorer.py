@@ -185,6 +185,9 @@ def test_lookahead_page_shows_the_report_and_reruns_prompts(monkeypatch, indexed
     shown = {m.label: m.value for m in at.metric}
     assert shown["z vs random"] == f"{report['causal']['random']['z']:.1f}"
     assert [m.value for m in at.markdown if m.value.startswith("- ")][0] == f"- {report['answer']['lines'][0]}"
+    profiles = report["profiles"]["sources"]
+    charts = [c.proto.spec for c in at.get("vega_lite_chart") if '"offset"' in c.proto.spec]
+    assert len(charts) == len(next(iter(profiles.values()))["features"]) > 0  # one readable chart per feature
     nouns = sorted({t[1] for t in TEST_PROMPTS})
     noun_box = next(s for s in at.selectbox if s.label == "noun")
     noun_box.set_value(nouns[1]).run()

@@ -9,7 +9,7 @@ import json
 import pandas as pd
 import streamlit as st
 
-from explorer import state
+from explorer import render, state
 from sae.errors import SaexError
 from sae.lookahead.interventions import Edit
 from sae.lookahead.prompt_lab import next_token, read_prompt
@@ -53,11 +53,30 @@ KEY_PLOTS = {"profiles.png": "activation of the chosen features around the artic
                              "mean and 95% CI: does anything differ before the article?",
              "causal.png": "gap removed by ablating the chosen features (red) against density-matched random "
                            "sets (grey)"}
-key = [(folder / name, cap) for name, cap in KEY_PLOTS.items() if (folder / name).exists()]
+profiles = (report.get("profiles") or {}).get("sources") or {}
+key = [(folder / name, cap) for name, cap in KEY_PLOTS.items() if (folder / name).exists()
+       and not (name == "profiles.png" and profiles)]  # the profiles are drawn below as charts instead
 if key:
     cols = st.columns(len(key))
     for c, (p, cap) in zip(cols, key):
         c.image(str(p), caption=cap)
+if profiles:
+    st.markdown("#### When the chosen features fire, around the article")
+    source = st.radio("texts", list(profiles), horizontal=True, key="profile-source")
+    prof = profiles[source]
+    st.caption(f"Mean activation of each chosen feature at each offset from the article (0 = the article, -1 = the "
+               f"token that chooses it) on {prof['n_texts'].get('an', 0)} an-noun and {prof['n_texts'].get('a', 0)} "
+               "a-noun texts, with 95% intervals: a planning feature separates the two before 0.")
+    cols = st.columns(2)
+    for j, f in enumerate(prof["features"]):
+        groups = prof["features"][f]
+        data = pd.DataFrame([{"offset": o, "group": f"{art}-nouns", "mean": g["mean"][i], "lo": g["lo"][i],
+                              "hi": g["hi"][i], "n": (g.get("n") or [None] * len(prof["offsets"]))[i]}
+                             for art, g in groups.items() if isinstance(g, dict) and "mean" in g
+                             for i, o in enumerate(prof["offsets"])])
+        cols[j % 2].markdown(f"[#{f}](/feature?run={run.path}&feature={f}) " + state.short_auto_label(str(run.path),
+                                                                                                        int(f)))
+        cols[j % 2].altair_chart(render.profile_chart(data).properties(height=180), width="stretch")
 
 st.markdown("#### Every finding, with its numbers")
 for line in lines:
