@@ -109,7 +109,7 @@ def feature(path: str, i: int):
     return feature_index(path).feature(i)
 
 
-@st.cache_data(show_spinner=False)
+@st.cache_resource(show_spinner=False)  # one shared object: cache_data would copy thousands of records per call
 def _auto_labels(path: str, stamp: float) -> dict:
     from sae.labels.auto import read_labels
 

@@ -189,6 +189,8 @@ def test_lookahead_page_shows_the_report_and_reruns_prompts(monkeypatch, indexed
     charts = [c.proto.spec for c in at.get("vega_lite_chart") if '"offset"' in c.proto.spec]
     assert len(charts) == len(next(iter(profiles.values()))["features"]) > 0  # one readable chart per feature
     nouns = sorted({t[1] for t in TEST_PROMPTS})
+    assert not any("logit(an)" in m.label for m in at.metric)  # the model runs only when asked
+    at.toggle(key="live").set_value(True).run()
     noun_box = next(s for s in at.selectbox if s.label == "noun")
     noun_box.set_value(nouns[1]).run()
     assert not at.exception

@@ -111,6 +111,9 @@ prompts = [json.loads(line) for line in (folder / "prompts-test.jsonl").read_tex
 nouns = sorted({p["noun"] for p in prompts})
 noun = st.selectbox("noun", nouns, index=nouns.index("astronomer") if "astronomer" in nouns else 0)
 chosen = [int(f) for f in causal["selected"]]
+# The model loads only when asked: everything above is the stored report and settles at once.
+if not st.toggle("run this noun's test prompts through the model, with and without the chosen features", key="live"):
+    st.stop()
 try:
     iv = state.intervener(str(run.path))
     for p in [p for p in prompts if p["noun"] == noun]:
