@@ -75,18 +75,21 @@ def run_organism_demo(cfg, base_run: Path, *, organism=None, words=COMPARE_WORDS
                                plan_only=False))
     print(f"[organism 2/4] the demo's steps on the organism ({time.perf_counter() - t:.0f} s)", flush=True)
     t = time.perf_counter()
+    ivs = {name: _intervener(run, cfg.device) for name, run in (("base", base_run), ("organism", org_run))}
     for word in words:
-        try:
-            verdicts = [find_word(FindConfig(word=word, run=str(run), device=cfg.device, progress=False,
-                                             **(find_kw or {}))).answer.label for run in (base_run, org_run)]
-            print(f"  finder, {word}: base {verdicts[0]}, organism {verdicts[1]}", flush=True)
-        except SaexError as e:  # e.g. a user's corpus without the word: the rest still runs
-            print(f"  finder, {word}: not asked ({e.problem})", flush=True)
+        verdicts = {}
+        for name, run in (("base", base_run), ("organism", org_run)):
+            try:
+                verdicts[name] = find_word(FindConfig(word=word, run=str(run), device=cfg.device, progress=False,
+                                                      **(find_kw or {})), intervener=ivs[name]).answer.label
+            except SaexError as e:  # e.g. a user's corpus without the word: the rest still runs
+                verdicts[name] = f"not asked ({e.problem})"
+        print(f"  finder, {word}: base {verdicts['base']}, organism {verdicts['organism']}", flush=True)
     print(f"[organism 3/4] finder on {', '.join(words)} ({time.perf_counter() - t:.0f} s; estimated "
           f"{est['finder']:.0f} s)", flush=True)
     t = time.perf_counter()
-    for name, run in (("base", base_run), ("organism", org_run)):
-        report = run_depth(DepthConfig(run=str(run), device=cfg.device, **(depth_kw or {})))
+    for name, run in (("base", base_run), ("organism", org_run)):  # the finder's model again: loaded once a run
+        report = run_depth(DepthConfig(run=str(run), device=cfg.device, **(depth_kw or {})), lm=ivs[name].lm)
         print(f"  depth, {name}: {report.answer.verdict}", flush=True)
     print(f"[organism 4/4] depth sweeps ({time.perf_counter() - t:.0f} s; estimated {est['depth']:.0f} s)",
           flush=True)
@@ -94,6 +97,15 @@ def run_organism_demo(cfg, base_run: Path, *, organism=None, words=COMPARE_WORDS
     print(f"organism done in {time.perf_counter() - t0:.0f} s. Compare them: saex explore {base_run} "
           f"(page Compare)", flush=True)
     return org_run
+
+
+def _intervener(run: Path, device: str):
+    """The run's model and SAE, loaded once for every finder ask and the depth sweep on it."""
+    from sae.lookahead.interventions import Intervener, sink_threshold
+    from sae.runs.load import load_model_and_sae
+
+    lm, sae = load_model_and_sae(str(run), None, device)
+    return Intervener(lm, sae, *sink_threshold(sae))
 
 
 def _record(root: Path, est: dict, seconds: float) -> None:

@@ -39,7 +39,8 @@ def frozen_norm(lm) -> tuple[torch.Tensor, bool]:
     zero = norm(torch.zeros(1, n, device=dev)).float()[0]
     gain = torch.zeros(n)
     for shift in (0, 1):  # with an odd width one coordinate of each probe is 0: the other probe covers it
-        v = torch.tensor([(-1.0) ** (i + shift) for i in range(n)])
+        v = torch.ones(n)
+        v[1 - shift::2] = -1.0
         if n % 2:
             v[(n - 1 + shift) % n] = 0.0
         v = v / v.pow(2).mean().sqrt()

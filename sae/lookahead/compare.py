@@ -71,10 +71,14 @@ def _lookahead_cells(r: dict | None) -> dict[str, str]:
     return cells
 
 
-def lookahead_rows(a: dict | None, b: dict | None) -> list[dict]:
-    """One row per measure of the two lookahead reports: {"measure", "a", "b"} ("—" where a report lacks it)."""
-    ca, cb = _lookahead_cells(a), _lookahead_cells(b)
+def _pair(ca: dict[str, str], cb: dict[str, str]) -> list[dict]:
+    """{"measure", "a", "b"} per measure of either side, in order ("—" where a side lacks it)."""
     return [{"measure": k, "a": ca.get(k, "—"), "b": cb.get(k, "—")} for k in dict.fromkeys([*ca, *cb])]
+
+
+def lookahead_rows(a: dict | None, b: dict | None) -> list[dict]:
+    """One row per measure of the two lookahead reports."""
+    return _pair(_lookahead_cells(a), _lookahead_cells(b))
 
 
 def dose_rows(reports: dict[str, dict | None]) -> list[dict]:
@@ -134,8 +138,7 @@ def _finder_cells(r: dict | None) -> dict[str, str]:
 
 def finder_rows(a: dict | None, b: dict | None) -> list[dict]:
     """One row per measure of two finder answers for the same word."""
-    ca, cb = _finder_cells(a), _finder_cells(b)
-    return [{"measure": k, "a": ca.get(k, "—"), "b": cb.get(k, "—")} for k in dict.fromkeys([*ca, *cb])]
+    return _pair(_finder_cells(a), _finder_cells(b))
 
 
 def depth_report(run: str | Path):
@@ -163,8 +166,7 @@ def depth_rows(a: dict | None, b: dict | None) -> list[dict]:
                 out[f"layer {L}: article probe accuracy at −1 (shuffled control)"] = (
                     f"{probe['accuracy']:.2f} ({probe['control_mean']:.2f})")
         return out
-    ca, cb = cells(a), cells(b)
-    return [{"measure": k, "a": ca.get(k, "—"), "b": cb.get(k, "—")} for k in dict.fromkeys([*ca, *cb])]
+    return _pair(cells(a), cells(b))
 
 
 def lookahead_report(run: str | Path):
