@@ -494,3 +494,14 @@ def test_evaluate_takes_its_config(good_run, heldout, sharp_lm):
     for key in ("explained_variance", "ce_spliced", "kl_score", "intervals"):
         assert by_config[key] == by_names[key], key
     assert by_config.kind == "eval" and by_config.answer.verdict == by_names.answer.verdict
+
+
+def test_evaluate_settings_are_evalconfig_fields(good_run, heldout):
+    from sae.runs.evaluate import EvalConfig
+
+    with pytest.raises(TypeError, match="ce_window"):  # a misspelt setting is not silently ignored
+        evaluate(good_run, store=heldout, ce_window=0)
+    with pytest.raises(TypeError, match="not both"):
+        evaluate(EvalConfig(run=str(good_run), ce_windows=0), store=heldout, ce_windows=0)
+    with pytest.raises(SaexError, match="batch_size"):  # the config's own checks apply to keyword settings too
+        evaluate(good_run, store=heldout, ce_windows=0, batch_size=0)

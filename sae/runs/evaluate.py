@@ -25,7 +25,7 @@ import copy
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Literal
 
@@ -394,26 +394,30 @@ def _batched(rows, batch_size: int):
 
 
 def evaluate(run: str | Path | EvalConfig, store: str | Path | ActivationStore | None = None,
-             model: str | LoadedModel | None = None, ce_windows: int | str | None = 256,
-             device: str | torch.device = "auto", batch_size: int = 8, splice_outliers: bool = False,
-             ablate_special: bool = True, progress: bool = True, precision: str = "fp32",
-             bootstrap: int = 1000) -> Report:
+             model: str | LoadedModel | None = None, **settings) -> Report:
     """Evaluate the SAE in `run` on a held-out store; returns what eval.json holds (a `Report`, not yet
-    written: `write_eval`, or `run_eval`, writes it). `run` may be an `EvalConfig`, whose fields the other
-    arguments mirror by name; a loaded model or store passed beside it is reused.
+    written: `write_eval`, or `run_eval`, writes it). `run` is a run folder with `settings` naming
+    `EvalConfig`'s fields (ce_windows, device, batch_size, precision, bootstrap, splice_outliers,
+    ablate_special, progress; its defaults otherwise), or an `EvalConfig` itself. A loaded model or store
+    passed beside it is reused.
 
     ce_windows: windows for the CE/KL splice (None or "all": every window; 0: skip it,
     and no model is loaded)."""
     if isinstance(run, EvalConfig):
+        if settings:
+            raise TypeError(f"evaluate() takes an EvalConfig or keyword settings, not both ({', '.join(settings)})")
         c = run
-        return evaluate(c.run, store=store if store is not None else c.store,
-                        model=model if model is not None else c.model, ce_windows=c.ce_windows, device=c.device,
-                        batch_size=c.batch_size, splice_outliers=c.splice_outliers, ablate_special=c.ablate_special,
-                        progress=c.progress, precision=c.precision, bootstrap=c.bootstrap)
+    else:
+        unknown = sorted(set(settings) - {f.name for f in fields(EvalConfig)})
+        if unknown:
+            raise TypeError(f"evaluate() got unknown settings {', '.join(unknown)}: use EvalConfig's field names")
+        c = EvalConfig(run=str(run), **settings)
+    store = store if store is not None else c.store
+    model = model if model is not None else c.model
     started = time.perf_counter()
-    ce_windows = parse_ce_windows(ce_windows)
-    dev = resolve_device(device)
-    sae = load_sae(run, device=dev)
+    ce_windows = parse_ce_windows(c.ce_windows)
+    dev = resolve_device(c.device)
+    sae = load_sae(c.run, device=dev)
     if store is None:
         store = default_heldout_store(sae)
     store = store if isinstance(store, ActivationStore) else ActivationStore(store)
@@ -424,16 +428,16 @@ def evaluate(run: str | Path | EvalConfig, store: str | Path | ActivationStore |
                         "model_weights_sha256": store.manifest["model"].get("weights_sha256"),
                         "hook": store.hook_name, "n_tokens": store.n_windows * store.context_size,
                         "dtype": store.manifest["dtype"], "outlier_threshold": store.manifest.get("outlier_threshold")}}
-    result |= reconstruction_metrics(sae, store, progress=progress)
+    result |= reconstruction_metrics(sae, store, progress=c.progress)
     if ce_windows != 0:
         if isinstance(model, LoadedModel):
             lm = model
         else:
             lm = load_model(model or store.manifest["model"]["spec"], device=dev)
         check_model(lm, store)
-        result |= splice_metrics(sae, store, lm, ce_windows, batch_size=batch_size,
-                                 splice_outliers=splice_outliers, ablate_special=ablate_special, progress=progress,
-                                 precision=precision, bootstrap=bootstrap)
+        result |= splice_metrics(sae, store, lm, ce_windows, batch_size=c.batch_size,
+                                 splice_outliers=c.splice_outliers, ablate_special=c.ablate_special,
+                                 progress=c.progress, precision=c.precision, bootstrap=c.bootstrap)
     else:  # same keys either way, so readers of eval.json need no special case
         result |= dict.fromkeys(SPLICE_KEYS) | {"splice": None, "intervals": None}
     result["warnings"] = warnings
