@@ -352,9 +352,9 @@ def test_cli_prints_the_answer_and_table(planted, owl_corpus, owl_report, capsys
     assert owl_report["answer"]["lines"][0] in out
     table = out.split("verdict\n", 1)[1].splitlines()
     assert table[0].split()[0] == "7"
-    from sae.lookahead.finder import report_path
+    from sae.lookahead.finder import answer_path
 
-    stored = json.loads(report_path(_cfg(planted, owl_corpus), planted).read_text())
+    stored = json.loads(answer_path(_cfg(planted, owl_corpus), planted).read_text())
     assert stored["candidates"][0]["feature"] == 7
 
 

@@ -77,3 +77,14 @@ def test_read_report_finds_each_analysis_by_kind(tmp_path):
     assert report_path(tmp_path, "lookahead") == tmp_path / "lookahead" / "report.json"
     with pytest.raises(ValueError, match="unknown report kind"):
         report_path(tmp_path, "nope")
+
+
+def test_a_depth_report_of_another_format_is_not_read(tmp_path):
+    from sae.lookahead.depth import REPORT_FILE, REPORT_FORMAT, read_depth_report
+
+    assert read_depth_report(tmp_path) is None
+    (tmp_path / REPORT_FILE).write_text(json.dumps({"format": REPORT_FORMAT - 1, "answer": Answer("old").to_dict()}))
+    assert read_depth_report(tmp_path) is None  # an older sweep: run again, never read as the current one
+    (tmp_path / REPORT_FILE).write_text(json.dumps({"format": REPORT_FORMAT, "answer": Answer("now").to_dict()}))
+    r = read_depth_report(tmp_path)
+    assert (r.kind, r.path, r.answer.verdict) == ("depth", tmp_path / REPORT_FILE, "now")

@@ -7,14 +7,14 @@ import pandas as pd
 import streamlit as st
 
 from explorer import state
-from sae.lookahead.depth import DEPTH_DIR, PLOT_FILE, layer_table, read_report
+from sae.lookahead.depth import DEPTH_DIR, PLOT_FILE, layer_table, read_depth_report
 from sae.report import Answer
 from sae.runs.catalogue import checkpoints_root
 
 st.title("Depth")
 run = state.current_run()
 folders = ([run.path / DEPTH_DIR] if run is not None else []) + sorted(checkpoints_root().glob("depth-*"))
-reports = {str(f): r for f in folders if (r := read_report(f)) is not None}
+reports = {str(f): r for f in folders if (r := read_depth_report(f)) is not None}
 if not reports:
     st.warning("No depth sweep yet" + (" for this run." if run is not None else "."))
     st.code(f"saex depth --run {run.path}" if run is not None else "saex depth", language="bash")

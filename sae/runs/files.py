@@ -65,13 +65,22 @@ def report_path(run: str | Path, kind: str) -> Path:
 def read_report(run: str | Path, kind: str):
     """The `kind` report of a run folder as a `sae.report.Report`, or None when it is missing or unreadable
     (a damaged file counts as not written: the analysis is simply run again)."""
+    return read_report_file(report_path(run, kind), kind)
+
+
+def read_report_file(path: str | Path, kind: str, fmt: int | None = None):
+    """The report at `path` as a `sae.report.Report` of `kind`, or None when it is missing, unreadable or
+    (with `fmt`) of another format: for reports that live outside a run folder, such as a depth sweep
+    without an SAE."""
     import json
 
     from sae.report import Report
 
-    path = report_path(run, kind)
+    path = Path(path)
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return Report(kind, data, path) if isinstance(data, dict) else None
+    if not isinstance(data, dict) or (fmt is not None and data.get("format") != fmt):
+        return None
+    return Report(kind, data, path)

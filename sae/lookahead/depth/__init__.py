@@ -52,11 +52,11 @@ from sae.lookahead.depth.plots import plot_depth
 from sae.lookahead.depth.probes import Probe, article_probe, binomial_p, fit_probes, identity_probe
 from sae.lookahead.depth.prompts import DepthPrompts, depth_prompts, frame_prompts
 from sae.lookahead.depth.reader import LayerReader
-from sae.lookahead.depth.sweep import default_out, read_report, run_depth, sweep_layers
+from sae.lookahead.depth.sweep import default_out, read_depth_report, run_depth, sweep_layers
 from sae.runs.files import DEPTH_DIR, REPORT_FILE
 
 __all__ = ["ALPHA", "DEPTH_DIR", "FRAMES", "IMPLIED", "LAMBDAS", "NAMED", "PLOT_FILE", "REPORT_FILE", "REPORT_FORMAT",
            "DepthConfig", "DepthPrompts", "LayerReader", "Probe", "article_probe", "binomial_p", "compare_to_random",
            "default_out", "depth_answer", "depth_prompts", "fit_probes", "format_summary", "frame_prompts",
-           "identity_probe", "layer_table", "plot_depth", "probe_split", "read_report", "run_depth", "sae_coverage",
-           "sae_edits", "sweep_layers"]
+           "identity_probe", "layer_table", "plot_depth", "probe_split", "read_depth_report", "run_depth",
+           "sae_coverage", "sae_edits", "sweep_layers"]

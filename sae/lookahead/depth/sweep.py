@@ -65,17 +65,12 @@ def default_out(cfg: DepthConfig) -> Path:
     return Path("checkpoints") / f"depth-{name}"
 
 
-def read_report(folder: str | Path) -> Report | None:
+def read_depth_report(folder: str | Path) -> Report | None:
     """The depth report in `folder` (RUN/depth or checkpoints/depth-MODEL), None when missing, unreadable or
     of another format."""
-    import json
+    from sae.runs.files import read_report_file
 
-    path = Path(folder) / REPORT_FILE
-    try:
-        r = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return Report("depth", r, path) if isinstance(r, dict) and r.get("format") == REPORT_FORMAT else None
+    return read_report_file(Path(folder) / REPORT_FILE, "depth", REPORT_FORMAT)
 
 
 def _noun_identity(reader: LayerReader, lm: LoadedModel, prompts, ids, read, layers, nouns, cfg: DepthConfig,
@@ -115,7 +110,7 @@ def run_depth(cfg: DepthConfig, lm: LoadedModel | None = None) -> Report:
     report made with the same settings is returned as it is."""
     t0 = time.perf_counter()
     out_dir = default_out(cfg)
-    old = read_report(out_dir)
+    old = read_depth_report(out_dir)
     if old is not None and old.get("config_key") == cfg.key() and not cfg.force:
         if cfg.progress:
             print(f"reusing the complete report {out_dir / REPORT_FILE} (same settings)", file=sys.stderr)

@@ -8,7 +8,7 @@ verdict in words); report runs them in order and caches the result."""
 from sae.lookahead.finder.answer import find_answer, format_find
 from sae.lookahead.finder.causal import NEUTRAL_FRAMES
 from sae.lookahead.finder.config import FindConfig
-from sae.lookahead.finder.report import cached_report, find_word, latest_report, report_path, stored_reports
+from sae.lookahead.finder.report import answer_path, cached_report, find_word, latest_report, stored_reports
 
 __all__ = ["FindConfig", "NEUTRAL_FRAMES", "cached_report", "find_answer", "find_word", "format_find",
-           "latest_report", "report_path", "stored_reports"]
+           "latest_report", "answer_path", "stored_reports"]

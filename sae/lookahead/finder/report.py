@@ -41,7 +41,7 @@ def slug(word: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", word.lower()).strip("-") or "word"
 
 
-def report_path(cfg: FindConfig, run: Path) -> Path:
+def answer_path(cfg: FindConfig, run: Path) -> Path:
     """RUN/find/<word>-<settings hash>.json: one file per question and settings."""
     return Path(cfg.out) if cfg.out else run / FIND_DIR / f"{slug(cfg.word)}-{_cache_key(cfg, run)[:8]}.json"
 
@@ -69,7 +69,7 @@ def cached_report(cfg: FindConfig) -> dict | None:
     from sae.runs.load import resolve_run
 
     run = resolve_run(cfg.run)
-    path = report_path(cfg, run)
+    path = answer_path(cfg, run)
     try:
         rep = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -111,7 +111,7 @@ def find_word(cfg: FindConfig, on_step: Callable[[str, float], None] | None = No
 
     t0 = time.perf_counter()
     run = resolve_run(cfg.run)
-    path = report_path(cfg, run)
+    path = answer_path(cfg, run)
     key = _cache_key(cfg, run)
     if not cfg.force:
         rep = cached_report(cfg)
