@@ -143,9 +143,9 @@ def finder_rows(a: dict | None, b: dict | None) -> list[dict]:
 
 def depth_report(run: str | Path):
     """RUN/depth's report (`saex depth --run RUN`), None when there is none."""
-    from sae.lookahead.depth.sweep import read_depth_report as read_depth
+    from sae.lookahead.depth.sweep import read_depth_report
 
-    return read_depth(Path(run) / DEPTH_DIR)
+    return read_depth_report(Path(run) / DEPTH_DIR)
 
 
 def depth_rows(a: dict | None, b: dict | None) -> list[dict]:

@@ -396,9 +396,8 @@ def _batched(rows, batch_size: int):
 def evaluate(run: str | Path | EvalConfig, store: str | Path | ActivationStore | None = None,
              model: str | LoadedModel | None = None, **settings) -> Report:
     """Evaluate the SAE in `run` on a held-out store; returns what eval.json holds (a `Report`, not yet
-    written: `write_eval`, or `run_eval`, writes it). `run` is a run folder with `settings` naming
-    `EvalConfig`'s fields (ce_windows, device, batch_size, precision, bootstrap, splice_outliers,
-    ablate_special, progress; its defaults otherwise), or an `EvalConfig` itself. A loaded model or store
+    written: `write_eval`, or `run_eval`, writes it). `run` is a run folder with `settings` named as
+    `EvalConfig`'s fields (its defaults otherwise), or an `EvalConfig` itself. A loaded model or store
     passed beside it is reused.
 
     ce_windows: windows for the CE/KL splice (None or "all": every window; 0: skip it,

@@ -10,5 +10,5 @@ from sae.lookahead.finder.causal import NEUTRAL_FRAMES
 from sae.lookahead.finder.config import FindConfig
 from sae.lookahead.finder.report import answer_path, cached_report, find_word, latest_report, stored_reports
 
-__all__ = ["FindConfig", "NEUTRAL_FRAMES", "cached_report", "find_answer", "find_word", "format_find",
-           "latest_report", "answer_path", "stored_reports"]
+__all__ = ["FindConfig", "NEUTRAL_FRAMES", "answer_path", "cached_report", "find_answer", "find_word",
+           "format_find", "latest_report", "stored_reports"]
