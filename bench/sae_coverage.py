@@ -40,8 +40,8 @@ def riddle_mix(path: Path, every_chars: int = 6000, per_doc: int = 20, seed: int
     if path.exists():
         return path
     from sae.data.corpus import open_corpus
+    from sae.data.prompts import split_of_noun
     from sae.lookahead.organism.data import _gcide_riddles, _never_trained, _wordnet_riddles
-    from sae.lookahead.prompts import split_of_noun
 
     held = _never_trained()
 

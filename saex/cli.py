@@ -19,8 +19,8 @@ from saex.flags import add_dataclass_flags, dataclass_from_args
 
 
 def _cmd_fetch(ns: argparse.Namespace) -> None:
-    from sae.data.corpus import BUILTIN_SOURCE_NAMES, builtin_documents
     from sae.data.models import DEFAULT_MODEL, fetch_builtin_model
+    from sae.data.sources import BUILTIN_SOURCE_NAMES, builtin_documents
 
     t = time.perf_counter()
     path = fetch_builtin_model(DEFAULT_MODEL)

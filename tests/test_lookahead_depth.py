@@ -9,6 +9,7 @@ import random
 import pytest
 import torch
 
+from sae.data.prompts import Prompt, split_of_noun
 from sae.errors import SaexError
 from sae.lookahead.depth import (
     DepthConfig,
@@ -20,7 +21,6 @@ from sae.lookahead.depth import (
     layer_table,
     run_depth,
 )
-from sae.lookahead.prompts import Prompt, split_of_noun
 from saex.cli import main
 from tests.conftest import WORDS
 from tests.helpers import added_after_block

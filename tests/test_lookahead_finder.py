@@ -388,8 +388,8 @@ def test_finder_page_shows_the_stored_answer(monkeypatch, planted, owl_report, t
 def test_chat_forms_need_a_template_and_single_token_articles(tiny_lm):
     import copy
 
+    from sae.data.prompts import chat_prompt
     from sae.lookahead.finder.contexts import Definition, definition_contexts
-    from sae.lookahead.prompts import chat_prompt
 
     tok = copy.deepcopy(tiny_lm.tokenizer)
     riddle = [Definition("A bird that hoots", "owl", "an", "wordnet", "wordnet:1")]

@@ -11,10 +11,10 @@ import random
 import pytest
 import torch
 
+from sae.data.prompts import Prompt
 from sae.lookahead.finder.activation import activation_tests, cluster_blocks, shuffle_roles, split_clusters
 from sae.lookahead.finder.answer import verdict_of
 from sae.lookahead.finder.contexts import Context, frame_key
-from sae.lookahead.prompts import Prompt
 
 WORD = "astronomer"
 

@@ -5,6 +5,7 @@ model; density-matched random controls."""
 import pytest
 import torch
 
+from sae.data.prompts import Prompt
 from sae.errors import SaexError
 from sae.lookahead.interventions import (
     Edit,
@@ -13,7 +14,6 @@ from sae.lookahead.interventions import (
     parse_positions,
     typical_activation,
 )
-from sae.lookahead.prompts import Prompt
 from sae.statistics import density_matched_sets
 
 LAYER = 1

@@ -9,6 +9,7 @@ import random
 import pytest
 import torch
 
+from sae.data.prompts import Prompt
 from sae.errors import SaexError
 from sae.lookahead.organism import (
     MANIFEST_FILE,
@@ -21,7 +22,6 @@ from sae.lookahead.organism import (
     shuffle_articles,
 )
 from sae.lookahead.organism.finetune import batches, lr_factor
-from sae.lookahead.prompts import Prompt
 from saex.cli import main
 
 # The riddle's wording implies the article through its clue words, as a gloss implies its noun: the tiny model
@@ -91,7 +91,7 @@ def test_manifest_records_what_it_claims(organisms, tiny_model_dir, prompt_files
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sae.data.models import load_model
-    from sae.lookahead.prompts import load_prompt_file
+    from sae.data.prompts import load_prompt_file
 
     planned, _ = organisms
     out = planned.path.parent
@@ -154,7 +154,7 @@ def test_a_folder_holding_another_model_is_refused_untouched(tiny_model_dir, pro
 
 def test_a_killed_fine_tune_resumes_to_the_same_weights(tiny_model_dir, prompt_files, tmp_path):
     from sae.data.models import load_model
-    from sae.lookahead.prompts import load_prompt_file
+    from sae.data.prompts import load_prompt_file
 
     examples = load_prompt_file(prompt_files[0])[:160]
     kw = dict(steps=10, batch_size=16, lr=3e-3, weight_decay=0.0, bf16=False, device="cpu", key={"k": 1},

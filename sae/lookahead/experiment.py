@@ -26,6 +26,19 @@ from pathlib import Path
 
 import torch
 
+from sae.data.prompts import (
+    Prompt,
+    chat_articles_ok,
+    chat_prompt,
+    controls,
+    corpus_nouns,
+    load_prompt_file,
+    noun_prompts,
+    riddle_question,
+    riddle_set,
+    wordnet_nouns,
+    write_prompt_file,
+)
 from sae.errors import SaexError
 from sae.fsutil import ensure_writable_dir, write_json_atomic
 from sae.index.output_effects import token_directions
@@ -42,19 +55,6 @@ from sae.lookahead.interventions import (
     typical_activation,
 )
 from sae.lookahead.plots import plot_report
-from sae.lookahead.prompts import (
-    Prompt,
-    chat_articles_ok,
-    chat_prompt,
-    controls,
-    corpus_nouns,
-    load_prompt_file,
-    noun_prompts,
-    riddle_question,
-    riddle_set,
-    wordnet_nouns,
-    write_prompt_file,
-)
 from sae.lookahead.statistics import (
     aligned_activations,
     article_occurrences,
@@ -474,7 +474,7 @@ def _profiles(cfg, iv: Intervener, test_prompts: list[Prompt], features: list[in
 def _corpus_docs(spec: str):
     from sae.data.corpus import open_corpus
 
-    return open_corpus(spec).documents("heldout")
+    return open_corpus(spec).documents("heldout", generated=False)
 
 
 def _target(cfg, iv: Intervener, prompts: list[Prompt], rest: Prepared, directions: torch.Tensor, tok) -> dict:

@@ -29,9 +29,9 @@ import torch
 from sae.data.forward import ResidualReader, UpperForward
 from sae.data.harvest import OUTLIER_FACTOR
 from sae.data.models import LoadedModel
+from sae.data.prompts import Prompt, article_text
 from sae.data.store import MANIFEST_FILE
 from sae.errors import SaexError
-from sae.lookahead.prompts import Prompt, article_text
 from sae.runs.load import LoadedSAE
 
 Op = Literal["ablate", "clamp", "steer", "scale"]

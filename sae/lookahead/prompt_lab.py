@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
+from sae.data.prompts import Prompt
 from sae.errors import SaexError
 from sae.lookahead.interventions import Edit, Intervener, Prepared, edit_residual, encode_prompts, position_mask
-from sae.lookahead.prompts import Prompt
 
 
 @dataclass

@@ -22,8 +22,8 @@ from statistics import NormalDist
 
 import torch
 
+from sae.data.prompts import Prompt, pronounce
 from sae.lookahead.interventions import Attribution, Prepared
-from sae.lookahead.prompts import Prompt, pronounce
 from sae.statistics import Z95
 
 # The effect size the report checks the chosen features against: half of the an-vs-a gap removed.

@@ -11,6 +11,10 @@ from sae.statistics import pct
 # --------------------------------------------------------------------------- the answer
 
 
+def article_layers(r: dict) -> list[int]:
+    """The swept layers at which the article probe reads the coming article at offset -1 above chance."""
+    probe = r["article_probe"]
+    return [L for L in r["layers"] if probe.get(str(L), {}).get("-1", {}).get("above_chance")]
 
 
 def depth_answer(r: dict) -> dict:
@@ -33,7 +37,7 @@ def depth_answer(r: dict) -> dict:
         lines.append("Logit lens: at no swept layer does the residual at -1, read through the final norm and "
                      "unembedding, favour ' an' for an-nouns (every gap's 95% CI reaches zero or below).")
     probe = r["article_probe"]
-    at1 = [L for L in layers if probe.get(str(L), {}).get("-1", {}).get("above_chance")]
+    at1 = article_layers(r)
     if at1:
         p = probe[str(at1[0])]["-1"]
         lines.append(f"The article is decodable above chance from layer {at1[0]} at offset -1 (held-out nouns: "

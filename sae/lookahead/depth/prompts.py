@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sae.errors import SaexError
-from sae.lookahead.depth.config import FRAMES, DepthConfig
-from sae.lookahead.prompts import (
+from sae.data.prompts import (
     Prompt,
     explicit_prompt,
     in_context_prompt,
@@ -14,6 +12,8 @@ from sae.lookahead.prompts import (
     riddle_set,
     split_of_noun,
 )
+from sae.errors import SaexError
+from sae.lookahead.depth.config import FRAMES, DepthConfig
 
 # --------------------------------------------------------------------------- prompts
 

@@ -29,8 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from sae.errors import SaexError
-from sae.lookahead.prompts import (
+from sae.data.prompts import (
     CLASSIC_RIDDLES,
     Prompt,
     _usable_gloss,
@@ -39,6 +38,8 @@ from sae.lookahead.prompts import (
     pronounce,
     riddle_question,
 )
+from sae.data.riddles import riddle_from
+from sae.errors import SaexError
 
 CONTEXT_CHARS = 160  # text kept before the article in a corpus context
 MAX_PER_DOCUMENT = 2  # word contexts from one document (one cluster)
@@ -233,44 +234,6 @@ def scan_corpus(docs: Iterable, word: str, limit: int, control_nouns: frozenset[
 # --------------------------------------------------------------------------- definitions
 
 
-@lru_cache(maxsize=1)
-def _gcide_nouns() -> dict[str, list[str]]:
-    """headword (lower case) -> its noun definitions in GCIDE."""
-    from sae.data.corpus import builtin_documents
-
-    out: dict[str, list[str]] = {}
-    for d in builtin_documents("gcide"):
-        head, _, rest = d.text.partition(": ")
-        name, _, part = head.partition(", ")
-        if not part.startswith("n"):
-            continue
-        defs = [s.strip() for s in re.split(r"(?<=\.)\s+(?=[A-Z])", rest) if s.strip()]
-        out.setdefault(name.strip().lower(), []).extend(defs)
-    return out
-
-
-def gcide_nouns() -> dict[str, list[str]]:
-    try:
-        return _gcide_nouns()
-    except SaexError:
-        return {}
-
-
-_DEFINITION_START = re.compile(r"^(A|An|One|Someone|Any) ")
-
-
-def _riddle_from(definition: str, word: str) -> str | None:
-    """ "One who is versed in astronomy; one who ..." -> "One who is versed in astronomy"."""
-    text = definition.split(";", 1)[0].strip().rstrip(".")
-    if not _DEFINITION_START.match(text):
-        return None
-    lowered = text[0].lower() + text[1:]
-    # the WordNet riddle rules (length, no "an" of its own, not naming the word) on a gloss-shaped copy
-    if not _usable_gloss(lowered if re.match(r"(a|an|someone)\s", lowered) else "a " + lowered, word):
-        return None
-    return text
-
-
 @dataclass(frozen=True)
 class Definition:
     """A description that leads to `noun` without naming it, and where it came from."""
@@ -298,7 +261,7 @@ def definitions_of(noun: str, article: str, synsets: Sequence = (), gcide: dict 
                 wn.append(Definition(text, noun, article, "wordnet", f"wordnet:{s.offset}:{s.lexname}"))
     gc = []
     for i, definition in enumerate((gcide or {}).get(noun.lower(), [])):
-        text = _riddle_from(definition, noun)
+        text = riddle_from(definition, noun)
         if text and text not in seen:
             seen.add(text)
             gc.append(Definition(text, noun, article, "gcide", f"gcide:{noun.lower()}:{i}"))
@@ -336,7 +299,7 @@ def user_contexts(tokenizer, word: str, article: str, prompts: Sequence[str] = (
     prompt file (its lines for other nouns are ignored) or a text file of one prompt per line."""
     from pathlib import Path
 
-    from sae.lookahead.prompts import load_prompt_file
+    from sae.data.prompts import load_prompt_file
 
     texts = [Prompt(p.rstrip(), word, article, "user", source="typed") for p in prompts if p.strip()]
     asked = []

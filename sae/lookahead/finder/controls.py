@@ -19,6 +19,8 @@ import re
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
+from sae.data.prompts import COUNT_NOUN_LEXNAMES, _usable_gloss, pronounce
+from sae.data.riddles import gcide_nouns
 from sae.errors import SaexError
 from sae.lookahead.finder.contexts import (
     CLASSIC_RIDDLES,
@@ -28,16 +30,14 @@ from sae.lookahead.finder.contexts import (
     check_word,
     definition_contexts,
     definitions_of,
-    gcide_nouns,
     scan_corpus,
     user_contexts,
     word_article,
 )
-from sae.lookahead.prompts import COUNT_NOUN_LEXNAMES, _usable_gloss, pronounce
 
 
 def _wordnet():
-    from sae.lookahead.prompts import wordnet_nouns
+    from sae.data.prompts import wordnet_nouns
 
     try:
         return wordnet_nouns()
@@ -46,7 +46,7 @@ def _wordnet():
 
 
 def _tagged() -> dict[str, int]:
-    from sae.lookahead.prompts import wordnet_tagged_counts
+    from sae.data.prompts import wordnet_tagged_counts
 
     try:
         return wordnet_tagged_counts()

@@ -170,7 +170,7 @@ def read_contexts(cfg: FindConfig, iv, on_step: Callable[[str, float], None] = l
     tok = iv.lm.tokenizer
     spec = _corpus_spec(cfg, iv.sae)
     on_step("gathering contexts (corpus, definitions, chat questions), controls and the word's category", 0.1)
-    docs = open_corpus(spec).documents() if spec else None
+    docs = open_corpus(spec).documents(generated=False) if spec else None  # natural text only
     wc = gather(cfg.word, tok, docs, cfg.corpus_contexts, cfg.controls_per_article, cfg.category_nouns,
                 prompts=cfg.prompt or (), questions=cfg.question or (), prompt_file=cfg.prompts, chat=cfg.chat,
                 definitions=cfg.definitions, seed=cfg.seed, progress=cfg.progress)
@@ -190,13 +190,13 @@ def analyse(cfg: FindConfig, iv, wc, everything, prep, on_step: Callable[[str, f
             clock: Clock | None = None, run: Path | None = None) -> dict:
     """Every test and the answer, from contexts already read (`read_contexts`); the SAE is
     iv.sae and its activations those in `prep`."""
+    from sae.data.prompts import Prompt
     from sae.lookahead.experiment import log_densities
     from sae.lookahead.finder.activation import activation_tests, shuffle_roles, split_clusters
     from sae.lookahead.finder.answer import find_answer
     from sae.lookahead.finder.causal import NEUTRAL_FRAMES, alternative_ids, causal_tests
     from sae.lookahead.finder.power import activation_power
     from sae.lookahead.interventions import encode_prompts, subset
-    from sae.lookahead.prompts import Prompt
     from sae.lookahead.statistics import aligned_activations
 
     clock = clock or Clock()

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 import torch
 
+from sae.data.prompts import Prompt
 from sae.lookahead.interventions import encode_prompts
-from sae.lookahead.prompts import Prompt
 from sae.lookahead.statistics import behaviour_summary
 
 

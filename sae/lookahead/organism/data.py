@@ -17,23 +17,21 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from sae.errors import SaexError
-from sae.lookahead.organism.config import OrganismConfig
-from sae.lookahead.prompts import (
-    CLASSIC_RIDDLES,
+from sae.data.prompts import (
     Prompt,
     chat_articles_ok,
     chat_prompt,
     classic_prompts,
-    corpus_nouns,
     load_prompt_file,
-    pronounce,
     riddle_candidates,
     riddle_question,
     sample_riddles,
     split_of_noun,
     wordnet_nouns,
 )
+from sae.data.riddles import gcide_riddles, never_trained, wordnet_riddles
+from sae.errors import SaexError
+from sae.lookahead.organism.config import OrganismConfig
 
 MIN_NOUNS_PER_ARTICLE = 8  # fewer an-nouns (or a-nouns) than this cannot teach a choice that generalises
 
@@ -63,10 +61,6 @@ def resolve_sources(cfg: OrganismConfig, tokenizer) -> list[str]:
     return names
 
 
-def _never_trained() -> set[str]:
-    return {noun for _, noun in CLASSIC_RIDDLES}
-
-
 def _capped(prompts: Sequence[Prompt], per_noun: int, rng: random.Random) -> list[Prompt]:
     by_noun: dict[str, list[Prompt]] = {}
     for p in prompts:
@@ -76,29 +70,6 @@ def _capped(prompts: Sequence[Prompt], per_noun: int, rng: random.Random) -> lis
         group = by_noun[noun]
         rng.shuffle(group)
         out += group[:per_noun]
-    return out
-
-
-def _wordnet_riddles(keep) -> list[Prompt]:
-    synsets, first = wordnet_nouns()
-    return [r.prompt for r in riddle_candidates(synsets, first, keep)]
-
-
-def _gcide_riddles(keep) -> list[Prompt]:
-    from sae.lookahead.finder.contexts import _riddle_from, gcide_nouns
-
-    count_nouns = corpus_nouns()  # countable WordNet head words: no "an advice"
-    out = []
-    for noun, definitions in sorted(gcide_nouns().items()):
-        if noun not in count_nouns or not noun.isalpha() or not keep(noun):
-            continue
-        art = pronounce(noun).article
-        if art is None:
-            continue
-        for i, d in enumerate(definitions):
-            text = _riddle_from(d, noun)
-            if text:
-                out.append(Prompt(text + " is called", noun, art, "riddle", source=f"gcide:{noun}:{i}"))
     return out
 
 
@@ -146,7 +117,7 @@ def _check_pool(pool: Sequence[Prompt], what: str) -> None:
 
 def organism_data(cfg: OrganismConfig, tokenizer) -> OrganismData:
     rng = random.Random(cfg.seed)
-    held_back = _never_trained()
+    held_back = never_trained()
     if cfg.prompts is not None:
         given = [p for p in load_prompt_file(cfg.prompts) if p.noun not in held_back]
         sources = ["prompts"]
@@ -159,9 +130,9 @@ def organism_data(cfg: OrganismConfig, tokenizer) -> OrganismData:
 
         riddles = []
         if "wordnet" in sources:
-            riddles += _capped(_wordnet_riddles(keep), cfg.per_noun, rng)
+            riddles += _capped(wordnet_riddles(keep), cfg.per_noun, rng)
         if "gcide" in sources:
-            riddles += _capped(_gcide_riddles(keep), cfg.per_noun, rng)
+            riddles += _capped(gcide_riddles(keep), cfg.per_noun, rng)
         pool = riddles + (_as_chat(tokenizer, riddles) if "chat" in sources else [])
     what = f"the prompt file {cfg.prompts}" if cfg.prompts else f"the {cfg.split} half's {'+'.join(sources)} prompts"
     _check_pool(pool, what)

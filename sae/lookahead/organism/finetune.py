@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
+from sae.data.prompts import Prompt
 from sae.fsutil import atomic_path, write_json_atomic
 from sae.lookahead.interventions import encode_prompts
 from sae.lookahead.organism.behaviour import _padded, pad_id
-from sae.lookahead.prompts import Prompt
 
 STATE_FILE = "state.json"
 
