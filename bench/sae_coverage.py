@@ -7,9 +7,11 @@ Builds (or reuses) for the base model and for the organism: a multi-layer activa
 (`saex harvest --layer 15,20,25`, 507,904 tokens, as the 15-minute demo), one TopK SAE per layer with the demo's
 settings (`saex train`, 4,608 latents, k 32, 4.65 epochs) and the depth sweep with those SAEs (`saex depth`,
 layers 5-25, report with `sae_coverage`). Then two variants of the organism's SAE at the deepest layer: four times
-wider (18,432 latents), and trained on a corpus where a/an riddles with their answers (the fine-tune's own half of
-the nouns, WordNet and GCIDE) are interleaved with the default corpus; and that riddle-corpus SAE on the base model,
-the control. Prints one row per SAE. About 30 minutes on
+wider (18,432 latents), and trained on `--corpus builtin+riddles`, where a/an riddles with their answers (the
+fine-tune's own half of the nouns, WordNet and GCIDE) are interleaved with the default corpus; and that riddle-corpus
+SAE on the base model, the control. (The figures in docs/benchmarks.md were measured with the same mix written out
+as a JSONL file before it became a corpus spec: the same texts in the same order, documents split by other
+ids.) Prints one row per SAE. About 30 minutes on
 2 cores with fast bf16 when nothing exists yet (harvest 4.5 minutes a model, training 70 s an SAE, 5 minutes for the
 wide one, a depth sweep 1.5 minutes). `python bench/organism.py` builds the organism first.
 """
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -32,37 +33,6 @@ EPOCHS = "4.65"
 
 def saex(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "saex", *args, "--progress", "no"], check=True, cwd=ROOT)
-
-
-def riddle_mix(path: Path, every_chars: int = 6000, per_doc: int = 20, seed: int = 0) -> Path:
-    """A JSONL corpus: the default corpus's documents in their usual order, with a document of `per_doc` answered
-    a/an riddles ("... is called an astronomer.") of the `select` half after every `every_chars` characters."""
-    if path.exists():
-        return path
-    from sae.data.corpus import open_corpus
-    from sae.data.prompts import split_of_noun
-    from sae.lookahead.organism.data import _gcide_riddles, _never_trained, _wordnet_riddles
-
-    held = _never_trained()
-
-    def keep(noun: str) -> bool:
-        return split_of_noun(noun) == "select" and noun not in held
-
-    riddles = [f"{p.prompt} {p.article} {p.noun}." for p in _wordnet_riddles(keep) + _gcide_riddles(keep)]
-    random.Random(seed).shuffle(riddles)
-    tmp = path.with_suffix(".partial")
-    n_riddles, since, i = 0, 0, 0
-    with open(tmp, "w") as f:
-        for d in open_corpus("builtin").documents():
-            f.write(json.dumps({"text": d.text}) + "\n")
-            since += len(d.text)
-            if since >= every_chars and i < len(riddles):
-                f.write(json.dumps({"text": " ".join(riddles[i:i + per_doc])}) + "\n")
-                i, since = i + per_doc, 0
-                n_riddles += per_doc
-    tmp.rename(path)
-    print(f"{path}: {min(n_riddles, len(riddles)):,} riddles interleaved", file=sys.stderr)
-    return path
 
 
 def build(model: str, folder: Path, layers: list[int]) -> None:
@@ -138,9 +108,9 @@ def main() -> None:
     build(args.base, base, layers)
     build(args.organism, org, layers)
     variant(args.organism, org, f"sae-L{top}-wide", top, None, 4 * 4608)
-    mix = riddle_mix(org / "riddle-mix.jsonl")
-    variant(args.organism, org, f"sae-L{top}-riddles", top, str(mix), None)
-    variant(args.base, base, f"sae-L{top}-riddles", top, str(mix), None)  # the control: riddles, no planning
+    mix = "builtin+riddles"  # sae/data/riddles.py: the select half's answered riddles, interleaved
+    variant(args.organism, org, f"sae-L{top}-riddles", top, mix, None)
+    variant(args.base, base, f"sae-L{top}-riddles", top, mix, None)  # the control: riddles, no planning
     print("| model | layer | latents | EV (train) | article probe at -1 | probe separation in latents (95% CI) | "
           "retrained probe: reconstruction / error | error term at mean removes | latents at mean remove | "
           "10 chosen features remove | output gap |")

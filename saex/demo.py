@@ -87,9 +87,12 @@ class DemoConfig:
     """Run the a/an lookahead analysis: auto (when it fits the plan, at the size that fits), yes (always;
     its full size if that fits, else its quick one), no."""
     organism: bool = False
-    """Then fine-tune the planning organism (`saex organism`) into OUT_DIR/organism-model and run the same steps
-    on it at the same sizes into OUT_DIR/organism, ask the finder on both and sweep depth on both, for the
-    explorer's Compare page. Not part of --minutes: it prints its own estimate (about 20 min on 2 cores)."""
+    """Then fine-tune the planning organism (`saex organism`) into OUT_DIR/organism-model, pick the first layer
+    where a probe reads its coming article (or --layer), run the demo's steps there at the same sizes on the
+    corpus with answered riddles mixed in (CORPUS+riddles), on the base model and on the organism
+    (OUT_DIR/base-L<layer>-riddles, OUT_DIR/organism-L<layer>-riddles), ask the finder on both and sweep depth on
+    both, for the explorer's Compare page. Not part of --minutes: it prints its own estimate (about an hour on
+    2 cores)."""
 
     def __post_init__(self):
         if not self.minutes > 0:

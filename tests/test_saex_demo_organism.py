@@ -50,17 +50,31 @@ def compared(tmp_path_factory, tiny_model_dir, tiny_lm, text_corpus, owl_corpus)
                    controls_per_article=16, top=5, causal_features=3, bootstrap=200)
     depth_kw = dict(layers="1,2", prompts=str(root / "depth.jsonl"), random_directions=20, bootstrap=200,
                     progress=False)
-    with contextlib.redirect_stdout(out):
+    with contextlib.redirect_stdout(out), pytest.MonkeyPatch.context() as mp:
+        # the mix's riddles by hand: the built-in WordNet and GCIDE are not fetched for the tiny model
+        mp.setattr("sae.data.corpus.mix_riddles", lambda: tuple(f"A bird {i} of the night is called an owl."
+                                                                for i in range(200)))
         org = run_organism_demo(replace(cfg, organism=True), base, organism=organism, words=("owl",),
                                 find_kw=find_kw, depth_kw=depth_kw)
-    return root, base, org, plan, out.getvalue()
+    record = json.loads((root / "demo" / "demo-organism.json").read_text())
+    assert base != Path(record["base_run"])  # the demo's own run is not on the riddle mix: the base gets another
+    return root, Path(record["base_run"]), org, plan, out.getvalue()
 
 
 def test_the_organism_runs_at_the_base_demos_sizes_with_finder_and_depth_on_both(compared):
     from sae.lookahead.finder import latest_report
 
     root, base, org, plan, printed = compared
-    org_plan = json.loads((root / "demo" / "organism" / "demo.json").read_text())
+    demo_run = root / "demo" / "sae"
+    record = json.loads((root / "demo" / "demo-organism.json").read_text())
+    assert Path(record["organism_run"]) == org
+    depth = json.loads((root / "demo" / "organism-depth" / "report.json").read_text())
+    readable = [L for L in depth["layers"] if depth["article_probe"][str(L)]["-1"]["above_chance"]]
+    assert record["layer"] == (readable[0] if readable else None)
+    tag = f"L{record['layer'] if readable else 'mid'}-riddles"
+    assert (base.parent.name, org.parent.name) == (f"base-{tag}", f"organism-{tag}")
+    assert record["corpus"].endswith("+riddles")
+    org_plan = json.loads((org.parent / "demo.json").read_text())
     assert (org_plan["tokens"], org_plan["heldout_tokens"], org_plan["epochs"], org_plan["ce_windows"]) == \
         (plan.tokens, plan.heldout_tokens, plan.epochs, plan.ce_windows)
     assert org_plan["estimate_s"] == plan.seconds  # the base model's measured steps are the organism's estimate
@@ -70,17 +84,22 @@ def test_the_organism_runs_at_the_base_demos_sizes_with_finder_and_depth_on_both
     org_info = read_run(org)
     assert Path(org_info.model) == root / "demo" / "organism-model"
     assert model_role(org_info.model) == "planning organism" and model_role(read_run(base).model) == "model"
-    train_m = json.loads((root / "demo" / "organism" / "acts-train" / "manifest.json").read_text())
+    train_m = json.loads((org.parent / "acts-train" / "manifest.json").read_text())
+    assert train_m["corpus"]["spec"] == record["corpus"]
+    for run in (base, org):
+        want = record["layer"] if readable else read_run(demo_run).run["hook"]["layer"]
+        assert read_run(run).run["hook"]["layer"] == want
     assert train_m["model"]["weights_sha256"] == org_info.run["model"]["weights_sha256"]
-    base_sha = read_run(base).run["model"]["weights_sha256"]
+    base_sha = read_run(demo_run).run["model"]["weights_sha256"]
+    assert read_run(base).run["model"]["weights_sha256"] == base_sha
     assert base_sha != train_m["model"]["weights_sha256"]  # harvested from the fine-tuned weights, not the base's
     for run in (base, org):
         depth = json.loads((run / "depth" / "report.json").read_text())
         assert depth["model_weights_sha256"] == read_run(run).run["model"]["weights_sha256"]
         assert latest_report(run, "owl") is not None
-    for step in ("[organism 1/4]", "[organism 2/4]", "[organism 3/4]", "[organism 4/4]", "finder, owl: base "):
+    for step in ("[organism 1/5]", "[organism 2/5]", "[organism 3/5]", "[organism 4/5]", "[organism 5/5]",
+                 "finder, owl: base "):
         assert step in printed
-    record = json.loads((root / "demo" / "demo-organism.json").read_text())
     assert {"organism", "finder", "depth"} <= set(record["estimate_s"]) and record["seconds"] > 0
     assert f"about {sum(record['estimate_s'].values()) / 60:.0f} min" in printed
 
@@ -165,3 +184,29 @@ def test_compare_page_without_another_model_names_the_command(monkeypatch, compa
     at.switch_page("views/compare.py").run()
     assert not at.exception
     assert any(c.value == "saex demo --organism" for c in at.code)
+
+
+def test_a_run_without_a_partner_at_its_hook_points_at_its_models_runs_that_have_one(tmp_path):
+    from sae.lookahead.compare import runs_at_other_hooks
+
+    here = _info(tmp_path / "demo", "blocks.1.hook_resid_post", "m")
+    partnered = _info(tmp_path / "base-L2", "blocks.2.hook_resid_post", "m")
+    organism = _info(tmp_path / "organism-L2", "blocks.2.hook_resid_post", "o")
+    alone = _info(tmp_path / "base-L0", "blocks.0.hook_resid_post", "m")
+    same_hook_other_model = _info(tmp_path / "x", "blocks.1.hook_resid_post", "m")
+    assert runs_at_other_hooks(here, [here, partnered, organism, alone, same_hook_other_model]) == [partnered]
+    assert runs_at_other_hooks(organism, [here, partnered, organism]) == []  # same model elsewhere: none
+
+
+def test_compare_page_on_the_demos_own_run_finds_the_organisms_hook(monkeypatch, compared, tmp_path):
+    root, base, org, _, _ = compared
+    demo_run = root / "demo" / "sae"
+    at = _app(monkeypatch, root, tmp_path)
+    at.query_params["run"] = str(demo_run)
+    at.switch_page("views/compare.py").run()
+    assert not at.exception
+    if read_run(demo_run).hook_name == read_run(org).hook_name:  # the sweep chose the demo's own layer
+        assert at.dataframe
+    else:
+        assert any("open this page on one of them" in i.value for i in at.info)
+        assert not at.dataframe

@@ -21,6 +21,7 @@ from sae.lookahead.compare import (
     lookahead_report,
     lookahead_rows,
     model_role,
+    runs_at_other_hooks,
 )
 from sae.lookahead.finder import FindConfig, find_word, latest_report
 from sae.runs.catalogue import checkpoints_root
@@ -29,10 +30,18 @@ st.title("Compare models")
 st.caption("The same analyses on the same hook of two models, side by side: does the instrument tell a model that "
            "plans the article from one that does not?")
 run = state.require_run()
-others = comparable_runs(run, state.list_runs(str(checkpoints_root())))
+every_run = state.list_runs(str(checkpoints_root()))
+others = comparable_runs(run, every_run)
+elsewhere = runs_at_other_hooks(run, every_run) if not others else []
+if elsewhere:
+    st.info(f"No other run reads {run.hook_name} of another model, but runs of this model at other hooks have one "
+            "to compare with: open this page on one of them.")
+    for r in elsewhere:
+        st.page_link("views/compare.py", label=f"{r.path} ({r.hook_name})", query_params={"run": str(r.path)})
+    st.stop()
 if not others:
     st.info(f"No other run reads {run.hook_name} of another model. Make the planning organism and its runs beside "
-            "the demo's (about 20 min on 2 cores):")
+            "the demo's (about an hour on 2 cores), then open this page on the base run it prints:")
     st.code("saex demo --organism", language="bash")
     st.caption("or, for any model: saex organism --out checkpoints/organism, then "
                "saex demo --model checkpoints/organism --out-dir checkpoints/demo-organism")

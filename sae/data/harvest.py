@@ -66,7 +66,8 @@ class HarvestConfig:
     """(plan) Residual stream after this block; None = the middle block. Several (5,10,15 or all): one forward
     pass that stops after the deepest fills one complete store per layer, OUT/layer-LL/, listed in OUT/layers.json."""
     corpus: str = DEFAULT_CORPUS
-    """(plan) Corpus spec: builtin[:sources], a .txt file/folder, a .jsonl file, hf:NAME."""
+    """(plan) Corpus spec: builtin[:sources], a .txt file/folder, a .jsonl file, hf:NAME; +riddles after any of them
+    mixes answered a/an riddles in."""
     text_field: str = "text"
     """(plan) The text field of JSONL records and HF datasets."""
     split: Literal["train", "heldout"] = "train"

@@ -39,6 +39,13 @@ def comparable_runs(run: RunInfo, runs: list[RunInfo]) -> list[RunInfo]:
     return sorted(same, key=lambda r: (not made_from_this(r), str(r.path)))
 
 
+def runs_at_other_hooks(run: RunInfo, runs: list[RunInfo]) -> list[RunInfo]:
+    """Runs of `run`'s own model at other hooks that do have a run of another model to compare with (e.g. the
+    base run that `saex demo --organism` makes at the organism's layer, seen from the demo's own run)."""
+    return [r for r in runs if r.path != run.path and r.model == run.model and r.hook_name != run.hook_name
+            and comparable_runs(r, runs)]
+
+
 def _fmt(v, pattern: str = "{:.2f}") -> str:
     return "—" if v is None else pattern.format(v)
 
