@@ -59,10 +59,10 @@ def causal_ab(run: str, word: str) -> None:
     import torch
 
     from sae.data.corpus import open_corpus
-    from sae.lookahead.experiment import load_model_and_sae
     from sae.lookahead.finder.causal import edit_many
     from sae.lookahead.finder.controls import gather
     from sae.lookahead.interventions import Edit, Intervener, decoder_directions, encode_prompts, sink_threshold
+    from sae.runs.load import load_model_and_sae
 
     lm, sae = load_model_and_sae(run, device="cpu")
     iv = Intervener(lm, sae, *sink_threshold(sae))

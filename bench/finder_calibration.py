@@ -104,8 +104,8 @@ def planted(iv, prep, contexts, word: str, dose: float, seed: int, direction: st
     final norm) or "gradient" (used_direction)."""
     import torch
 
+    from sae.index.output_effects import token_directions
     from sae.lookahead.finder.causal import alternative_ids
-    from sae.lookahead.statistics import unembedding
 
     lm, sae = iv.lm, iv.sae
     tok = lm.tokenizer
@@ -114,7 +114,7 @@ def planted(iv, prep, contexts, word: str, dose: float, seed: int, direction: st
     if direction == "gradient":
         v = used_direction(iv, prep, contexts, first, alts)
     else:
-        u = unembedding(lm, [first] + alts)
+        u = token_directions(lm, [first] + alts)
         v = u[0] - u[1:].mean(0)
         v = v / v.norm()
     v = v.to(prep.batches[0].h.device)
@@ -162,10 +162,10 @@ def main() -> None:
     import torch
 
     from sae.labels.auto import control_sae
-    from sae.lookahead.experiment import load_model_and_sae
     from sae.lookahead.finder import FindConfig
     from sae.lookahead.finder.report import analyse, read_contexts
     from sae.lookahead.interventions import Intervener, sink_threshold
+    from sae.runs.load import load_model_and_sae
 
     print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
           f"{torch.get_num_threads()} threads")

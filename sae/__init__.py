@@ -23,10 +23,10 @@ if TYPE_CHECKING:  # editors and type checkers resolve the lazy names below; not
     from sae.data.models import load_model  # noqa: F401
     from sae.data.store import ActivationStore, write_store  # noqa: F401
     from sae.errors import SaexError  # noqa: F401
+    from sae.index import search  # noqa: F401
     from sae.index.build import build_index  # noqa: F401
     from sae.index.config import IndexConfig  # noqa: F401
     from sae.index.reader import FeatureIndex  # noqa: F401
-    from sae.index.search import search  # noqa: F401
     from sae.labels.auto import LabelConfig, label_features  # noqa: F401
     from sae.labels.claims import score_claim  # noqa: F401
     from sae.labels.records import SAEKey  # noqa: F401
