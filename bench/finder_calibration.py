@@ -2,7 +2,7 @@
 it finds a feature that is there.
 
 For each word (40 nouns, half "a", half "an", with corpus contexts in the built-in corpus),
-the contexts are read once and the finder's analysis (sae.lookahead.finder.report.analyse)
+the contexts are read once and the finder's analysis (sae.lookahead.finder.run.analyse)
 runs four times on them:
 - real: the demo SAE as it is (verdicts reported, not scored: it may hold word features);
 - random SAE: a random-direction copy (every encoder column and decoder row a Gaussian
@@ -163,7 +163,7 @@ def main() -> None:
 
     from sae.labels.auto import control_sae
     from sae.lookahead.finder import FindConfig
-    from sae.lookahead.finder.report import analyse, read_contexts
+    from sae.lookahead.finder.run import analyse, read_contexts
     from sae.lookahead.interventions import Intervener, sink_threshold
     from sae.runs.load import load_model_and_sae
 

@@ -4,7 +4,7 @@ SAE's riddles were trained on: verdicts, power, and the controls that say whethe
     python bench/finder_power.py [--runs base=checkpoints/base-layers/sae-L25-riddles,organism=...] [--out FILE]
 
 For each run (an SAE folder; its model is the one it was trained on) and each noun, the contexts are read once and
-the finder's analysis (sae.lookahead.finder.report.analyse, every setting at its default) runs three times:
+the finder's analysis (sae.lookahead.finder.run.analyse, every setting at its default) runs three times:
 - real: the SAE as it is;
 - random SAE: a random-direction copy (sae.labels.auto.control_sae: every encoder column and decoder row a
   Gaussian direction of the same norm, biases and k kept). Any "found" is false;
@@ -67,7 +67,7 @@ def run_one(name: str, run: str, words: list[str]) -> list[dict]:
 
     from sae.labels.auto import control_sae
     from sae.lookahead.finder import FindConfig
-    from sae.lookahead.finder.report import analyse, read_contexts
+    from sae.lookahead.finder.run import analyse, read_contexts
     from sae.lookahead.interventions import Intervener, sink_threshold
     from sae.runs.load import load_model_and_sae
 

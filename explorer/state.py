@@ -111,7 +111,7 @@ def feature(path: str, i: int):
 
 @st.cache_resource(show_spinner=False)  # one shared object: cache_data would copy thousands of records per call
 def _auto_labels(path: str, stamp: float) -> dict:
-    from sae.labels.auto import read_labels
+    from sae.runs.files import read_labels
 
     return read_labels(path)
 

@@ -31,8 +31,8 @@ if TYPE_CHECKING:  # editors and type checkers resolve the lazy names below; not
     from sae.labels.claims import score_claim  # noqa: F401
     from sae.labels.records import SAEKey  # noqa: F401
     from sae.labels.store import AnnotationStore  # noqa: F401
+    from sae.lookahead.article import LookaheadConfig, run_lookahead  # noqa: F401
     from sae.lookahead.depth import DepthConfig, run_depth  # noqa: F401
-    from sae.lookahead.experiment import LookaheadConfig, run_lookahead  # noqa: F401
     from sae.lookahead.finder import FindConfig, find_word  # noqa: F401
     from sae.lookahead.interventions import Edit, Intervener  # noqa: F401
     from sae.lookahead.organism import OrganismConfig, build_organism  # noqa: F401
@@ -66,8 +66,8 @@ _EXPORTS = {
     "build_index": "sae.index.build",
     "FeatureIndex": "sae.index.reader",
     "search": "sae.index.search",
-    "LookaheadConfig": "sae.lookahead.experiment",
-    "run_lookahead": "sae.lookahead.experiment",
+    "LookaheadConfig": "sae.lookahead.article",
+    "run_lookahead": "sae.lookahead.article",
     "DepthConfig": "sae.lookahead.depth",
     "run_depth": "sae.lookahead.depth",
     "OrganismConfig": "sae.lookahead.organism",

@@ -14,6 +14,11 @@
   sets matched in firing density (the lookahead), nearest matches on several traits
   (density, activity, edit size: the word finder) for random-feature nulls.
 - Multiplicity: Holm's step-down levels.
+- Two groups of prompts (an-nouns vs a-nouns): the gap between their means with a bootstrap
+  interval, and how much of it an edit removes (paired bootstrap).
+- Profiles over offsets: mean and normal interval per offset, from raw values with NaN
+  (`group_stats`) or streamed moments (`stats_from_moments`), and the onset, the first offset
+  where one group is reliably above another.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import math
 from collections.abc import Sequence
 from statistics import NormalDist
 
+import numpy as np
 import torch
 
 from sae.errors import SaexError
@@ -270,3 +276,121 @@ def holm(pvalues: Sequence[float], alpha: float) -> list[dict]:
 def draws_for_level(level: float) -> int:
     """Comparison-set size whose smallest empirical p, 1 / (1 + n), reaches `level`."""
     return max(1, math.ceil(1.0 / level - 1 - 1e-9))
+
+
+# --------------------------------------------------------------------------- two groups of prompts
+
+
+def bootstrap_gap(ld: torch.Tensor, is_an: torch.Tensor, n_boot: int = 2000, seed: int = 0) -> dict:
+    """mean(ld | an-noun) - mean(ld | a-noun), with a 95% percentile bootstrap interval
+    (each group resampled on its own)."""
+    an, a = ld[is_an].double(), ld[~is_an].double()
+    out = {"n_an": len(an), "n_a": len(a), "mean_an": float(an.mean()) if len(an) else None,
+           "mean_a": float(a.mean()) if len(a) else None, "value": None, "ci": [None, None]}
+    if len(an) == 0 or len(a) == 0:
+        return out
+    g = torch.Generator().manual_seed(seed)
+    boot = (an[torch.randint(len(an), (n_boot, len(an)), generator=g)].mean(1)
+            - a[torch.randint(len(a), (n_boot, len(a)), generator=g)].mean(1))
+    out["value"] = float(an.mean() - a.mean())
+    out["ci"] = [float(boot.quantile(0.025)), float(boot.quantile(0.975))]
+    return out
+
+
+def gap_change(clean: torch.Tensor, edited: torch.Tensor, is_an: torch.Tensor, n_boot: int = 2000,
+               seed: int = 0) -> dict:
+    """How much of the clean gap an edit removes (removed = gap_clean - gap_edited), and as a
+    fraction of the clean gap, with paired bootstrap intervals (the same resampled prompts
+    for clean and edited)."""
+    clean, edited = clean.double(), edited.double()
+    an, a = is_an.nonzero().squeeze(-1), (~is_an).nonzero().squeeze(-1)
+    out = {"gap_clean": None, "gap_edited": None, "removed": None, "removed_ci": [None, None],
+           "fraction_removed": None, "fraction_ci": [None, None],
+           "delta_ld_an": float((edited - clean)[an].mean()) if len(an) else None,
+           "delta_ld_a": float((edited - clean)[a].mean()) if len(a) else None}
+    if len(an) == 0 or len(a) == 0:
+        return out
+
+    def gaps(x, ia, ib):
+        return x[ia].mean(-1) - x[ib].mean(-1)
+
+    g = torch.Generator().manual_seed(seed)
+    ia = an[torch.randint(len(an), (n_boot, len(an)), generator=g)]
+    ib = a[torch.randint(len(a), (n_boot, len(a)), generator=g)]
+    g_clean, g_edit = gaps(clean, an, a), gaps(edited, an, a)
+    b_clean, b_edit = gaps(clean, ia, ib), gaps(edited, ia, ib)
+    removed = b_clean - b_edit
+    out |= {"gap_clean": float(g_clean), "gap_edited": float(g_edit), "removed": float(g_clean - g_edit),
+            "removed_ci": [float(removed.quantile(0.025)), float(removed.quantile(0.975))]}
+    if g_clean > 0:
+        frac = removed / b_clean.where(b_clean > 0, torch.full_like(b_clean, float("nan")))
+        frac = frac[torch.isfinite(frac)]
+        out["fraction_removed"] = float((g_clean - g_edit) / g_clean)
+        if len(frac):
+            out["fraction_ci"] = [float(frac.quantile(0.025)), float(frac.quantile(0.975))]
+    return out
+
+
+def behaviour_summary(ld: torch.Tensor, logp_a: torch.Tensor, logp_an: torch.Tensor, is_an: torch.Tensor,
+                      n_boot: int = 2000, seed: int = 0) -> dict:
+    """The gap plus how often the model prefers the right article."""
+    right = torch.where(is_an, ld > 0, ld < 0)
+    p_article = torch.where(is_an, logp_an, logp_a).exp()
+    return {"gap": bootstrap_gap(ld, is_an, n_boot, seed),
+            "right_article_preferred": float(right.double().mean()),
+            "an_preferred_an_nouns": float((ld[is_an] > 0).double().mean()) if bool(is_an.any()) else None,
+            "an_preferred_a_nouns": float((ld[~is_an] > 0).double().mean()) if bool((~is_an).any()) else None,
+            "mean_p_right_article": float(p_article.mean()),
+            "mean_p_a": float(logp_a.exp().mean()), "mean_p_an": float(logp_an.exp().mean())}
+
+
+def group_stats(acts: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Mean, 95% interval (normal approximation) and count per offset and feature over the
+    texts in `mask`, ignoring NaN."""
+    x = acts[mask]
+    n = (~torch.isnan(x)).sum(0)
+    mean = torch.nansum(x, 0) / n.clamp_min(1)
+    var = torch.nansum((x - mean) ** 2, 0) / (n - 1).clamp_min(1)
+    se = (var / n.clamp_min(1)).sqrt()
+    mean = mean.where(n > 0, torch.full_like(mean, float("nan")))
+    se = se.where(n > 1, torch.full_like(se, float("nan")))
+    return {"mean": mean, "lo": mean - Z95 * se, "hi": mean + Z95 * se, "se": se, "n": n}
+
+
+# --------------------------------------------------------------------------- profiles over offsets
+
+
+def stats_from_moments(count, fired, s, s2) -> dict[str, np.ndarray]:
+    """Mean activation (over all occurrences, 0 where it did not fire), its standard error
+    and a normal-approximation 95% interval, from the count, sum and sum of squares
+    (arrays of one shape; NaN where count < 2 for se/lo/hi, and where count = 0 for the mean)."""
+    count = np.asarray(count, np.float64)
+    s, s2 = np.asarray(s, np.float64), np.asarray(s2, np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(count > 0, s / count, np.nan)
+        var = np.where(count > 1, np.maximum(s2 - count * np.nan_to_num(mean) ** 2, 0) / (count - 1), np.nan)
+        se = np.sqrt(var / count)
+    return {"mean": mean, "se": se, "lo": mean - Z95 * se, "hi": mean + Z95 * se,
+            "n": count.astype(np.int64), "fired": np.asarray(fired, np.int64)}
+
+
+def onset(group: dict, baseline: dict, offsets: Sequence[int], alpha: float = 0.05):
+    """The earliest offset where the group's mean exceeds the baseline's by more than a
+    one-sided z bound, Bonferroni-corrected over the offsets (so a single lucky early offset
+    does not count), with at least two observations on each side; None when it never does.
+    group/baseline: "mean", "se", "n" over offsets ("offset") or per feature ("offset
+    feature"), as `group_stats` or `stats_from_moments` give them; one answer for the first
+    shape, a list of one per feature for the second."""
+    offsets = list(offsets)
+    z = NormalDist().inv_cdf(1 - alpha / max(len(offsets), 1))
+    g, b = ({k: np.asarray(d[k]) for k in ("mean", "se", "n")} for d in (group, baseline))
+    diff = g["mean"] - b["mean"]
+    se = np.sqrt(g["se"] ** 2 + b["se"] ** 2)
+    with np.errstate(invalid="ignore"):
+        above = (g["n"] >= 2) & (b["n"] >= 2) & np.isfinite(se) & (diff - z * se > 0)
+
+    def first(column) -> int | None:
+        hits = np.flatnonzero(column)
+        return int(offsets[hits[0]]) if len(hits) else None
+
+    return first(above) if above.ndim == 1 else [first(above[:, f]) for f in range(above.shape[1])]

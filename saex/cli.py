@@ -122,8 +122,8 @@ def _cmd_explore(ns: argparse.Namespace) -> None:
 
 
 def _cmd_lookahead(ns: argparse.Namespace) -> None:
-    from sae.lookahead.answer import format_summary
-    from sae.lookahead.experiment import LookaheadConfig, run_lookahead
+    from sae.lookahead.article import LookaheadConfig, run_lookahead
+    from sae.lookahead.article.answer import format_summary
     from sae.runs.files import LOOKAHEAD_DIR
     from sae.runs.load import resolve_run
 
@@ -341,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--port", type=int, default=8501, help="port (default: 8501)")
     x.set_defaults(func=_cmd_explore)
 
-    from sae.lookahead.experiment import LookaheadConfig
+    from sae.lookahead.article import LookaheadConfig
 
     la = sub.add_parser("lookahead", help="which SAE features carry the a/an choice, when they turn on relative to "
                         "the article, and whether ablating them moves the choice more than random features; "

@@ -21,7 +21,7 @@ from sae.index.build import IndexConfig, build_index
 from sae.index.reader import FeatureIndex
 from sae.labels.auto import LabelConfig, label_features
 from sae.labels.summary import labels_line
-from sae.lookahead.experiment import LookaheadConfig, run_lookahead
+from sae.lookahead.article import LookaheadConfig, run_lookahead
 from sae.runs.evaluate import evaluate, write_eval
 from sae.runs.files import RUN_FILE, is_finished, read_report
 from saex.demo_plan import (

@@ -147,7 +147,7 @@ class Estimate:
 
 def lookahead_runs(size: str) -> int:
     """Causal runs of the lookahead at a size (candidate ablations, random sets, doses, controls ...)."""
-    from sae.lookahead.experiment import DEFAULT_DOSES, LookaheadConfig
+    from sae.lookahead.article import DEFAULT_DOSES, LookaheadConfig
 
     cfg = LookaheadConfig(run="x", **LOOKAHEAD_SIZES[size])
     doses = len(DEFAULT_DOSES)

@@ -84,7 +84,10 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, .
         if optional:
             conv = _optional(conv)
         default = f.default if f.default is not dataclasses.MISSING else None
-        help_text = docs.get(f.name, "") + (f" (default: {default})" if default not in (None, "") else "")
+        low = f.metadata.get("at_least")
+        facts = ([f"at least {low}"] if low is not None else []) + \
+            ([f"default: {default}"] if default not in (None, "") else [])
+        help_text = docs.get(f.name, "") + (f" ({'; '.join(facts)})" if facts else "")
         help_text = help_text.replace("%", "%%")  # argparse reads % as a format; a docstring means a percent
         if f.name in positional:
             parser.add_argument(f.name, type=conv, help=help_text, choices=choices)

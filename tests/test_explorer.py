@@ -201,9 +201,10 @@ def test_lookahead_page_shows_the_report_and_reruns_prompts(monkeypatch, indexed
 def test_automatic_label_is_shown_accepted_searched_and_summarised(monkeypatch, indexed_run, tiny_lm, tmp_path):
     import shutil
 
-    from sae.labels.auto import LabelConfig, label_features, read_labels
+    from sae.labels.auto import LabelConfig, label_features
     from sae.labels.records import SAEKey
     from sae.labels.store import AnnotationStore
+    from sae.runs.files import read_labels
     from sae.runs.load import load_sae
 
     root, run = indexed_run

@@ -14,10 +14,11 @@ import torch
 
 from sae.data.store import FLAG_OUTLIER, FLAG_SPECIAL
 from sae.index import build as build_mod
-from sae.index.aligned import ArticleProfile, article_forms, onset, summarise
+from sae.index.aligned import ArticleProfile, article_forms
 from sae.index.build import IndexConfig, build_index
 from sae.index.reader import FeatureIndex
 from sae.runs.load import load_sae
+from sae.statistics import onset, stats_from_moments
 from tests.helpers import save_topk, write_store
 
 HOOK = "blocks.0.hook_resid_post"
@@ -139,12 +140,12 @@ def test_onset_finds_the_feature_planted_before_an(built):
 
 def test_onset_statistic_on_hand_made_numbers():
     offs = [-2, -1, 0]
-    base = summarise([10, 10, 10], [0, 0, 0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0])
+    base = stats_from_moments([10, 10, 10], [0, 0, 0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0])
     # mean 1 with sd ~0.1 at -1 and 0; at -2 a mean too small to pass the corrected bound
-    grp = summarise([10, 10, 10], [10, 10, 10], [0.5, 10.0, 10.0], [10.0, 10.1, 10.1])
+    grp = stats_from_moments([10, 10, 10], [10, 10, 10], [0.5, 10.0, 10.0], [10.0, 10.1, 10.1])
     assert onset(grp, base, offs) == -1
     assert onset(base, grp, offs) is None
-    few = summarise([1, 1, 1], [1, 1, 1], [5.0, 5.0, 5.0], [25.0, 25.0, 25.0])
+    few = stats_from_moments([1, 1, 1], [1, 1, 1], [5.0, 5.0, 5.0], [25.0, 25.0, 25.0])
     assert onset(few, base, offs) is None  # one occurrence is not evidence
     assert np.isnan(few["lo"]).all() and few["mean"].tolist() == [5.0, 5.0, 5.0]
 

@@ -13,13 +13,14 @@ import torch
 
 from sae.data.store import FLAG_OUTLIER, FLAG_SPECIAL, ActivationStore
 from sae.labels import auto, resume
-from sae.labels.auto import LabelConfig, label_features, read_labels, read_summary
+from sae.labels.auto import LabelConfig, label_features, read_summary
 from sae.labels.controls import control_sae, decoder_shuffled_sae
 from sae.labels.detection import DECILES, draw, feature_rng
 from sae.labels.heldout import split_positions
 from sae.labels.predicates import Predicate
 from sae.labels.propose import best_prefix, greedy_detection
 from sae.labels.words import WORD_CLASSES, token_class
+from sae.runs.files import read_labels
 from sae.runs.load import load_sae
 from tests.helpers import save_topk, write_store
 

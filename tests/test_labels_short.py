@@ -47,7 +47,8 @@ def _consistent(p: Predicate, short: str, vocab) -> None:
 
 
 def test_every_label_of_a_labelled_sae_fits_and_follows_its_predicate(tmp_path, tiny_lm):
-    from sae.labels.auto import label_features, read_labels
+    from sae.labels.auto import label_features
+    from sae.runs.files import read_labels
     from tests.test_labels_auto import _cfg, _planted_store
 
     X = tiny_lm.tokenizer.encode(" astronomer")[-1]

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from sae.data.occurrences import article_occurrences
 from sae.data.prompts import (
     Prompt,
     controls,
@@ -23,18 +24,10 @@ from sae.data.prompts import (
 )
 from sae.data.sources import Document
 from sae.errors import SaexError
+from sae.lookahead.activity import aligned_activations, profile_report, separating_features
+from sae.lookahead.article.ranking import gap_attribution
 from sae.lookahead.interventions import Attribution, Intervener, encode_prompts
-from sae.lookahead.statistics import (
-    aligned_activations,
-    article_occurrences,
-    bootstrap_gap,
-    gap_attribution,
-    gap_change,
-    group_stats,
-    onset,
-    profile_report,
-    separating_features,
-)
+from sae.statistics import bootstrap_gap, gap_change, group_stats, onset
 from saex.cli import main
 from tests.helpers import SELECT_PROMPTS, TEST_PROMPTS, save_sae, write_prompts
 
@@ -417,7 +410,7 @@ def test_lookahead_bad_input(run_dir, tiny_model_dir, tmp_path, capsys):
 
 
 def test_verdict_names_an_error_term_that_carries_more_than_the_features():
-    from sae.lookahead.answer import _outside_latents, error_term_line
+    from sae.lookahead.article.answer import _outside_latents, error_term_line
 
     def err(frac, lo, hi):
         e = {"fraction_removed": frac, "fraction_ci": [lo, hi], "positions": "prompt"}

@@ -9,11 +9,14 @@ from pathlib import Path
 from typing import Literal, get_args, get_origin, get_type_hints
 
 from sae.errors import SaexError
+from sae.options import at_least, check_fields
 
-ARCHITECTURES = ("topk", "batchtopk", "standard", "gated", "jumprelu", "matryoshka_batchtopk")
+Architecture = Literal["topk", "batchtopk", "standard", "gated", "jumprelu", "matryoshka_batchtopk"]
+ARCHITECTURES = get_args(Architecture)
 # Architectures our own fast loop (training/topk_loop.py) trains; sae-lens's SAETrainer trains them all.
 FAST_ARCHITECTURES = ("topk", "batchtopk")
-BACKENDS = ("auto", "ours", "saelens")
+Backend = Literal["auto", "ours", "saelens"]
+BACKENDS = get_args(Backend)
 
 
 @dataclass
@@ -24,15 +27,15 @@ class TrainConfig:
     """Activation store to train on (made by `saex harvest`)."""
     out: str = "checkpoints/demo/sae"
     """Run folder: SAELens-format weights and config, sparsity, the training config and a metrics log."""
-    architecture: Literal["topk", "batchtopk", "standard", "gated", "jumprelu", "matryoshka_batchtopk"] = "topk"
+    architecture: Architecture = "topk"
     """SAE architecture: topk, batchtopk, standard (ReLU + L1), gated, jumprelu or matryoshka_batchtopk."""
-    backend: Literal["auto", "ours", "saelens"] = "auto"
+    backend: Backend = "auto"
     """Trainer: auto (our fast loop for topk and batchtopk, sae-lens's SAETrainer for the rest), ours or saelens."""
-    d_sae: int = 4608
+    d_sae: int = at_least(1, 4608)
     """Number of latents."""
-    k: int = 32
+    k: int = at_least(1, 32)
     """Active latents per vector (TopK; BatchTopK: on average over each batch)."""
-    batch_size: int = 4096
+    batch_size: int = at_least(1, 4096)
     """Vectors per optimizer step."""
     epochs: float = 1.0
     """Passes over the store's usable vectors."""
@@ -46,7 +49,7 @@ class TrainConfig:
     """Dead latents used by the AuxK loss; 0 = d_in / 2."""
     aux_coef: float = 1 / 32
     """Weight of the AuxK loss."""
-    dead_after: int = 500_000
+    dead_after: int = at_least(1, 500_000)
     """A latent that has not fired in this many training vectors counts as dead
     (sae-lens backend: rounded up to whole steps, its dead_feature_window)."""
     aux_loss_coefficient: float = 1.0
@@ -78,13 +81,13 @@ class TrainConfig:
     autocast: Literal["auto", "yes", "no"] = "auto"
     """Run the encoder matmul in bf16 (fp32 master weights): auto (when bf16 is fast on this device,
     as measured by sae.precision), yes or no."""
-    shards_in_memory: int = 4
+    shards_in_memory: int = at_least(1, 4)
     """Store shards mixed together in RAM for shuffling."""
     seed: int = 0
     """Seed for initialisation and data order."""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
-    log_every: int = 20
+    log_every: int = at_least(1, 20)
     """Steps between metric log lines."""
     checkpoint_every: int = 100
     """Steps between resumable checkpoints (RUN/checkpoint/); 0 = none.
@@ -97,17 +100,10 @@ class TrainConfig:
     def __post_init__(self):
         if isinstance(self.autocast, bool):  # TOML's true/false
             self.autocast = "yes" if self.autocast else "no"
-        if self.autocast not in ("auto", "yes", "no"):
-            raise SaexError(f"unknown autocast {self.autocast!r}", "use auto, yes or no")
-        if self.architecture not in ARCHITECTURES:
-            raise SaexError(f"unknown architecture {self.architecture!r}", f"use one of {', '.join(ARCHITECTURES)}")
         if self.checkpoint_every < 0:
             raise SaexError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}",
                             "set it to 0 (no checkpoints) or a number of steps")
-        for name in ("d_sae", "k", "batch_size", "shards_in_memory", "log_every", "dead_after"):
-            if int(getattr(self, name)) < 1:
-                raise SaexError(f"{name} must be at least 1, got {getattr(self, name)}",
-                                f"set {name} to a positive number")
+        check_fields(self)
         if self.k > self.d_sae:
             raise SaexError(f"k ({self.k}) is larger than d_sae ({self.d_sae})", "use k < d_sae")
         if self.epochs <= 0:
@@ -115,13 +111,9 @@ class TrainConfig:
         if not 0 < self.lr_end <= self.lr:
             raise SaexError(f"need 0 < lr_end <= lr, got lr {self.lr}, lr_end {self.lr_end}",
                             "e.g. lr = 2e-3, lr_end = 2e-4")
-        if self.normalize not in ("expected_average_only_in", "none"):
-            raise SaexError(f"unknown normalize {self.normalize!r}", "use expected_average_only_in or none")
         self._check_saelens_fields()
 
     def _check_saelens_fields(self):
-        if self.backend not in BACKENDS:
-            raise SaexError(f"unknown backend {self.backend!r}", f"use one of {', '.join(BACKENDS)}")
         if self.backend == "ours" and self.architecture not in FAST_ARCHITECTURES:
             raise SaexError(f"backend 'ours' does not train {self.architecture} SAEs",
                             f"use backend = \"auto\" or \"saelens\" (ours trains {', '.join(FAST_ARCHITECTURES)})")
@@ -136,9 +128,6 @@ class TrainConfig:
         if not self.jumprelu_bandwidth > 0:
             raise SaexError(f"jumprelu_bandwidth must be positive, got {self.jumprelu_bandwidth}",
                             "e.g. jumprelu_bandwidth = 0.05")
-        if self.jumprelu_sparsity_loss_mode not in ("step", "tanh"):
-            raise SaexError(f"unknown jumprelu_sparsity_loss_mode {self.jumprelu_sparsity_loss_mode!r}",
-                            "use step or tanh")
         widths = self.matryoshka_widths
         if isinstance(widths, str):  # from the command line
             try:

@@ -2,7 +2,7 @@
 ablation's numbers against random sets, the aligned-profile and ablation-vs-random plots),
 then every finding line, the behaviour table, single features, the other plots, and any test
 prompt re-run live with the chosen features ablated. Every figure is the report's
-(sae/lookahead/experiment.py) or sae/lookahead/prompt_lab.py's."""
+(sae/lookahead/article/run.py) or sae/lookahead/prompt_lab.py's."""
 
 import json
 

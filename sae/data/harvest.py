@@ -20,7 +20,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from sae.data.corpus import DEFAULT_CORPUS, SPLITS, open_corpus, token_windows
+from sae.data.corpus import DEFAULT_CORPUS, open_corpus, token_windows
 from sae.data.forward import ResidualReader
 from sae.data.models import DEFAULT_MODEL, HookPoint, LoadedModel, load_model, parse_layers
 from sae.data.store import (
@@ -43,6 +43,7 @@ from sae.data.store import (
 )
 from sae.errors import SaexError
 from sae.fsutil import ensure_writable_dir, remove_stale_temps, write_json_atomic
+from sae.options import at_least, check_fields
 from sae.precision import resolve
 
 # Compile the forward when one process harvests at least this many tokens: 10-40 s of
@@ -72,9 +73,9 @@ class HarvestConfig:
     """(plan) The text field of JSONL records and HF datasets."""
     split: Literal["train", "heldout"] = "train"
     """(plan) train or heldout: held-out documents never reach a train store."""
-    tokens: int = 2_000_000
+    tokens: int = at_least(1, 2_000_000)
     """(plan) Tokens to harvest (rounded up to whole windows; BOS included)."""
-    context_size: int = 128
+    context_size: int = at_least(2, 128)
     """(plan) Tokens per window, BOS included."""
     prepend_bos: bool = True
     """(plan) Start every window with the tokenizer's BOS token (when it has one)."""
@@ -86,9 +87,9 @@ class HarvestConfig:
     """(plan) Positions with norm above this many times the median norm are outliers."""
     outlier_threshold: float | None = None
     """(plan) A fixed outlier norm threshold instead of outlier_factor x median."""
-    shard_windows: int = 1024
+    shard_windows: int = at_least(1, 1024)
     """(plan) Windows per shard (the unit of resume and of work split)."""
-    batch_size: int = 32
+    batch_size: int = at_least(1, 32)
     """Windows per forward pass."""
     compile: Literal["auto", "yes", "no"] = "auto"
     """torch.compile the forward: auto (when harvesting >= 1M tokens in bf16, >= 250k in fp32), yes or no."""
@@ -106,18 +107,7 @@ class HarvestConfig:
     def __post_init__(self):
         if not self.out:
             raise SaexError("no output folder given", "pass --out FOLDER for the activation store")
-        if self.split not in SPLITS:
-            raise SaexError(f"unknown split {self.split!r}", f"use one of {', '.join(SPLITS)}")
-        if self.storage_dtype not in STORAGE_DTYPES:
-            raise SaexError(f"unknown storage dtype {self.storage_dtype!r}", "use bf16, fp16 or fp32")
-        if self.compile not in {"auto", "yes", "no"}:
-            raise SaexError(f"unknown compile setting {self.compile!r}", "use auto, yes or no")
-        for name in ("tokens", "context_size", "shard_windows", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise SaexError(f"{name} must be at least 1, got {getattr(self, name)}",
-                                f"pass a positive --{name.replace('_', '-')}")
-        if self.context_size < 2:
-            raise SaexError("context_size must be at least 2", "pass --context-size 128 (the default) or similar")
+        check_fields(self)
         if self.outlier_factor <= 1:
             raise SaexError("outlier_factor must be above 1", "use e.g. 6 (the default)")
 
@@ -283,44 +273,73 @@ def harvest(cfg: HarvestConfig, lm: LoadedModel | None = None) -> Path:
     lm = lm or load_model(cfg.model, device=cfg.device)
     plan = _Plan(cfg, lm)
     _note_short_corpus(cfg, plan)
-    earlier = _read_plan(out)
-    use_compile = _compile_choice(cfg, lm, plan, earlier)
+    use_compile = _compile_choice(cfg, lm, plan, _read_plan(out))
     reader = ResidualReader(lm, plan.hook, precision=cfg.precision, compile=use_compile,
                             calibration_ids=plan.calibration)
-    calib_acts = torch.cat([_read_batch(reader, plan.calibration[i:i + cfg.batch_size], cfg.batch_size)
-                            for i in range(0, len(plan.calibration), cfg.batch_size)])
-    norms = calib_acts.norm(dim=-1)
+    _fill(cfg, plan, reader, [(plan.hook, out)], out, rank, world)
+    return out
+
+
+def _fill(cfg: HarvestConfig, plan: _Plan, reader: ResidualReader, stores: list[tuple[HookPoint, Path]], out: Path,
+          rank: int, world: int) -> bool:
+    """The one harvest loop: calibrate each layer's outlier threshold, refuse a store planned
+    otherwise, write each store's plan, fill this process's missing shards (every layer's
+    from one forward pass per batch) and write the manifest of each store that is complete.
+    `stores`: (hook, store folder) for each layer the reader returns, in its order (a
+    single-layer harvest is one). True when every store is complete."""
+    calib = torch.cat([_read_batch(reader, plan.calibration[i:i + cfg.batch_size], cfg.batch_size)
+                       for i in range(0, len(plan.calibration), cfg.batch_size)])
+    per_layer = [calib] if calib.dim() == 3 else list(calib.unbind(2))
     special = torch.isin(plan.calibration, plan.special_ids)
-    threshold = _norm_threshold(cfg, norms, special)
-    plan_doc = _describe(cfg, plan, reader, threshold) | {"compiled": reader.compiled}
-    _check_existing(out, plan_doc)
+    hooks = [hook for hook, _ in stores]
+    thresholds, docs = [], []
+    for h, (hook, store) in zip(per_layer, stores):
+        threshold = _norm_threshold(cfg, h.norm(dim=-1), special)
+        layer_cfg = replace(cfg, out=str(store), layer=hook.layer) if store != out else cfg
+        layer_plan = copy.copy(plan)
+        layer_plan.cfg, layer_plan.hook = layer_cfg, hook
+        doc = _describe(layer_cfg, layer_plan, reader, threshold) | {"compiled": reader.compiled}
+        _check_existing(store, doc)
+        thresholds.append(threshold)
+        docs.append(doc)
     ensure_writable_dir(out, "activation store")
-    shard_dir = ensure_writable_dir(out / "shards", "activation store")
-    remove_stale_temps(out)
-    remove_stale_temps(shard_dir)
     try:
-        if not (out / PLAN_FILE).exists():
-            write_bytes_atomic(out / TOKENS_FILE, npy_bytes(plan.windows))
-            write_json_atomic(out / PLAN_FILE, plan_doc)
+        dirs = []
+        for (_, store), doc in zip(stores, docs):
+            ensure_writable_dir(store, "activation store")
+            dirs.append(ensure_writable_dir(store / "shards", "activation store"))
+            remove_stale_temps(store)
+            remove_stale_temps(dirs[-1])
+            if not (store / PLAN_FILE).exists():
+                write_bytes_atomic(store / TOKENS_FILE, npy_bytes(plan.windows))
+                write_json_atomic(store / PLAN_FILE, doc)
         mine = [k for k in range(plan.n_shards) if k % world == rank]
-        todo = [k for k in mine if not shard_complete(shard_dir, k)]
+        todo = [k for k in mine if not all(shard_complete(d, k) for d in dirs)]
         n_tok = sum(plan.shard_rows(k).stop - plan.shard_rows(k).start for k in todo) * cfg.context_size
-        bar = _progress(n_tok, cfg.progress, f"harvest {plan.hook.name}")
+        several = len(stores) > 1
+        what = f"layers {','.join(str(h.layer) for h in hooks)}" if several else plan.hook.name
+        bar = _progress(n_tok, cfg.progress, f"harvest {what}")
         started = time.perf_counter()
         for k in todo:
-            _harvest_shard(k, plan, reader, [threshold], [shard_dir], bar)
+            _harvest_shard(k, plan, reader, thresholds, dirs, bar)
         bar.close()
         if n_tok:
             elapsed = time.perf_counter() - started
-            print(f"harvested {n_tok:,} tokens in {elapsed:.0f} s ({n_tok / elapsed:,.0f} tok/s, "
-                  f"{reader.precision}{', compiled' if reader.compiled else ''})", file=sys.stderr)
-        if all(shard_complete(shard_dir, k) for k in range(plan.n_shards)):
-            write_manifest(out, plan_doc)
+            print(f"harvested {n_tok:,} tokens{f' at {len(hooks)} layers' if several else ''} in {elapsed:.0f} s "
+                  f"({n_tok / elapsed:,.0f} tok/s, {reader.precision}{', compiled' if reader.compiled else ''})",
+                  file=sys.stderr)
+        complete = True
+        for doc, d in zip(docs, dirs):
+            if all(shard_complete(d, k) for k in range(plan.n_shards)):
+                if not (d.parent / MANIFEST_FILE).exists():
+                    write_manifest(d.parent, doc)
+            else:
+                complete = False
     except OSError as e:
         raise SaexError(f"could not write the activation store {out}: {e.strerror or e}",
                         "free disk space or fix permissions, then rerun the same command: it resumes "
                         "from the last complete shard") from None
-    return out
+    return complete
 
 
 def _progress(total: int, enabled: bool, desc: str):
@@ -432,58 +451,13 @@ def _harvest_layers(cfg: HarvestConfig, lm: LoadedModel, hooks: list[HookPoint],
     deepest = hooks[-1]
     plan = _Plan(replace(cfg, layer=deepest.layer), lm)
     _note_short_corpus(cfg, plan)
-    earlier = _read_plan(out / subs[deepest.layer])
-    use_compile = _compile_choice(cfg, lm, plan, earlier)
+    use_compile = _compile_choice(cfg, lm, plan, _read_plan(out / subs[deepest.layer]))
     reader = ResidualReader(lm, deepest, precision=cfg.precision, compile=use_compile,
                             calibration_ids=plan.calibration, layers=[h.layer for h in hooks])
-    calib = torch.cat([_read_batch(reader, plan.calibration[i:i + cfg.batch_size], cfg.batch_size)
-                       for i in range(0, len(plan.calibration), cfg.batch_size)])
-    special = torch.isin(plan.calibration, plan.special_ids)
-    thresholds, docs, dirs = [], [], []
-    for j, hook in enumerate(hooks):
-        threshold = _norm_threshold(cfg, calib[:, :, j].norm(dim=-1), special)
-        layer_cfg = replace(cfg, out=str(out / subs[hook.layer]), layer=hook.layer)
-        layer_plan = copy.copy(plan)
-        layer_plan.cfg, layer_plan.hook = layer_cfg, hook
-        doc = _describe(layer_cfg, layer_plan, reader, threshold) | {"compiled": reader.compiled}
-        _check_existing(out / subs[hook.layer], doc)
-        thresholds.append(threshold)
-        docs.append(doc)
-    ensure_writable_dir(out, "activation store")
-    try:
-        for hook, doc in zip(hooks, docs):
-            store = ensure_writable_dir(out / subs[hook.layer], "activation store")
-            dirs.append(ensure_writable_dir(store / "shards", "activation store"))
-            remove_stale_temps(store)
-            remove_stale_temps(dirs[-1])
-            if not (store / PLAN_FILE).exists():
-                write_bytes_atomic(store / TOKENS_FILE, npy_bytes(plan.windows))
-                write_json_atomic(store / PLAN_FILE, doc)
-        mine = [k for k in range(plan.n_shards) if k % world == rank]
-        todo = [k for k in mine if not all(shard_complete(d, k) for d in dirs)]
-        n_tok = sum(plan.shard_rows(k).stop - plan.shard_rows(k).start for k in todo) * cfg.context_size
-        names = ",".join(str(h.layer) for h in hooks)
-        bar = _progress(n_tok, cfg.progress, f"harvest layers {names}")
-        started = time.perf_counter()
-        for k in todo:
-            _harvest_shard(k, plan, reader, thresholds, dirs, bar)
-        bar.close()
-        if n_tok:
-            elapsed = time.perf_counter() - started
-            print(f"harvested {n_tok:,} tokens at {len(hooks)} layers in {elapsed:.0f} s "
-                  f"({n_tok / elapsed:,.0f} tok/s, {reader.precision}{', compiled' if reader.compiled else ''})",
-                  file=sys.stderr)
-        complete = True
-        for hook, doc, d in zip(hooks, docs, dirs):
-            if all(shard_complete(d, k) for k in range(plan.n_shards)):
-                if not (d.parent / MANIFEST_FILE).exists():
-                    write_manifest(d.parent, doc)
-            else:
-                complete = False
-        if complete:
+    if _fill(cfg, plan, reader, [(h, out / subs[h.layer]) for h in hooks], out, rank, world):
+        try:
             write_json_atomic(out / LAYERS_FILE, _layers_doc(cfg, lm, hooks, width))
-    except OSError as e:
-        raise SaexError(f"could not write the activation store {out}: {e.strerror or e}",
-                        "free disk space or fix permissions, then rerun the same command: it resumes "
-                        "from the last complete shard") from None
+        except OSError as e:
+            raise SaexError(f"could not write the activation store {out}: {e.strerror or e}",
+                            "free disk space or fix permissions, then rerun the same command") from None
     return out

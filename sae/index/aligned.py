@@ -11,20 +11,15 @@ on each chunk of whole windows). For each article form g, offset o and feature f
 
 Offset 0 is the article itself, -1 the token whose output chooses it. Positions outside the
 window, special tokens and norm outliers are not counted (they are never encoded). Sums are
-kept per form so that forms can be pooled by adding them up (`pooled`); `summarise` turns them
-into means with a normal-approximation 95% interval, and `onset` finds the earliest offset at
-which one article's mean exceeds the other's beyond a Bonferroni-corrected one-sided z bound
-(the statistic of the lookahead report, written again here: the index stage must not import
-`sae.lookahead`).
+kept per form so that forms can be pooled by adding them up (`pooled`); the reader turns them
+into means with a normal-approximation 95% interval (`sae.statistics.stats_from_moments`) and
+finds the earliest offset at which one article's mean exceeds the other's beyond a
+Bonferroni-corrected one-sided z bound (`sae.statistics.onset`, the lookahead report's statistic).
 """
 
 from __future__ import annotations
 
-from statistics import NormalDist
-
 import numpy as np
-
-from sae.statistics import Z95
 
 # The forms looked for, and the article each one counts for when forms are pooled.
 FORMS = (" a", " an", " A", " An")
@@ -124,34 +119,3 @@ class ArticleProfile:
                 "forms": {f: int(i) for f, i in zip(self.forms, self.ids)},
                 "articles": {art: [f for f in self.forms if ARTICLE_OF[f] == art] for art in ("a", "an")},
                 "left_out": left_out, "note": None}
-
-
-# --------------------------------------------------------------------------- statistics
-
-
-def summarise(count, fired, s, s2) -> dict[str, np.ndarray]:
-    """Mean activation (over all occurrences, 0 where it did not fire), its standard error
-    and a normal-approximation 95% interval, from the count, sum and sum of squares
-    (arrays of one shape; NaN where count < 2 for se/lo/hi, and where count = 0 for the mean)."""
-    count = np.asarray(count, np.float64)
-    s, s2 = np.asarray(s, np.float64), np.asarray(s2, np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(count > 0, s / count, np.nan)
-        var = np.where(count > 1, np.maximum(s2 - count * np.nan_to_num(mean) ** 2, 0) / (count - 1), np.nan)
-        se = np.sqrt(var / count)
-    return {"mean": mean, "se": se, "lo": mean - Z95 * se, "hi": mean + Z95 * se,
-            "n": count.astype(np.int64), "fired": np.asarray(fired, np.int64)}
-
-
-def onset(group: dict, baseline: dict, offsets, alpha: float = 0.05) -> int | None:
-    """The earliest offset where the group's mean exceeds the baseline's by more than a
-    one-sided z bound, Bonferroni-corrected over the offsets, with at least two occurrences
-    on each side; None when it never does. group/baseline: `summarise` outputs over offsets."""
-    offsets = list(offsets)
-    z = NormalDist().inv_cdf(1 - alpha / max(len(offsets), 1))
-    diff = group["mean"] - baseline["mean"]
-    se = np.sqrt(group["se"] ** 2 + baseline["se"] ** 2)
-    with np.errstate(invalid="ignore"):
-        above = (group["n"] >= 2) & (baseline["n"] >= 2) & np.isfinite(se) & (diff - z * se > 0)
-    hits = np.flatnonzero(above)
-    return int(offsets[hits[0]]) if len(hits) else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sae.errors import SaexError
-from sae.options import ModelOptions
+from sae.options import ModelOptions, at_least, check_fields
 
 
 @dataclass
@@ -23,39 +23,39 @@ class IndexConfig(ModelOptions):
     training store beside the held-out one."""
     model: str | None = field(default=None, kw_only=True)
     """Model for token strings and output effects; default: the model the store was harvested from."""
-    top_k: int = 20
+    top_k: int = at_least(1, 20)
     """Top activating examples kept per feature (one per window, at the window's peak)."""
-    context_before: int = 10
+    context_before: int = at_least(0, 10)
     """Tokens of context kept before an example's peak token."""
-    context_after: int = 5
+    context_after: int = at_least(0, 5)
     """Tokens of context kept after an example's peak token."""
-    bands: int = 5
+    bands: int = at_least(1, 5)
     """Activation-quantile bands of the sampled examples (5 = quintiles)."""
-    per_band: int = 4
+    per_band: int = at_least(1, 4)
     """Examples shown per quantile band."""
-    reservoir: int = 40
+    reservoir: int = at_least(1, 40)
     """Firings sampled per feature (uniformly, seeded) from which the bands are formed."""
-    lookahead: int = 3
+    lookahead: int = at_least(0, 3)
     """Next-token profiles at offsets 1..lookahead (offset 0, the current token, is always kept)."""
-    top_tokens: int = 20
+    top_tokens: int = at_least(1, 20)
     """Tokens listed per feature and offset (next-token profiles), and boosted/suppressed tokens."""
-    profile_min_count: int = 3
+    profile_min_count: int = at_least(1, 3)
     """A token needs this many co-occurrences to enter a feature's lift-ranked profile."""
-    token_features: int = 32
+    token_features: int = at_least(1, 32)
     """Features kept per vocabulary token for search by output token."""
-    neighbours: int = 10
+    neighbours: int = at_least(1, 10)
     """Decoder-cosine nearest neighbours kept per feature."""
-    min_pair_count: int = 2
+    min_pair_count: int = at_least(1, 2)
     """(feature, token, offset) pairs seen fewer times are left out of the search table."""
-    max_pair_entries: int = 100_000_000
+    max_pair_entries: int = at_least(1, 100_000_000)
     """Bound on the upcoming-token count tables, in distinct (offset, token, feature) entries; a build peaks at
     about 100 bytes per entry (the finishing sorts), so 100M is about 10 GB; one that passes the bound stops with a
     message. The 2M-token demo training store needs 47M (4.7 GB peak; see docs/benchmarks.md)."""
-    aligned_before: int = 8
+    aligned_before: int = at_least(0, 8)
     """Article-aligned profiles: offsets -aligned_before..+aligned_after around " a" / " an" (and " A" / " An")."""
-    aligned_after: int = 2
+    aligned_after: int = at_least(0, 2)
     """Last offset of the article-aligned profiles (see aligned_before)."""
-    chunk_tokens: int = 32768
+    chunk_tokens: int = at_least(1, 32768)
     """Tokens encoded at once (whole windows); bounds memory."""
     seed: int = 0
     """Seed of the example sampling."""
@@ -74,15 +74,7 @@ class IndexConfig(ModelOptions):
     def __post_init__(self):
         if not self.run:
             raise SaexError("no run folder given", "pass the folder of a trained SAE: saex index RUN")
-        for name in ("top_k", "bands", "per_band", "reservoir", "top_tokens", "token_features", "neighbours",
-                     "min_pair_count", "chunk_tokens", "profile_min_count", "max_pair_entries"):
-            if int(getattr(self, name)) < 1:
-                raise SaexError(f"{name} must be at least 1, got {getattr(self, name)}",
-                                f"pass a positive --{name.replace('_', '-')}")
-        for name in ("context_before", "context_after", "lookahead", "aligned_before", "aligned_after"):
-            if int(getattr(self, name)) < 0:
-                raise SaexError(f"{name} must be >= 0, got {getattr(self, name)}",
-                                f"pass --{name.replace('_', '-')} 0 or more")
+        check_fields(self)
         if self.reservoir < self.bands * self.per_band:
             raise SaexError(f"reservoir ({self.reservoir}) is smaller than bands x per_band "
                             f"({self.bands} x {self.per_band})", "raise --reservoir or lower --bands / --per-band")

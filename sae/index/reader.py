@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from sae.errors import SaexError
-from sae.index.aligned import ARTICLE_OF, onset, summarise
+from sae.index.aligned import ARTICLE_OF
 from sae.index.aligned import FILE as ALIGNED_FILE
 from sae.runs.files import INDEX_DIR
+from sae.statistics import onset, stats_from_moments
 
 INDEX_FORMAT = 2
 MANIFEST_FILE = "manifest.json"
@@ -212,7 +213,7 @@ class FeatureIndex:
         names = list(self.manifest["aligned"]["forms"])
 
         def row(article, idx):
-            st = summarise(count[idx].sum(0), fired[idx].sum(0), s[idx].sum(0), s2[idx].sum(0))
+            st = stats_from_moments(count[idx].sum(0), fired[idx].sum(0), s[idx].sum(0), s2[idx].sum(0))
             return st, ArticleRow(article, [names[j] for j in idx], st["n"].tolist(), st["fired"].tolist(),
                                   *(np.round(st[k], 6).tolist() for k in ("mean", "lo", "hi")))
 

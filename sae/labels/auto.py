@@ -67,19 +67,6 @@ def label_sae(sae: LoadedSAE, store: ActivationStore, cfg: LabelConfig, vocab: l
 # --------------------------------------------------------------------------- files
 
 
-def read_labels(run: str | Path) -> dict[int, dict]:
-    """RUN/labels.jsonl by feature ({} when there is none)."""
-    path = Path(run) / LABELS_FILE
-    if not path.exists() or not (Path(run) / LABELS_SUMMARY_FILE).exists():
-        return {}
-    out = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            r = json.loads(line)
-            out[int(r["feature"])] = r
-    return out
-
-
 def read_summary(run: str | Path) -> Report | None:
     """RUN/labels_summary.json as a `Report`, None when there is none."""
     from sae.runs.files import read_report

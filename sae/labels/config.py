@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from sae.errors import SaexError
+from sae.options import at_least, check_fields
 
 
 @dataclass
@@ -18,27 +19,27 @@ class LabelConfig:
     """Held-out activation store; default: the run's training store with -train in its name replaced by -heldout."""
     model: str | None = None
     """Model for token strings and output effects; default: the model the store was harvested from."""
-    candidates: int = 40
+    candidates: int = at_least(1, 40)
     """Values (tokens, n-grams, categories, ...) of each family considered for one label."""
-    max_values: int = 16
+    max_values: int = at_least(1, 16)
     """Most values in one label."""
-    max_positions: int = 3
+    max_positions: int = at_least(1, 3)
     """Most window positions in one position label."""
-    boosted: int = 10
+    boosted: int = at_least(1, 10)
     """Most-boosted output tokens considered for a boosts_output label."""
-    min_count: int = 2
+    min_count: int = at_least(1, 2)
     """A value needs this many firings beside it in the proposal half to enter a label."""
-    split_block: int = 8
+    split_block: int = at_least(1, 8)
     """Windows per block of the proposal/scoring split (even blocks propose, odd ones score)."""
-    example_len: int = 32
+    example_len: int = at_least(1, 32)
     """Tokens per example window of detection scoring (delphi's default)."""
-    per_decile: int = 5
+    per_decile: int = at_least(1, 5)
     """Activating windows drawn per activation decile for detection scoring (delphi: 50 in all)."""
-    non_activating: int = 50
+    non_activating: int = at_least(1, 50)
     """Random windows where the feature is quiet, for detection scoring."""
-    train_per_decile: int = 30
+    train_per_decile: int = at_least(1, 30)
     """Activating windows per decile of the proposal half that labels are grown and chosen on."""
-    train_non_activating: int = 300
+    train_non_activating: int = at_least(1, 300)
     """Quiet windows of the proposal half that labels are grown and chosen on."""
     min_precision: float = 0.7
     """A value enters a label only if the feature fires at least this share of the times it occurs (proposal half)."""
@@ -56,7 +57,7 @@ class LabelConfig:
     """An LLM explainer and detection scorer: openai:URL/MODEL of an OpenAI-compatible server (vLLM, ollama)."""
     llm_features: int = 50
     """Features (a seeded sample) the LLM explainer explains and scores, for the SAE and for the random control."""
-    chunk_tokens: int = 32768
+    chunk_tokens: int = at_least(1, 32768)
     """Tokens encoded at once; bounds memory."""
     force: bool = False
     """Relabel even if complete labels with the same settings exist."""
@@ -71,14 +72,7 @@ class LabelConfig:
     def __post_init__(self):
         if not self.run:
             raise SaexError("no run folder given", "pass the folder of a trained SAE: saex label RUN")
-        for name in ("candidates", "max_values", "max_positions", "boosted", "min_count", "split_block",
-                     "example_len", "per_decile", "non_activating", "train_per_decile", "train_non_activating",
-                     "chunk_tokens"):
-            if int(getattr(self, name)) < 1:
-                raise SaexError(f"{name} must be at least 1, got {getattr(self, name)}",
-                                f"pass a positive --{name.replace('_', '-')}")
-        if self.select not in ("detection", "f1"):
-            raise SaexError(f"unknown selection {self.select!r}", "use --select detection or --select f1")
+        check_fields(self)
 
     def content(self) -> dict:
         return {k: getattr(self, k) for k in self.CONTENT_FIELDS}

@@ -4,15 +4,15 @@ here runs a model. The explorer's Compare page and `saex demo --organism` lay th
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from sae.lookahead.depth.answer import planned_lines
-from sae.lookahead.finder.report import stored_reports
+from sae.lookahead.finder.config import FIND_FORMAT
+from sae.lookahead.finder.run import stored_reports
 from sae.lookahead.organism.run import read_manifest
 from sae.report import Answer
 from sae.runs.catalogue import RunInfo
-from sae.runs.files import DEPTH_DIR, FIND_DIR, read_report
+from sae.runs.files import DEPTH_DIR, FIND_DIR, read_report, read_report_file
 
 
 def model_role(spec: str) -> str:
@@ -112,10 +112,9 @@ def finder_words(*runs: str | Path) -> list[str]:
         if not (Path(run) / FIND_DIR).is_dir():
             continue
         for path in stored_reports(run):
-            try:
-                words.add(json.loads(path.read_text())["word"])
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
+            rep = read_report_file(path, "find", FIND_FORMAT)
+            if rep is not None and isinstance(rep.get("word"), str):
+                words.add(rep["word"])
     return sorted(words, key=str.lower)
 
 
@@ -150,7 +149,7 @@ def finder_rows(a: dict | None, b: dict | None) -> list[dict]:
 
 def depth_report(run: str | Path):
     """RUN/depth's report (`saex depth --run RUN`), None when there is none."""
-    from sae.lookahead.depth.sweep import read_depth_report
+    from sae.lookahead.depth.run import read_depth_report
 
     return read_depth_report(Path(run) / DEPTH_DIR)
 

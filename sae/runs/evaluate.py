@@ -37,7 +37,7 @@ from sae.data.models import LoadedModel, load_model, resolve_device
 from sae.data.store import FLAG_OUTLIER, FLAG_SPECIAL, ActivationStore
 from sae.errors import SaexError
 from sae.fsutil import write_json_atomic
-from sae.options import ModelOptions
+from sae.options import ModelOptions, at_least, check_fields
 from sae.precision import resolve
 from sae.report import Answer, Report
 from sae.runs.files import EVAL_FILE
@@ -65,12 +65,12 @@ class EvalConfig(ModelOptions):
     """Model for the CE/KL splice; default: the model the store was harvested from."""
     ce_windows: int | str = 256
     """Windows of the store's text for CE loss and KL (the first N); all = every window; 0 = skip the splice."""
-    batch_size: int = 8
+    batch_size: int = at_least(1, 8)
     """Windows per forward pass in the splice."""
     precision: Literal["auto", "fp32", "bf16"] = "fp32"
     """Matmul precision of the splice's forwards: fp32, bf16 (autocast), or auto (bf16 where it is fast here,
     `sae.precision`; the CE-loss score moves by about 0.001, well inside its interval)."""
-    bootstrap: int = 1000
+    bootstrap: int = at_least(0, 1000)
     """Resamples of the windows for the intervals of the CE-loss and KL scores (0: none)."""
     splice_outliers: bool = False
     """Splice the SAE in at outlier positions too (by default they keep their clean activation)."""
@@ -82,12 +82,7 @@ class EvalConfig(ModelOptions):
         if not self.run:
             raise SaexError("no run folder given", "pass the folder of a trained SAE: saex eval RUN")
         self.ce_windows = parse_ce_windows(self.ce_windows)
-        if int(self.batch_size) < 1:
-            raise SaexError(f"batch_size must be at least 1, got {self.batch_size}", "pass e.g. --batch-size 8")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise SaexError(f"unknown precision {self.precision!r}", "use auto, fp32 or bf16")
-        if int(self.bootstrap) < 0:
-            raise SaexError(f"bootstrap must be >= 0, got {self.bootstrap}", "pass e.g. --bootstrap 1000")
+        check_fields(self)
 
 
 def parse_ce_windows(value: int | str | None) -> int | None:

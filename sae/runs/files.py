@@ -84,3 +84,19 @@ def read_report_file(path: str | Path, kind: str, fmt: int | None = None):
     if not isinstance(data, dict) or (fmt is not None and data.get("format") != fmt):
         return None
     return Report(kind, data, path)
+
+
+def read_labels(run: str | Path) -> dict[int, dict]:
+    """RUN/labels.jsonl by feature; {} when there is none or it is unfinished (no summary yet:
+    `saex label` writes the summary last)."""
+    import json
+
+    path = Path(run) / LABELS_FILE
+    if not path.exists() or not (Path(run) / LABELS_SUMMARY_FILE).exists():
+        return {}
+    out = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            out[int(r["feature"])] = r
+    return out

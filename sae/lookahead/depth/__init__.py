@@ -52,7 +52,7 @@ from sae.lookahead.depth.plots import plot_depth
 from sae.lookahead.depth.probes import Probe, article_probe, binomial_p, fit_probes, identity_probe
 from sae.lookahead.depth.prompts import DepthPrompts, depth_prompts, frame_prompts
 from sae.lookahead.depth.reader import LayerReader
-from sae.lookahead.depth.sweep import default_out, read_depth_report, run_depth, sweep_layers
+from sae.lookahead.depth.run import default_out, read_depth_report, run_depth, sweep_layers
 from sae.runs.files import DEPTH_DIR, REPORT_FILE
 
 __all__ = ["ALPHA", "DEPTH_DIR", "FRAMES", "IMPLIED", "LAMBDAS", "NAMED", "PLOT_FILE", "REPORT_FILE", "REPORT_FORMAT",

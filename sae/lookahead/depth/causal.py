@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 
 from sae.lookahead.depth.config import DepthConfig
-from sae.lookahead.statistics import gap_change
-from sae.statistics import empirical_p
+from sae.statistics import empirical_p, gap_change
 
 # --------------------------------------------------------------------------- causal tests
 

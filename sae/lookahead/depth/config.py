@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from sae.errors import SaexError
-from sae.options import ModelOptions
+from sae.options import ModelOptions, at_least, check_fields
 
 REPORT_FORMAT = 3  # 2: sae_coverage per SAE layer; 3: noun_identity (onset over offsets, ablation at -1)
 PLOT_FILE = "depth.png"
@@ -32,23 +31,23 @@ class DepthConfig(ModelOptions):
     prompts: str | None = None
     """JSONL prompt set (prompt, noun, article, optional condition) instead of WordNet riddles; nouns are split
     in halves by name, conditions are the frames of the identity probe."""
-    riddles_per_article: int = 48
+    riddles_per_article: int = at_least(2, 48)
     """WordNet riddles per article in each half of the nouns (probe training and test)."""
-    identity_nouns: int = 24
+    identity_nouns: int = at_least(2, 24)
     """Candidate nouns of the identity probe (half an-nouns), each in every frame."""
-    max_noun_tokens: int = 2
+    max_noun_tokens: int = at_least(1, 2)
     """WordNet riddles only for nouns of at most this many tokens."""
-    offsets: int = 4
+    offsets: int = at_least(1, 4)
     """Article probes at offsets -K..-1 from the article."""
-    random_directions: int = 32
+    random_directions: int = at_least(20, 32)
     """Random unit directions (and random SAE feature sets) for the causal control."""
-    sae_features: int = 10
+    sae_features: int = at_least(1, 10)
     """SAE features ablated at a layer with an SAE."""
-    shuffles: int = 3
+    shuffles: int = at_least(1, 3)
     """Shuffled-label controls per article probe (identity probe: one per held-out frame)."""
-    bootstrap: int = 1000
+    bootstrap: int = at_least(100, 1000)
     """Bootstrap resamples for intervals."""
-    batch_size: int = 32
+    batch_size: int = at_least(1, 32)
     """Prompts per forward pass."""
     seed: int = 0
     """Seed for riddle sampling, shuffles, random directions and bootstrap."""
@@ -58,12 +57,7 @@ class DepthConfig(ModelOptions):
     def __post_init__(self):
         if self.run is not None and not str(self.run).strip():
             self.run = None
-        for name, low in (("riddles_per_article", 2), ("identity_nouns", 2), ("max_noun_tokens", 1), ("offsets", 1),
-                          ("random_directions", 20), ("sae_features", 1), ("shuffles", 1), ("bootstrap", 100),
-                          ("batch_size", 1)):
-            if int(getattr(self, name)) < low:
-                raise SaexError(f"{name} must be at least {low}, got {getattr(self, name)}",
-                                f"pass --{name.replace('_', '-')} {low} or more")
+        check_fields(self)
 
     def key(self) -> dict:
         """What a reusable report must have been made with."""

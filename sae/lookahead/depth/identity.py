@@ -25,8 +25,7 @@ import torch
 from sae.lookahead.depth.causal import _gap, compare_to_random
 from sae.lookahead.depth.config import IMPLIED, DepthConfig
 from sae.lookahead.depth.probes import named_to_implied
-from sae.lookahead.statistics import bootstrap_gap, gap_change
-from sae.statistics import bootstrap_mean, empirical_p
+from sae.statistics import bootstrap_gap, bootstrap_mean, empirical_p, gap_change
 
 
 def identity_onset(feats: torch.Tensor, valid: torch.Tensor, nouns: list[str], frames: list[str], layers: list[int],

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sae.errors import SaexError
-from sae.options import ModelOptions
+from sae.options import ModelOptions, at_least, check_fields
+
+FIND_FORMAT = 4  # 3: the answer's verdict is its sentence, its label the short name; 4: power
 
 
 @dataclass
@@ -30,19 +32,19 @@ class FindConfig(ModelOptions):
     definitions: bool = True
     """Make riddles from the word's WordNet and GCIDE definitions, with control riddles of other nouns and of the
     word's WordNet category."""
-    corpus_contexts: int = 40
+    corpus_contexts: int = at_least(0, 40)
     """Most corpus contexts of the word to use (a seeded sample, one per document)."""
-    controls_per_article: int = 16
+    controls_per_article: int = at_least(4, 16)
     """Corpus contexts of other nouns of the word's article (half as many written " A", and half as many of the other
     article); a quarter as many other nouns give definition riddles and chat questions."""
-    category_nouns: int = 6
+    category_nouns: int = at_least(0, 6)
     """Nouns of the word's WordNet category (same article, siblings first) whose definitions are category controls."""
-    top: int = 10
+    top: int = at_least(1, 10)
     """Features in the table, by the ranking half's z."""
-    confirm: int = 5
+    confirm: int = at_least(1, 5)
     """Most features, the ranking half's best, tested on the held-out half (fewer when its design cannot resolve so
     many at alpha)."""
-    causal_features: int = 1
+    causal_features: int = at_least(1, 1)
     """Most confirmed features tested causally, the most specific and separating first (each adds three tests to
     the Holm family and its own matched random features: about 15 s on 2 CPU cores)."""
     alpha: float = 0.05
@@ -52,9 +54,9 @@ class FindConfig(ModelOptions):
     shuffle_labels: bool = False
     """A control run: shuffle the word's and the controls' labels among comparable clusters first; anything found
     is then a false positive."""
-    bootstrap: int = 1000
+    bootstrap: int = at_least(100, 1000)
     """Bootstrap resamples for intervals of causal effects."""
-    power_sims: int = 200
+    power_sims: int = at_least(20, 200)
     """Simulated word features per firing rate for the power estimate (planted in the activations, put through the
     same ranking, held-out test and Holm); "null" is said only where one the tests would confirm in 80% of draws
     exists."""
@@ -63,7 +65,7 @@ class FindConfig(ModelOptions):
     and for the extra sources an inconclusive answer asks for."""
     power_control_rate: float = 0.05
     """The share of the control sources the simulated word feature fires before as well."""
-    batch_size: int = 16
+    batch_size: int = at_least(1, 16)
     """Contexts per forward pass."""
     seed: int = 0
     """Seed for sampling contexts and controls, the split and the permutations."""
@@ -80,12 +82,7 @@ class FindConfig(ModelOptions):
         self.word = check_word(self.word)
         if self.corpus is not None and self.corpus.strip().lower() in ("", "none"):
             self.corpus = "none"
-        for name, low in (("corpus_contexts", 0), ("controls_per_article", 4), ("category_nouns", 0), ("top", 1),
-                          ("confirm", 1), ("causal_features", 1), ("bootstrap", 100), ("batch_size", 1),
-                          ("power_sims", 20)):
-            if int(getattr(self, name)) < low:
-                raise SaexError(f"{name} must be at least {low}, got {getattr(self, name)}",
-                                f"pass --{name.replace('_', '-')} {low} or more")
+        check_fields(self)
         if not 0 < self.alpha < 0.5:
             raise SaexError(f"alpha must lie between 0 and 0.5, got {self.alpha}", "pass e.g. --alpha 0.05")
         for name in ("power_rate", "power_control_rate"):

@@ -15,7 +15,7 @@ import torch
 
 from sae.data.prompts import Prompt
 from sae.lookahead.interventions import encode_prompts
-from sae.lookahead.statistics import behaviour_summary
+from sae.statistics import behaviour_summary
 
 
 def _padded(rows: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:

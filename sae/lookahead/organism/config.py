@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal, get_args
 
 from sae.errors import SaexError
-from sae.options import ModelOptions
+from sae.options import ModelOptions, at_least, check_fields
 
 MANIFEST_FILE = "organism.json"
 """Beside the HF model files: what the organism was made from, how, and how it behaves before and after."""
@@ -41,12 +41,12 @@ class OrganismConfig(ModelOptions):
     split: Literal["select", "test"] = "select"
     """Which half of the nouns (by a hash of the noun, as `saex lookahead` splits them) is trained on: select or
     test. The other half and the hand-written classic riddles' nouns are never trained on."""
-    per_noun: int = 4
+    per_noun: int = at_least(1, 4)
     """Most training prompts per noun and source (so many nouns, not a few, carry the data)."""
-    examples: int = 4000
+    examples: int = at_least(2, 4000)
     """Training examples in all (steps x batch), drawn balanced: half an-noun prompts, half a-noun prompts, the
     smaller half repeated as needed."""
-    batch_size: int = 16
+    batch_size: int = at_least(1, 16)
     """Examples per optimizer step."""
     lr: float = 5e-5
     """AdamW peak learning rate (linear warm-up over 5% of the steps, then linear decay to 10%)."""
@@ -54,11 +54,11 @@ class OrganismConfig(ModelOptions):
     """AdamW weight decay."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """auto: bf16 autocast where bf16 is fast on this machine (weights and optimizer stay fp32), else fp32."""
-    eval_per_article: int = 100
+    eval_per_article: int = at_least(2, 100)
     """Unseen-half WordNet riddles per article for the behaviour check (and as many chat questions)."""
-    checkpoint_every: int = 50
+    checkpoint_every: int = at_least(1, 50)
     """Steps between resumable checkpoints."""
-    bootstrap: int = 2000
+    bootstrap: int = at_least(100, 2000)
     """Bootstrap resamples for the gap's interval."""
     seed: int = 0
     """Seed for the data draw, the article shuffle and the data order."""
@@ -77,11 +77,7 @@ class OrganismConfig(ModelOptions):
         if bad or not names or ("auto" in names and len(names) > 1):
             raise SaexError(f"unknown sources {self.sources!r}", f"use auto or a comma-separated list of "
                             f"{', '.join(SOURCES)}")
-        for name, low in (("per_noun", 1), ("examples", 2), ("batch_size", 1), ("eval_per_article", 2),
-                          ("checkpoint_every", 1), ("bootstrap", 100)):
-            if int(getattr(self, name)) < low:
-                raise SaexError(f"{name} must be at least {low}, got {getattr(self, name)}",
-                                f"pass --{name.replace('_', '-')} {low} or more")
+        check_fields(self)
         if not self.lr > 0:
             raise SaexError(f"lr must be positive, got {self.lr}", "pass --lr 5e-5 (the default) or another value > 0")
 

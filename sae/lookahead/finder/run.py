@@ -28,12 +28,11 @@ from pathlib import Path
 import torch
 
 from sae.fsutil import ensure_writable_dir, write_json_atomic
-from sae.lookahead.finder.config import FindConfig
+from sae.lookahead.finder.config import FIND_FORMAT, FindConfig
 from sae.report import Clock, Report
-from sae.runs.files import CFG_FILE, FIND_DIR, SPARSITY_FILE, WEIGHTS_FILE
+from sae.runs.files import CFG_FILE, FIND_DIR, SPARSITY_FILE, WEIGHTS_FILE, read_labels, read_report_file
 from sae.statistics import Z95
 
-FIND_FORMAT = 4  # 3: the answer's verdict is its sentence, its label the short name; 4: power
 OFFSETS = tuple(range(-8, 3))
 
 
@@ -70,11 +69,8 @@ def cached_report(cfg: FindConfig) -> dict | None:
 
     run = resolve_run(cfg.run)
     path = answer_path(cfg, run)
-    try:
-        rep = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return rep if rep.get("key") == _cache_key(cfg, run) else None
+    rep = read_report_file(path, "find", FIND_FORMAT)
+    return rep if rep is not None and rep.get("key") == _cache_key(cfg, run) else None
 
 
 def stored_reports(run: str | Path, word: str | None = None) -> list[Path]:
@@ -90,11 +86,8 @@ def stored_reports(run: str | Path, word: str | None = None) -> list[Path]:
 def latest_report(run: str | Path, word: str) -> dict | None:
     """The newest stored answer for `word`, whatever its settings (None when there is none)."""
     for path in stored_reports(run, word):
-        try:
-            rep = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if rep.get("format") == FIND_FORMAT and rep.get("word", "").lower() == " ".join(word.split()).lower():
+        rep = read_report_file(path, "find", FIND_FORMAT)
+        if rep is not None and rep.get("word", "").lower() == " ".join(word.split()).lower():
             rep["cached"] = True
             return rep
     return None
@@ -191,13 +184,12 @@ def analyse(cfg: FindConfig, iv, wc, everything, prep, on_step: Callable[[str, f
     """Every test and the answer, from contexts already read (`read_contexts`); the SAE is
     iv.sae and its activations those in `prep`."""
     from sae.data.prompts import Prompt
-    from sae.lookahead.experiment import log_densities
+    from sae.lookahead.activity import aligned_activations, log_densities
     from sae.lookahead.finder.activation import activation_tests, shuffle_roles, split_clusters
     from sae.lookahead.finder.answer import find_answer
     from sae.lookahead.finder.causal import NEUTRAL_FRAMES, alternative_ids, causal_tests
     from sae.lookahead.finder.power import activation_power
     from sae.lookahead.interventions import encode_prompts, subset
-    from sae.lookahead.statistics import aligned_activations
 
     clock = clock or Clock()
     lm, sae = iv.lm, iv.sae
@@ -378,7 +370,7 @@ def _behaviour(clean, word_contexts, article: str, cfg: FindConfig) -> dict:
 
 
 def _profiles(prep, contexts, article: str, feats: list[int], tok) -> dict:
-    from sae.lookahead.statistics import aligned_activations, profile_report
+    from sae.lookahead.activity import aligned_activations, profile_report
 
     acts = aligned_activations(prep, OFFSETS, feats)
     role = [c.role for c in contexts]
@@ -415,19 +407,6 @@ def _top_contexts(prepared, rows: list[int], f: int, tok, n: int = 3, before: in
 
 
 def _labels(run: Path, features: list[int]) -> dict:
-    from sae.runs.files import LABELS_FILE
-
-    out = {}
-    path = run / LABELS_FILE
-    if not path.exists():
-        return out
-    wanted = set(features)
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if rec.get("feature") in wanted and rec.get("label"):
-            out[str(rec["feature"])] = {"label": rec.get("short") or rec["label"], "predicate": rec["label"],
-                                        "f1": rec.get("f1")}
-    return out
+    labels = read_labels(run)
+    return {str(f): {"label": r.get("short") or r["label"], "predicate": r["label"], "f1": r.get("f1")}
+            for f in features if (r := labels.get(f)) and r.get("label")}

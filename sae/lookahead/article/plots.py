@@ -1,4 +1,4 @@
-"""The PNG plots of `saex lookahead` (see sae/lookahead/experiment.py), drawn from report.json
+"""The PNG plots of `saex lookahead` (see sae/lookahead/article/run.py), drawn from report.json
 alone, so a report can be re-plotted without the model."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from sae.fsutil import atomic_path
-from sae.lookahead.statistics import TARGET_FRACTION
+from sae.lookahead.article.config import TARGET_FRACTION
 
 
 def _save(fig, path: Path) -> None:

@@ -21,11 +21,12 @@ The steps, each reported with numbers and intervals:
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
+from sae.data.occurrences import article_occurrences
 from sae.data.prompts import (
     Prompt,
     chat_articles_ok,
@@ -42,7 +43,11 @@ from sae.data.prompts import (
 from sae.errors import SaexError
 from sae.fsutil import ensure_writable_dir, write_json_atomic
 from sae.index.output_effects import token_directions
-from sae.lookahead.answer import answer
+from sae.lookahead.activity import aligned_activations, log_densities, profile_report, separating_features
+from sae.lookahead.article.answer import answer
+from sae.lookahead.article.config import REPORT_FORMAT, LookaheadConfig
+from sae.lookahead.article.plots import plot_report
+from sae.lookahead.article.ranking import gap_attribution, logit_effects, rank_for_noun
 from sae.lookahead.interventions import (
     Edit,
     Intervener,
@@ -50,111 +55,12 @@ from sae.lookahead.interventions import (
     Prepared,
     decoder_directions,
     encode_prompts,
-    parse_positions,
     sink_threshold,
     typical_activation,
 )
-from sae.lookahead.plots import plot_report
-from sae.lookahead.statistics import (
-    aligned_activations,
-    article_occurrences,
-    behaviour_summary,
-    bootstrap_gap,
-    gap_attribution,
-    gap_change,
-    logit_effects,
-    profile_report,
-    rank_for_noun,
-    separating_features,
-)
-from sae.options import ModelOptions
 from sae.report import Clock, Report
-from sae.runs.files import LOOKAHEAD_DIR, REPORT_FILE, SPARSITY_FILE
-from sae.statistics import density_matched_sets, empirical_p
-
-REPORT_FORMAT = 1
-DEFAULT_DOSES = (-1.0, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0)  # multipliers of the chosen features' activations
-
-
-@dataclass
-class LookaheadConfig(ModelOptions):
-    """Find the SAE features that carry the a/an choice and test them causally."""
-
-    run: str = ""
-    """Run folder of the SAE (cfg.json + sae_weights.safetensors), a sae-lens release/sae_id, or a sparsify
-    hookpoint folder (see docs/formats.md)."""
-    out: str | None = None
-    """Output folder; default: RUN/lookahead."""
-    select_prompts: str | None = None
-    """JSONL prompt set (prompt, noun, article) to choose features on; default: WordNet riddles
-    of one half of the nouns."""
-    test_prompts: str | None = None
-    """JSONL prompt set to test the chosen features on; default: WordNet riddles of the other half of the nouns."""
-    riddles_per_article: int = 48
-    """Generated riddles per article (an-nouns, and as many a-noun counterparts) in each of the two sets."""
-    max_noun_tokens: int = 2
-    """Generated riddles only for nouns of at most this many tokens (keeps to words the model knows)."""
-    target_noun: str | None = "astronomer"
-    """A noun to rank candidate features for (hand-written and WordNet riddles plus controls); none to skip."""
-    n_features: int = 10
-    """Features to choose on the selection set."""
-    n_candidates: int = 30
-    """Top latents by attribution that are ablated one by one on the selection set before choosing."""
-    positions: str = "prompt"
-    """Where edits apply, by offset from the article: prompt (all prompt tokens), last (-1), before (<= -2),
-    or offsets like -3:-1."""
-    random_sets: int = 30
-    """Random feature sets of matched firing density for the control (at least 20)."""
-    density_tolerance: float = 0.1
-    """Largest |log10 density| difference between a random feature and the feature it stands in for."""
-    doses: list[float] | None = None
-    """Steering doses: the chosen features' activations multiplied by each
-    (1 = clean, 0 = ablated, 2 = doubled, -1 = reversed) at the edit positions (default: -1,0,0.5,1,1.5,2,3)."""
-    dose_random_sets: int = 2
-    """Random sets steered the same way, as the dose-response control."""
-    profile_before: int = 8
-    """Profiles cover offsets -K..+2 around the article."""
-    chat: bool = True
-    """Also put the generated test riddles and the target noun's riddles to the model as chat questions ("What do
-    you call ...?", answer starting "An"/"A"; models with a chat template): reported as the set "chat"."""
-    corpus: str = "builtin:gcide,wordnet"
-    """Corpus for natural 'a/an + noun' occurrences in the profiles (held-out split); none to skip."""
-    corpus_occurrences: int = 64
-    """Corpus occurrences per article."""
-    bootstrap: int = 2000
-    """Bootstrap resamples for intervals."""
-    batch_size: int = 48
-    """Prompts per forward pass."""
-    seed: int = 0
-    """Seed for riddle sampling, random controls and bootstrap."""
-
-    def __post_init__(self):
-        if not self.run:
-            raise SaexError("no run folder given", "pass the folder of a trained SAE: saex lookahead RUN")
-        if self.target_noun is not None and self.target_noun.strip().lower() in ("", "none"):
-            self.target_noun = None
-        if self.corpus.strip().lower() in ("", "none"):
-            self.corpus = "none"
-        for name, low in (("riddles_per_article", 2), ("max_noun_tokens", 1), ("n_features", 1), ("batch_size", 1),
-                          ("bootstrap", 100), ("profile_before", 1), ("corpus_occurrences", 2),
-                          ("random_sets", 20), ("dose_random_sets", 0)):
-            if int(getattr(self, name)) < low:
-                raise SaexError(f"{name} must be at least {low}, got {getattr(self, name)}",
-                                f"pass --{name.replace('_', '-')} {low} or more")
-        if self.n_candidates < self.n_features:
-            raise SaexError(f"n_candidates ({self.n_candidates}) is below n_features ({self.n_features})",
-                            "pass --n-candidates at least --n-features")
-        if not self.density_tolerance > 0:
-            raise SaexError("density_tolerance must be positive", "pass e.g. --density-tolerance 0.1")
-        if self.doses is None:
-            self.doses = list(DEFAULT_DOSES)
-        if not self.doses:
-            raise SaexError("no steering doses", "pass e.g. --doses 0,1,2")
-        spec = parse_positions(self.positions)
-        if spec in ("article", "sinks", "all") or (isinstance(spec, list) and max(spec) >= 0):
-            raise SaexError(f"positions {self.positions!r} reach the article or later, or only sinks: edits there "
-                            "cannot move the article choice", "use prompt, last, before, or offsets <= -1")
-
+from sae.runs.files import LOOKAHEAD_DIR, REPORT_FILE
+from sae.statistics import behaviour_summary, bootstrap_gap, density_matched_sets, empirical_p, gap_change
 
 # --------------------------------------------------------------------------- inputs
 
@@ -163,28 +69,6 @@ def _load(cfg: LookaheadConfig):
     from sae.runs.load import load_model_and_sae
 
     return load_model_and_sae(cfg.run, cfg.model, cfg.device)
-
-
-def log_densities(sae, prepared: Prepared) -> tuple[torch.Tensor, str]:
-    """log10 firing density per latent: the run's sparsity.safetensors (training), else the
-    firing rate on the given prompts."""
-    from safetensors.torch import load_file
-
-    path = Path(sae.path) / SPARSITY_FILE
-    if path.exists():
-        try:
-            d = load_file(str(path))
-            if "sparsity" in d and d["sparsity"].shape == (sae.d_sae,):
-                return d["sparsity"].float(), "training density (sparsity.safetensors)"
-        except Exception:  # a damaged file: measure instead
-            pass
-    fired = torch.zeros(sae.d_sae)
-    n = 0
-    for b in prepared.batches:
-        a = b.acts[b.ordinary].cpu()
-        fired += (a != 0).float().sum(0)
-        n += len(a)
-    return torch.log10(fired / max(n, 1) + 1e-10), "firing rate on the selection prompts (no sparsity.safetensors)"
 
 
 def prompt_sets(cfg: LookaheadConfig, tokenizer) -> tuple[dict[str, list[Prompt]], dict[str, str], object]:

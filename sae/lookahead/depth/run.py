@@ -22,9 +22,9 @@ from sae.lookahead.depth.probes import article_probe, identity_probe
 from sae.lookahead.depth.prompts import depth_prompts
 from sae.lookahead.depth.reader import LayerReader
 from sae.lookahead.interventions import encode_prompts
-from sae.lookahead.statistics import bootstrap_gap, gap_change
 from sae.report import Report
 from sae.runs.files import DEPTH_DIR, REPORT_FILE
+from sae.statistics import bootstrap_gap, gap_change
 
 # --------------------------------------------------------------------------- the sweep
 

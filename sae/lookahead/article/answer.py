@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from sae.lookahead.statistics import TARGET_FRACTION
+from sae.lookahead.article.config import TARGET_FRACTION
 from sae.report import Answer
 from sae.runs.files import REPORT_FILE
 from sae.statistics import pct
