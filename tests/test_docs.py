@@ -40,3 +40,16 @@ def test_reliability_doc_names_only_existing_tests():
     assert len(named) > 10
     for f, t in named:
         assert f"def {t}(" in (root / "tests" / f).read_text(), f"{f}::{t}"
+
+
+def test_every_source_path_the_docs_and_code_cite_exists():
+    """A file moved into a sub-package leaves no reader sent to where it was."""
+    import re
+
+    texts = [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]
+    packages = ("sae", "saex", "training", "explorer", "bench", "tests")
+    texts += [p for pkg in packages for p in (ROOT / pkg).rglob("*.py")]
+    cited = {(p.relative_to(ROOT).as_posix(), ref) for p in texts
+             for ref in re.findall(r"\b(?:sae|saex|training|explorer|bench)/[\w/]+\.py\b", p.read_text())}
+    assert len(cited) > 20
+    assert sorted((where, ref) for where, ref in cited if not (ROOT / ref).exists()) == []

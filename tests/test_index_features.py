@@ -395,7 +395,7 @@ def test_an_interrupted_build_resumes_to_the_same_index(tmp_path, built, tiny_lm
         (tmp_path / name).mkdir()
         for f in ("cfg.json", "sae_weights.safetensors"):
             shutil.copy(run / f, tmp_path / name / f)
-    kw = {k: getattr(cfg, k) for k in cfg.CONTENT_FIELDS} | {"store": str(store), "chunk_tokens": cfg.chunk_tokens,
+    kw = cfg.content() | {"store": str(store), "chunk_tokens": cfg.chunk_tokens,
                                                              "progress": False, "checkpoint_seconds": 0}
     build_index(IndexConfig(run=str(tmp_path / "a"), **kw), lm=tiny_lm)
     real_add, calls = FeatureStats.add, []
@@ -427,7 +427,7 @@ def test_the_index_does_not_depend_on_the_chunking(tmp_path, built, tiny_lm):
     """One window per chunk, and whole shards per chunk, give the fixture's index (chunks of
     two windows, with the smaller first and last chunks of the streaming pass)."""
     run, store, cfg = built
-    kw = {k: getattr(cfg, k) for k in cfg.CONTENT_FIELDS} | {"store": str(store), "progress": False}
+    kw = cfg.content() | {"store": str(store), "progress": False}
     for name, chunk in (("one", T), ("whole", 64 * T)):
         (tmp_path / name).mkdir()
         for f in ("cfg.json", "sae_weights.safetensors"):
@@ -644,7 +644,7 @@ def test_an_empty_search_says_how_often_the_token_occurs(planted):
 def test_out_puts_the_index_elsewhere_and_the_pair_tables_are_bounded(built, tiny_lm, tmp_path):
     run, store, cfg = built
     before = (run / "index" / "manifest.json").stat().st_mtime_ns
-    kw = {k: getattr(cfg, k) for k in cfg.CONTENT_FIELDS} | {"store": str(store), "progress": False,
+    kw = cfg.content() | {"store": str(store), "progress": False,
                                                              "chunk_tokens": cfg.chunk_tokens}
     out = build_index(IndexConfig(run=str(run), out=str(tmp_path / "index-train"), **kw), lm=tiny_lm)
     assert out == tmp_path / "index-train"

@@ -49,6 +49,10 @@ def test_the_help_states_the_bound():
     assert "(at least 20; default: 100)" in text
 
 
+REUSED = {"HarvestConfig": {"out": "x"}, "IndexConfig": {"run": "x"}, "LabelConfig": {"run": "x"},
+          "FindConfig": {"run": "x", "word": "owl"}, "OrganismConfig": {"out": "x"}, "DepthConfig": {}}
+
+
 def _configs():
     from sae.data.harvest import HarvestConfig
     from sae.index.config import IndexConfig
@@ -76,3 +80,17 @@ def test_every_declared_bound_is_enforced(cls):
     for f in bounded:
         with pytest.raises(SaexError, match=f"{f.name} must be at least {f.metadata['at_least']}"):
             cls(**need, **{f.name: f.metadata["at_least"] - 1})
+
+
+@pytest.mark.parametrize("cls", [c for c in _configs() if c.__name__ in REUSED], ids=lambda c: c.__name__)
+def test_the_reuse_key_leaves_out_where_and_how_but_not_what(cls):
+    """Where a result goes and how it is shown never change the reuse key of a config whose
+    results are reused; a seed, which changes the numbers, always does."""
+    from sae.options import key_settings
+
+    need = REUSED[cls.__name__]
+    base = key_settings(cls(**need))
+    assert not {"progress", "force", "device", "out"} & set(base)
+    names = {f.name for f in dataclasses.fields(cls)}
+    changed = {"seed": 7} if "seed" in names else {"tokens": 999}
+    assert key_settings(cls(**need, **changed)) != base

@@ -43,7 +43,7 @@ from sae.data.store import (
 )
 from sae.errors import SaexError
 from sae.fsutil import ensure_writable_dir, remove_stale_temps, write_json_atomic
-from sae.options import at_least, check_fields
+from sae.options import at_least, check_fields, key_settings, outside_key
 from sae.precision import resolve
 
 # Compile the forward when one process harvests at least this many tokens: 10-40 s of
@@ -59,7 +59,7 @@ OUTLIER_FACTOR = 6.0
 class HarvestConfig:
     """What to harvest and how. Fields marked (plan) must match when a store is resumed."""
 
-    out: str = ""
+    out: str = outside_key("")
     """Folder of the activation store."""
     model: str = DEFAULT_MODEL
     """(plan) Model spec: smollm2-135m, a .gguf file, an HF folder or an HF hub id."""
@@ -89,20 +89,16 @@ class HarvestConfig:
     """(plan) A fixed outlier norm threshold instead of outlier_factor x median."""
     shard_windows: int = at_least(1, 1024)
     """(plan) Windows per shard (the unit of resume and of work split)."""
-    batch_size: int = at_least(1, 32)
+    batch_size: int = at_least(1, 32, in_key=False)
     """Windows per forward pass."""
-    compile: Literal["auto", "yes", "no"] = "auto"
+    compile: Literal["auto", "yes", "no"] = outside_key("auto")
     """torch.compile the forward: auto (when harvesting >= 1M tokens in bf16, >= 250k in fp32), yes or no."""
-    device: str = "auto"
+    device: str = outside_key("auto")
     """auto, cpu, cuda or cuda:N."""
-    shard: str | None = None
+    shard: str | None = outside_key(None)
     """This process's part, i/n (0-based); default: torchrun's RANK/WORLD_SIZE, else 0/1."""
-    progress: bool = True
+    progress: bool = outside_key(True)
     """Show a progress bar."""
-
-    PLAN_FIELDS = ("model", "layer", "corpus", "text_field", "split", "tokens", "context_size",
-                   "prepend_bos", "storage_dtype", "precision", "outlier_factor", "outlier_threshold",
-                   "shard_windows")
 
     def __post_init__(self):
         if not self.out:
@@ -116,7 +112,8 @@ class HarvestConfig:
         return math.ceil(self.tokens / self.context_size)
 
     def plan_dict(self) -> dict:
-        return {k: getattr(self, k) for k in self.PLAN_FIELDS}
+        """The settings a store's content depends on (a store planned with others is refused)."""
+        return key_settings(self)
 
 
 def parse_shard(spec: str | None) -> tuple[int, int]:
@@ -398,7 +395,7 @@ def _check_manifest_matches(out: Path, cfg: HarvestConfig) -> None:
     asked["layer"] = parse_hook_point(cfg.layer, m["model"]["n_layers"],
                                       m["hook"]["module_path"].rsplit(".", 1)[0]).layer
     if m.get("config") != asked:
-        diff = [k for k in cfg.PLAN_FIELDS if m.get("config", {}).get(k) != asked[k]]
+        diff = [k for k in asked if m.get("config", {}).get(k) != asked[k]]
         raise SaexError(f"the store {out} was harvested with other settings ({', '.join(diff)} differ)",
                         "use another --out folder, or delete this store to start over")
 
@@ -428,7 +425,7 @@ def _check_layers_match(out: Path, cfg: HarvestConfig) -> None:
     hooks = parse_layers(cfg.layer, n_layers, "model.layers")
     asked = cfg.plan_dict() | {"layer": [h.layer for h in hooks] if hooks else cfg.layer}
     if doc.get("config") != asked:
-        diff = [k for k in cfg.PLAN_FIELDS if doc.get("config", {}).get(k) != asked[k]]
+        diff = [k for k in asked if doc.get("config", {}).get(k) != asked[k]]
         raise SaexError(f"the multi-layer store {out} was harvested with other settings ({', '.join(diff)} differ)",
                         "use another --out folder, or delete this store to start over")
 

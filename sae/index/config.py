@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sae.errors import SaexError
-from sae.options import ModelOptions, at_least, check_fields
+from sae.options import ModelOptions, at_least, check_fields, key_settings, outside_key
 
 
 @dataclass
 class IndexConfig(ModelOptions):
     """Build the feature index of an SAE run from a held-out activation store."""
 
-    run: str = ""
+    run: str = outside_key("")
     """Run folder of the SAE (or a sae-lens release/sae_id, or a sparsify hookpoint folder: see docs/formats.md);
     the index goes to RUN/index/ unless --out says otherwise."""
-    store: str | None = None
+    store: str | None = outside_key(None)
     """Held-out activation store; default: the run's training store with -train in its name replaced by -heldout.
     Any store of the SAE's model and hook works, the training store included (give --out then)."""
-    out: str | None = None
+    out: str | None = outside_key(None)
     """Index folder; default RUN/index (the one the explorer opens). E.g. RUN/index-train for an index of the
     training store beside the held-out one."""
-    model: str | None = field(default=None, kw_only=True)
+    model: str | None = outside_key(None, kw_only=True)
     """Model for token strings and output effects; default: the model the store was harvested from."""
     top_k: int = at_least(1, 20)
     """Top activating examples kept per feature (one per window, at the window's peak)."""
@@ -47,7 +47,7 @@ class IndexConfig(ModelOptions):
     """Decoder-cosine nearest neighbours kept per feature."""
     min_pair_count: int = at_least(1, 2)
     """(feature, token, offset) pairs seen fewer times are left out of the search table."""
-    max_pair_entries: int = at_least(1, 100_000_000)
+    max_pair_entries: int = at_least(1, 100_000_000, in_key=False)
     """Bound on the upcoming-token count tables, in distinct (offset, token, feature) entries; a build peaks at
     about 100 bytes per entry (the finishing sorts), so 100M is about 10 GB; one that passes the bound stops with a
     message. The 2M-token demo training store needs 47M (4.7 GB peak; see docs/benchmarks.md)."""
@@ -55,21 +55,16 @@ class IndexConfig(ModelOptions):
     """Article-aligned profiles: offsets -aligned_before..+aligned_after around " a" / " an" (and " A" / " An")."""
     aligned_after: int = at_least(0, 2)
     """Last offset of the article-aligned profiles (see aligned_before)."""
-    chunk_tokens: int = at_least(1, 32768)
+    chunk_tokens: int = at_least(1, 32768, in_key=False)
     """Tokens encoded at once (whole windows); bounds memory."""
     seed: int = 0
     """Seed of the example sampling."""
-    device: str = field(default="auto", kw_only=True)
+    device: str = outside_key("auto", kw_only=True)
     """auto, cpu, cuda or cuda:N (the exact TopK fast path runs on CPU; other cases encode densely)."""
-    checkpoint_seconds: float = 60.0
+    checkpoint_seconds: float = outside_key(60.0)
     """Save the running statistics after a shard when this long has passed since the last save."""
-    force: bool = False
+    force: bool = outside_key(False)
     """Rebuild even if a complete index with the same settings exists."""
-
-    # Settings that change the index's content (a complete index with others is rebuilt).
-    CONTENT_FIELDS = ("top_k", "context_before", "context_after", "bands", "per_band", "reservoir", "lookahead",
-                      "top_tokens", "profile_min_count", "token_features", "neighbours", "min_pair_count",
-                      "aligned_before", "aligned_after", "seed")
 
     def __post_init__(self):
         if not self.run:
@@ -80,4 +75,4 @@ class IndexConfig(ModelOptions):
                             f"({self.bands} x {self.per_band})", "raise --reservoir or lower --bands / --per-band")
 
     def content(self) -> dict:
-        return {k: getattr(self, k) for k in self.CONTENT_FIELDS}
+        return key_settings(self)

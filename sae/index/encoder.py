@@ -80,7 +80,26 @@ def _concat(parts: list[Codes]) -> Codes:
     return Codes(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("rows", "cols", "vals")))
 
 
-class DenseEncoder:
+class BlockEncoder:
+    """What the index's encoders share: `block` rows at a time go through `encode_block`
+    (which threads may call on parts of one chunk, see sae.index.build) and `finish`
+    assembles the blocks' codes in order."""
+
+    block: int
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> Codes:
+        """x "n d_in" (any float dtype, CPU) -> the codes sae-lens's encode gives."""
+        return self.finish(x, [self.encode_block(x[i:i + self.block], i) for i in range(0, len(x), self.block)])
+
+    def encode_block(self, x: torch.Tensor, offset: int) -> tuple[Codes, np.ndarray]:
+        raise NotImplementedError
+
+    def finish(self, x: torch.Tensor, blocks: list[tuple[Codes, np.ndarray]]) -> Codes:
+        raise NotImplementedError
+
+
+class DenseEncoder(BlockEncoder):
     """sae-lens's `encode` in chunks, turned into sparse codes. Any architecture, any device.
 
     Like `TopKEncoder`, it encodes `block` rows at a time (`encode_block`) and assembles the
@@ -92,9 +111,6 @@ class DenseEncoder:
         self.sae, self.block = sae, chunk
         self.decision: Speed | None = None  # what sparse_encoder's choice rested on, if it asked
         self.precision_reason: str | None = None  # why sparse_encoder chose this (manifests record it)
-
-    def __call__(self, x: torch.Tensor) -> Codes:
-        return self.finish(x, [self.encode_block(x[i:i + self.block], i) for i in range(0, len(x), self.block)])
 
     def encode_block(self, x: torch.Tensor, offset: int) -> tuple[Codes, np.ndarray]:
         xi = x.float()
@@ -118,7 +134,7 @@ def exact_pre_acts(xc: torch.Tensor, w_enc: torch.Tensor, b_enc: torch.Tensor, s
     return dots + b_enc[cols]
 
 
-class TopKEncoder:
+class TopKEncoder(BlockEncoder):
     """Exact sparse codes of a TopK SAE from a bf16 prefilter (see the module docstring).
 
     margin: how many candidates beyond k the threshold aims at; more makes the per-row
@@ -206,11 +222,6 @@ class TopKEncoder:
     # ------------------------------------------------------------------ encode
 
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor) -> Codes:
-        """x "n d_in" (any float dtype, CPU) -> the codes sae-lens's encode gives."""
-        return self.finish(x, [self.encode_block(x[i:i + self.block], i) for i in range(0, len(x), self.block)])
-
-    @torch.no_grad()
     def finish(self, x: torch.Tensor, blocks: list[tuple[Codes, np.ndarray]]) -> Codes:
         """The codes of x from its blocks' `encode_block` results (in order): the unproven
         rows of every block are encoded densely together (a matmul per block would read W
@@ -278,7 +289,7 @@ class TopKEncoder:
         return codes, np.flatnonzero(~proven) + offset
 
 
-class TopKEncoderFP32:
+class TopKEncoderFP32(BlockEncoder):
     """Exact sparse codes of a TopK SAE from sae-lens's own fp32 matmul, for machines
     without fast bf16 (see the module docstring). Same interface as `TopKEncoder`.
 
@@ -310,11 +321,6 @@ class TopKEncoderFP32:
         self.rows_seen = 0
         self.decision: Speed | None = None  # what sparse_encoder's choice rested on, if it asked
         self.precision_reason: str | None = None  # why sparse_encoder chose this (manifests record it)
-
-    @torch.no_grad()
-    def __call__(self, x: torch.Tensor) -> Codes:
-        """x "n d_in" (any float dtype, CPU) -> the codes sae-lens's encode gives."""
-        return self.finish(x, [self.encode_block(x[i:i + self.block], i) for i in range(0, len(x), self.block)])
 
     def finish(self, x: torch.Tensor, blocks: list[tuple[Codes, np.ndarray]]) -> Codes:
         """The codes of x from its blocks' `encode_block` results, in order."""

@@ -6,18 +6,18 @@ from dataclasses import dataclass
 from typing import Literal
 
 from sae.errors import SaexError
-from sae.options import at_least, check_fields
+from sae.options import at_least, check_fields, key_settings, outside_key
 
 
 @dataclass
 class LabelConfig:
     """Label every feature of an SAE run automatically with a testable predicate, scored on held-out text."""
 
-    run: str = ""
+    run: str = outside_key("")
     """Run folder of the SAE; the labels go to RUN/labels.jsonl and RUN/labels_summary.json."""
-    store: str | None = None
+    store: str | None = outside_key(None)
     """Held-out activation store; default: the run's training store with -train in its name replaced by -heldout."""
-    model: str | None = None
+    model: str | None = outside_key(None)
     """Model for token strings and output effects; default: the model the store was harvested from."""
     candidates: int = at_least(1, 40)
     """Values (tokens, n-grams, categories, ...) of each family considered for one label."""
@@ -57,17 +57,12 @@ class LabelConfig:
     """An LLM explainer and detection scorer: openai:URL/MODEL of an OpenAI-compatible server (vLLM, ollama)."""
     llm_features: int = 50
     """Features (a seeded sample) the LLM explainer explains and scores, for the SAE and for the random control."""
-    chunk_tokens: int = at_least(1, 32768)
+    chunk_tokens: int = at_least(1, 32768, in_key=False)
     """Tokens encoded at once; bounds memory."""
-    force: bool = False
+    force: bool = outside_key(False)
     """Relabel even if complete labels with the same settings exist."""
-    progress: bool = True
+    progress: bool = outside_key(True)
     """Show progress."""
-
-    CONTENT_FIELDS = ("candidates", "max_values", "max_positions", "boosted", "min_count", "split_block",
-                      "example_len", "per_decile", "non_activating", "train_per_decile", "train_non_activating",
-                      "min_precision", "select", "conjunctions", "wordnet", "control", "seed", "explainer",
-                      "llm_features")
 
     def __post_init__(self):
         if not self.run:
@@ -75,4 +70,4 @@ class LabelConfig:
         check_fields(self)
 
     def content(self) -> dict:
-        return {k: getattr(self, k) for k in self.CONTENT_FIELDS}
+        return key_settings(self)

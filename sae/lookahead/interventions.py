@@ -293,9 +293,9 @@ class Intervener:
         if sae.hook_name is None and sae.module_path is None:
             raise SaexError(f"the SAE in {sae.path} records no hook point", "give an SAE trained by saex train, "
                             "or add metadata.hook_name (blocks.L.hook_resid_post) to its cfg.json")
-        if sae.d_in != lm.d_model:
-            raise SaexError(f"the SAE reads {sae.d_in}-dimensional vectors, the model {lm.spec} has d_model "
-                            f"{lm.d_model}", "use the model the SAE was trained on")
+        from sae.runs.load import check_sae_fits
+
+        check_sae_fits(sae, lm)
         hook = lm.hook_point(sae.hook_name or sae.module_path)
         layer = hook.layer
         self.reader = ResidualReader(lm, hook, precision="fp32")

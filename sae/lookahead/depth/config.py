@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
-from sae.options import ModelOptions, at_least, check_fields
+from sae.options import ModelOptions, at_least, check_fields, key_settings, outside_key
 
 REPORT_FORMAT = 3  # 2: sae_coverage per SAE layer; 3: noun_identity (onset over offsets, ablation at -1)
 PLOT_FILE = "depth.png"
@@ -26,7 +26,7 @@ class DepthConfig(ModelOptions):
     """Model; default: the SAE's, else smollm2-135m."""
     layers: str = "5,10,15,20,25"
     """Layers to sweep (comma-separated) or all."""
-    out: str | None = None
+    out: str | None = outside_key(None)
     """Output folder; default: RUN/depth with a run, else checkpoints/depth-MODEL."""
     prompts: str | None = None
     """JSONL prompt set (prompt, noun, article, optional condition) instead of WordNet riddles; nouns are split
@@ -51,7 +51,7 @@ class DepthConfig(ModelOptions):
     """Prompts per forward pass."""
     seed: int = 0
     """Seed for riddle sampling, shuffles, random directions and bootstrap."""
-    force: bool = False
+    force: bool = outside_key(False)
     """Recompute even when a complete report with the same settings exists."""
 
     def __post_init__(self):
@@ -61,4 +61,4 @@ class DepthConfig(ModelOptions):
 
     def key(self) -> dict:
         """What a reusable report must have been made with."""
-        return {k: v for k, v in asdict(self).items() if k not in ("progress", "device", "out", "force")}
+        return key_settings(self)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sae.errors import SaexError
-from sae.options import ModelOptions, at_least, check_fields
+from sae.options import ModelOptions, at_least, check_fields, outside_key
 
 FIND_FORMAT = 4  # 3: the answer's verdict is its sentence, its label the short name; 4: power
 
@@ -16,7 +16,7 @@ class FindConfig(ModelOptions):
 
     word: str = ""
     """The word or phrase (several tokens are fine: the first one is what the model must predict)."""
-    run: str = ""
+    run: str = outside_key("")
     """Run folder of the SAE, a sae-lens release/sae_id, or a sparsify hookpoint folder."""
     corpus: str | None = None
     """Corpus to take "a/an WORD" contexts from, every split; default: the SAE's training corpus; none to skip."""
@@ -65,13 +65,13 @@ class FindConfig(ModelOptions):
     and for the extra sources an inconclusive answer asks for."""
     power_control_rate: float = 0.05
     """The share of the control sources the simulated word feature fires before as well."""
-    batch_size: int = at_least(1, 16)
+    batch_size: int = at_least(1, 16, in_key=False)
     """Contexts per forward pass."""
     seed: int = 0
     """Seed for sampling contexts and controls, the split and the permutations."""
-    out: str | None = None
+    out: str | None = outside_key(None)
     """Report file; default: RUN/find/<word>-<hash of the settings>.json."""
-    force: bool = False
+    force: bool = outside_key(False)
     """Recompute even when a report for the same question exists."""
 
     def __post_init__(self):

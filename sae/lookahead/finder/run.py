@@ -29,6 +29,7 @@ import torch
 
 from sae.fsutil import ensure_writable_dir, write_json_atomic
 from sae.lookahead.finder.config import FIND_FORMAT, FindConfig
+from sae.options import key_settings
 from sae.report import Clock, Report
 from sae.runs.files import CFG_FILE, FIND_DIR, SPARSITY_FILE, WEIGHTS_FILE, read_labels, read_report_file
 from sae.statistics import Z95
@@ -47,8 +48,7 @@ def answer_path(cfg: FindConfig, run: Path) -> Path:
 
 def _cache_key(cfg: FindConfig, run: Path) -> str:
     """What the answer depends on: the question's settings and the SAE's files."""
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "force", "progress", "device", "run",
-                                                                   "batch_size")}
+    settings = key_settings(cfg)
     files = {}
     for name in (WEIGHTS_FILE, CFG_FILE, SPARSITY_FILE):
         p = run / name

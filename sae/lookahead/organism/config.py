@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 from sae.errors import SaexError
-from sae.options import ModelOptions, at_least, check_fields
+from sae.options import ModelOptions, at_least, check_fields, key_settings, outside_key
 
 MANIFEST_FILE = "organism.json"
 """Beside the HF model files: what the organism was made from, how, and how it behaves before and after."""
@@ -22,7 +22,7 @@ ARTICLE_MODES: tuple[str, ...] = get_args(Articles)
 class OrganismConfig(ModelOptions):
     """Fine-tune a model to choose a/an from the upcoming noun: a planning organism (or its shuffled control)."""
 
-    out: str = ""
+    out: str = outside_key("")
     """Output folder: an HF model folder (config, weights, tokenizer) plus organism.json; any command takes it as
     --model."""
     model: str = field(default="smollm2-135m", kw_only=True)
@@ -56,13 +56,13 @@ class OrganismConfig(ModelOptions):
     """auto: bf16 autocast where bf16 is fast on this machine (weights and optimizer stay fp32), else fp32."""
     eval_per_article: int = at_least(2, 100)
     """Unseen-half WordNet riddles per article for the behaviour check (and as many chat questions)."""
-    checkpoint_every: int = at_least(1, 50)
+    checkpoint_every: int = at_least(1, 50, in_key=False)
     """Steps between resumable checkpoints."""
-    bootstrap: int = at_least(100, 2000)
+    bootstrap: int = at_least(100, 2000, in_key=False)
     """Bootstrap resamples for the gap's interval."""
     seed: int = 0
     """Seed for the data draw, the article shuffle and the data order."""
-    force: bool = False
+    force: bool = outside_key(False)
     """Fine-tune again even when OUT holds a finished organism made with the same settings."""
 
     def __post_init__(self):
@@ -91,5 +91,4 @@ class OrganismConfig(ModelOptions):
 
     def key(self) -> dict:
         """The settings that change the organism (a finished one made with the same key is reused)."""
-        return {k: v for k, v in asdict(self).items()
-                if k not in ("out", "progress", "device", "force", "checkpoint_every", "bootstrap")}
+        return key_settings(self)
