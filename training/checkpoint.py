@@ -16,7 +16,6 @@ from sae.errors import SaexError
 from sae.fsutil import atomic_path
 from sae.runs.files import CHECKPOINT_FILE
 
-CHECKPOINT = CHECKPOINT_FILE  # the run folder's name for it (sae/runs/files.py)
 # Settings that may change between an interrupted run and its resumption.
 MAY_DIFFER = {"progress", "log_every", "checkpoint_every", "device", "out", "store"}
 
@@ -30,7 +29,7 @@ def save_checkpoint(out: Path, sae: torch.nn.Module, opt: torch.optim.Optimizer,
         for key, value in opt.state.get(p, {}).items():
             tensors[f"adam.{name}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
     tensors.update({f"counter.{k}": v.detach().cpu().contiguous() for k, v in counters.items()})
-    with atomic_path(out / CHECKPOINT) as tmp:
+    with atomic_path(out / CHECKPOINT_FILE) as tmp:
         save_file(tensors, str(tmp), metadata={"meta": json.dumps(meta)})
 
 
@@ -39,7 +38,7 @@ def load_checkpoint(out: Path, sae: torch.nn.Module, opt: torch.optim.Optimizer,
     """Restore state in place and return the saved meta, or None when there is no checkpoint."""
     from safetensors import safe_open
 
-    path = out / CHECKPOINT
+    path = out / CHECKPOINT_FILE
     if not path.exists():
         return None
     try:

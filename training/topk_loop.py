@@ -16,9 +16,9 @@ from sae.data.models import resolve_device
 from sae.data.store import ActivationStore
 from sae.errors import SaexError
 from sae.fsutil import atomic_path, ensure_writable_dir
-from sae.runs.files import METRICS_FILE, is_finished
+from sae.runs.files import CHECKPOINT_FILE, METRICS_FILE, is_finished
 from training import data, distributed
-from training.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from training.checkpoint import load_checkpoint, save_checkpoint
 from training.config import TrainConfig
 from training.run_files import save_run, store_identity
 from training.topk import FastTopKSAE, TopKCodes, auxk_loss
@@ -101,7 +101,7 @@ def _train(cfg: TrainConfig, store: ActivationStore, out: Path, rank: int, world
                                                         "vectors_per_s": seen / elapsed, "steps": step + 1,
                                                         "world_size": world, "resumed_at_step": first or None,
                                                         "bf16_encoder": bf16, "precision_reason": precision_reason})
-        (out / CHECKPOINT).unlink(missing_ok=True)
+        (out / CHECKPOINT_FILE).unlink(missing_ok=True)
         print(f"trained on {seen:,} vectors in {elapsed:.0f} s ({seen / elapsed:,.0f} vectors/s)", file=sys.stderr)
     distributed.barrier(world)
     return out

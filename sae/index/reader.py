@@ -19,10 +19,10 @@ from sae.errors import SaexError
 from sae.index.aligned import ARTICLE_OF
 from sae.index.aligned import FILE as ALIGNED_FILE
 from sae.runs.files import INDEX_DIR
+from sae.runs.files import INDEX_MANIFEST_FILE as MANIFEST_FILE
 from sae.statistics import onset, stats_from_moments
 
 INDEX_FORMAT = 2
-MANIFEST_FILE = "manifest.json"
 FEATURES_FILE = "features.safetensors"
 SEARCH_FILE = "search.safetensors"
 VOCAB_FILE = "vocab.json"

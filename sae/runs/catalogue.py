@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sae.errors import SaexError
-from sae.runs.files import CFG_FILE, EVAL_FILE, INDEX_DIR, METRICS_FILE, RUN_FILE, is_finished
+from sae.runs.files import CFG_FILE, EVAL_FILE, INDEX_DIR, INDEX_MANIFEST_FILE, METRICS_FILE, RUN_FILE, is_finished
 
 DEFAULT_ROOT = "checkpoints"
 
@@ -49,7 +49,7 @@ class RunInfo:
 
     @property
     def has_index(self) -> bool:
-        return (self.path / INDEX_DIR / "manifest.json").exists()
+        return (self.path / INDEX_DIR / INDEX_MANIFEST_FILE).exists()
 
     def metrics(self) -> list[dict]:
         """The training log (metrics.jsonl), [] when absent."""
