@@ -383,7 +383,7 @@ def onset(group: dict, baseline: dict, offsets: Sequence[int], alpha: float = 0.
     shape, a list of one per feature for the second."""
     offsets = list(offsets)
     z = NormalDist().inv_cdf(1 - alpha / max(len(offsets), 1))
-    g, b = ({k: np.asarray(d[k]) for k in ("mean", "se", "n")} for d in (group, baseline))
+    g, b = ({k: _numpy(d[k]) for k in ("mean", "se", "n")} for d in (group, baseline))
     diff = g["mean"] - b["mean"]
     se = np.sqrt(g["se"] ** 2 + b["se"] ** 2)
     with np.errstate(invalid="ignore"):
@@ -394,3 +394,7 @@ def onset(group: dict, baseline: dict, offsets: Sequence[int], alpha: float = 0.
         return int(offsets[hits[0]]) if len(hits) else None
 
     return first(above) if above.ndim == 1 else [first(above[:, f]) for f in range(above.shape[1])]
+
+
+def _numpy(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)

@@ -152,3 +152,22 @@ def test_nearest_matches_scale_each_trait_by_its_spread():
     traits = torch.tensor([[0.5, 0.0], [0.5, 10.0], [0.6, 0.0], [0.0, 0.0], [0.5, 1.0]])
     allowed = torch.tensor([False, True, True, True, True])
     assert nearest_matches(traits, 0, 2, allowed) == [4, 2]
+
+
+def test_onset_is_one_rule_for_one_feature_or_many_and_for_numpy_or_torch():
+    """Bonferroni over 3 offsets: z = 2.128 one-sided; with se 1 on both sides a difference must
+    pass 2.128 * sqrt(2) = 3.01. A difference of 5 at the last offset is an onset, 2 is not."""
+    import numpy as np
+
+    from sae.statistics import onset
+
+    offsets = [-2, -1, 0]
+    base = {"mean": np.zeros(3), "se": np.ones(3), "n": np.full(3, 10)}
+    one = {"mean": np.array([0.0, 0.0, 5.0]), "se": np.ones(3), "n": np.full(3, 10)}
+    assert onset(one, base, offsets) == 0
+    assert onset({**one, "mean": np.array([0.0, 0.0, 2.0])}, base, offsets) is None
+    assert onset({**one, "n": np.array([10, 10, 1])}, base, offsets) is None  # too few on one side
+    many = {"mean": torch.tensor([[0.0, 4.0], [0.0, 4.0], [5.0, 2.0]]), "se": torch.ones(3, 2),
+            "n": torch.full((3, 2), 10)}
+    base2 = {k: torch.as_tensor(np.stack([v, v], 1)) for k, v in base.items()}
+    assert onset(many, base2, offsets) == [0, -2]
